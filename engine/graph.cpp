@@ -1,0 +1,192 @@
+// Graph construction and shape inference. All messages name the source file and the node, because the
+// person reading them is looking at their exporter's layer names.
+#include "engine/graph.h"
+
+#include <set>
+
+namespace camrt {
+
+Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
+    : model_(std::move(model)), source_name_(std::move(source_name)) {
+  CAMRT_CHECK(model_ != nullptr, "Graph: null model");
+  const Model& m = *model_;
+  auto add_value = [&](const std::string& name) {
+    const int id = static_cast<int>(values_.size());
+    Value value;
+    value.name = name;
+    values_.push_back(value);
+    value_by_name_[name] = id;
+    return id;
+  };
+  for (const auto& [name, tensor] : m.weights) values_[add_value(name)].constant = &tensor;
+  for (size_t i = 0; i < m.inputs.size(); ++i) {
+    const std::string& name = m.inputs[i].name;
+    CAMRT_CHECK(!value_by_name_.count(name), source_name_ << ": graph input '" << name << "' is also a weight or listed twice");
+    const int id = add_value(name);
+    values_[id].input_index = static_cast<int>(i);
+    input_ids_.push_back(id);
+  }
+
+  std::vector<std::string> unknown;
+  for (size_t n = 0; n < m.nodes.size(); ++n) {
+    const Node& node = m.nodes[n];
+    const std::string where = source_name_ + ": node '" + node.name + "' (" + node.op + ")";
+    CAMRT_CHECK(!node_by_name_.count(node.name), where << ": duplicate node name");
+    node_by_name_[node.name] = static_cast<int>(n);
+    GraphNode gn;
+    gn.node = &node;
+    OpFactory factory = find_op(node.op);
+    if (!factory) {
+      unknown.push_back("'" + node.name + "' (" + node.op + ")");
+    } else {
+      gn.op = factory(node);
+    }
+    for (const std::string& input : node.inputs) {
+      if (input.empty()) {
+        gn.inputs.push_back(-1);
+        continue;
+      }
+      auto it = value_by_name_.find(input);
+      CAMRT_CHECK(it != value_by_name_.end(),
+                  where << ": input '" << input << "' is neither a graph input, a weight, nor an output of an earlier node");
+      gn.inputs.push_back(it->second);
+      values_[it->second].consumers.push_back(static_cast<int>(n));
+    }
+    for (const std::string& output : node.outputs) {
+      CAMRT_CHECK(!output.empty(), where << ": empty output name");
+      CAMRT_CHECK(!value_by_name_.count(output), where << ": output '" << output << "' is already defined by another node, input or weight");
+      const int id = add_value(output);
+      values_[id].producer = static_cast<int>(n);
+      gn.outputs.push_back(id);
+    }
+    nodes_.push_back(std::move(gn));
+  }
+  if (!unknown.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unknown.size(); ++i) list += (i ? ", " : "") + unknown[i];
+    std::string supported;
+    for (const auto& op : supported_ops()) supported += (supported.empty() ? "" : " ") + op;
+    CAMRT_FAIL(source_name_ << ": " << unknown.size() << " node(s) with unsupported ops: " << list
+                            << " (supported: " << supported << ")");
+  }
+  for (size_t i = 0; i < m.outputs.size(); ++i) {
+    const int id = find_value(m.outputs[i].name);
+    CAMRT_CHECK(id >= 0, source_name_ << ": graph output '" << m.outputs[i].name << "' is not produced by any node");
+    values_[id].output_index = static_cast<int>(i);
+    output_ids_.push_back(id);
+  }
+}
+
+int Graph::find_value(const std::string& tensor_name) const {
+  auto it = value_by_name_.find(tensor_name);
+  return it == value_by_name_.end() ? -1 : it->second;
+}
+
+int Graph::find_node(const std::string& node_or_tensor_name) const {
+  auto it = node_by_name_.find(node_or_tensor_name);
+  if (it != node_by_name_.end()) return it->second;
+  const int value = find_value(node_or_tensor_name);
+  return value >= 0 ? values_[value].producer : -1;
+}
+
+std::map<std::string, Shape> Graph::input_shapes_for_batch(int64_t batch) const {
+  std::map<std::string, Shape> shapes;
+  for (const ValueInfo& input : model_->inputs) {
+    Shape shape = input.shape;
+    for (int64_t& d : shape) {
+      CAMRT_CHECK(d == -1 || d >= 0, source_name_ << ": graph input '" << input.name << "' has invalid shape " << shape_str(input.shape));
+      if (d == -1) d = batch;
+    }
+    shapes[input.name] = shape;
+  }
+  return shapes;
+}
+
+std::vector<TensorDesc> Graph::infer(const std::map<std::string, Shape>& input_shapes) const {
+  std::vector<TensorDesc> descs(values_.size());
+  std::vector<bool> known(values_.size(), false);
+  for (size_t id = 0; id < values_.size(); ++id) {
+    if (const HostTensor* c = values_[id].constant) {
+      descs[id] = TensorDesc{c->dtype, c->shape, c};
+      known[id] = true;
+    }
+  }
+  for (int id : input_ids_) {
+    const Value& v = values_[id];
+    auto it = input_shapes.find(v.name);
+    CAMRT_CHECK(it != input_shapes.end(), source_name_ << ": no shape given for graph input '" << v.name << "'");
+    const ValueInfo& info = model_->inputs[v.input_index];
+    CAMRT_CHECK(it->second.size() == info.shape.size(),
+                source_name_ << ": graph input '" << v.name << "' expects rank " << info.shape.size() << " "
+                             << shape_str(info.shape) << ", got " << shape_str(it->second));
+    for (size_t d = 0; d < info.shape.size(); ++d)
+      CAMRT_CHECK(info.shape[d] < 0 || info.shape[d] == it->second[d],
+                  source_name_ << ": graph input '" << v.name << "' expects shape " << shape_str(info.shape) << ", got "
+                               << shape_str(it->second));
+    checked_numel(it->second);
+    descs[id] = TensorDesc{info.dtype, it->second, nullptr};
+    known[id] = true;
+  }
+  for (const GraphNode& gn : nodes_) {
+    std::vector<TensorDesc> inputs;
+    for (int id : gn.inputs) {
+      if (id < 0) {
+        TensorDesc absent;
+        absent.present = false;
+        inputs.push_back(absent);
+      } else {
+        inputs.push_back(descs[id]);
+      }
+    }
+    std::vector<TensorDesc> outputs;
+    try {
+      outputs = gn.op->infer(inputs);
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      // Ops already name their node; add the file so the user knows which model.
+      throw Error(source_name_ + ": " + (msg.find(gn.node->name) == std::string::npos
+                                             ? "node '" + gn.node->name + "' (" + gn.node->op + "): " + msg
+                                             : msg),
+                  e.file(), e.line(), e.expression().c_str());
+    }
+    CAMRT_CHECK(outputs.size() >= gn.outputs.size(),
+                source_name_ << ": node '" << gn.node->name << "' (" << gn.node->op << ") has " << gn.outputs.size()
+                             << " outputs but the op produces " << outputs.size());
+    for (size_t i = 0; i < gn.outputs.size(); ++i) {
+      outputs[i].constant = nullptr;
+      descs[gn.outputs[i]] = outputs[i];
+    }
+  }
+  return descs;
+}
+
+int64_t Graph::parameter_count() const {
+  int64_t count = 0;
+  for (const auto& [name, tensor] : model_->weights)
+    if (tensor.dtype == DType::F32 || tensor.dtype == DType::F16 || tensor.dtype == DType::F64) count += tensor.numel();
+  return count;
+}
+
+std::string Graph::default_explain_layer() const {
+  if (!model_->explain_layer.empty()) return model_->explain_layer;
+  std::vector<TensorDesc> descs;
+  try {
+    descs = infer(input_shapes_for_batch(1));
+  } catch (const Error&) {
+    return "";
+  }
+  std::string last_spatial;
+  for (const GraphNode& gn : nodes_) {
+    const TensorDesc& out = descs[gn.outputs[0]];
+    const std::string& op = gn.node->op;
+    if (op == "GlobalAveragePool" || op == "Flatten" || op == "Gemm" || op == "MatMul" || op == "ReduceMean")
+      if (!last_spatial.empty()) return last_spatial;
+    // Pooling layers are skipped: CAM libraries explain the last feature layer before them
+    // (e.g. VGG16's features.29 ReLU, not the MaxPool after it).
+    const bool pooling = op == "MaxPool" || op == "AveragePool";
+    if (!pooling && out.shape.size() == 4 && out.shape[2] * out.shape[3] > 1) last_spatial = gn.node->name;
+  }
+  return last_spatial;
+}
+
+}  // namespace camrt

@@ -1,0 +1,48 @@
+// CPU arenas come from aligned operator new (64 bytes: one cache line, one AVX-512 vector).
+// The CUDA backend allocates device arenas in kernels/cuda; this file knows only the host.
+#include "engine/memory/arena.h"
+
+#include <new>
+
+namespace camrt {
+
+namespace {
+constexpr std::align_val_t kArenaAlignment{64};
+}
+
+Arena::Arena(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+  CAMRT_CHECK(device == Device::CPU, "Arena: only CPU arenas are implemented in this build");
+  if (bytes == 0) return;
+  try {
+    data_ = static_cast<uint8_t*>(::operator new(bytes, kArenaAlignment));
+  } catch (const std::bad_alloc&) {
+    CAMRT_FAIL("out of memory: cannot allocate an arena of " << bytes << " bytes (" << (bytes >> 20) << " MiB)");
+  }
+}
+
+Arena::~Arena() { release(); }
+
+Arena::Arena(Arena&& other) noexcept : data_(other.data_), bytes_(other.bytes_), device_(other.device_) {
+  other.data_ = nullptr;
+  other.bytes_ = 0;
+}
+
+Arena& Arena::operator=(Arena&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    device_ = other.device_;
+    other.data_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+void Arena::release() {
+  if (data_) ::operator delete(data_, kArenaAlignment);
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+}  // namespace camrt

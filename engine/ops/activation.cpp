@@ -1,0 +1,160 @@
+// Activation ops (Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish) and Identity/Dropout: shape
+// inference and CPU forward; the arithmetic is in kernels/cpu/activation.cpp. All are element-wise, so
+// output 0 may share input 0's buffer (can_run_in_place).
+#include <cstring>
+#include <limits>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/activation.h"
+
+namespace camrt {
+
+namespace {
+
+std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
+
+// The input's tensor name for messages (the node may list fewer names than inputs in hand-built graphs).
+std::string input_name(const Node& node, size_t i) {
+  return i < node.inputs.size() ? node.inputs[i] : "#" + std::to_string(i);
+}
+
+ThreadPool& cpu_pool(const Context& ctx, const Node& node) {
+  CAMRT_CHECK(ctx.device == Device::CPU, where(node) << ": no CUDA implementation yet");
+  CAMRT_CHECK(ctx.pool != nullptr, where(node) << ": the CPU context has no thread pool");
+  return *ctx.pool;
+}
+
+class ActivationOp final : public Op {
+ public:
+  ActivationOp(const Node& node, Activation kind) : Op(node), kind_(kind) {
+    switch (kind_) {
+      case Activation::LeakyRelu:
+        params_.alpha = attr_float("alpha", 0.01f);
+        break;
+      case Activation::HardSigmoid:
+        params_.alpha = attr_float("alpha", 0.2f);
+        params_.beta = attr_float("beta", 0.5f);
+        break;
+      case Activation::Clip:
+        // Opset < 11 attributes (the ONNX importer also moves constant opset >= 11 inputs here).
+        params_.min = attr_float("min", -std::numeric_limits<float>::infinity());
+        params_.max = attr_float("max", std::numeric_limits<float>::infinity());
+        break;
+      default:
+        break;
+    }
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    // Clip (opset >= 11): min and max may come as optional inputs 1 and 2.
+    expect_inputs(inputs, 1, kind_ == Activation::Clip ? 3 : 1);
+    CAMRT_CHECK(inputs[0].present, where(node_) << ": input 0 is required");
+    CAMRT_CHECK(inputs[0].dtype == DType::F32,
+                where(node_) << ": input '" << input_name(node_, 0) << "' must be F32, got " << dtype_name(inputs[0].dtype));
+    for (size_t i = 1; i < inputs.size(); ++i) {
+      if (!inputs[i].present) continue;
+      const char* role = i == 1 ? "min" : "max";
+      CAMRT_CHECK(inputs[i].dtype == DType::F32, where(node_) << ": " << role << " input '" << input_name(node_, i)
+                                                              << "' must be F32, got " << dtype_name(inputs[i].dtype));
+      bool scalar = true;
+      for (int64_t d : inputs[i].shape) scalar = scalar && d == 1;
+      CAMRT_CHECK(scalar, where(node_) << ": " << role << " input '" << input_name(node_, i) << "' must be a scalar, got shape "
+                                       << shape_str(inputs[i].shape));
+    }
+    return {TensorDesc{DType::F32, inputs[0].shape}};
+  }
+
+  bool can_run_in_place() const override { return true; }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    ThreadPool& pool = cpu_pool(ctx, node_);
+    const Tensor& x = *inputs.at(0);
+    Tensor& y = *outputs.at(0);
+    ActivationParams params = params_;
+    if (kind_ == Activation::Clip) {
+      // Bound inputs (constant or computed) are read here, so a runtime min/max works too; they override
+      // the attributes, which an opset >= 11 node does not have.
+      if (inputs.size() > 1 && inputs[1] != nullptr) params.min = read_bound(*inputs[1], 1);
+      if (inputs.size() > 2 && inputs[2] != nullptr) params.max = read_bound(*inputs[2], 2);
+    }
+    activation_forward(y.f32(), x.f32(), x.numel(), kind_, params, pool);
+  }
+
+ private:
+  float read_bound(const Tensor& t, size_t index) const {
+    CAMRT_CHECK(t.dtype == DType::F32 && t.numel() == 1 && t.device == Device::CPU,
+                where(node_) << ": input '" << input_name(node_, index) << "' must be one F32 value on the CPU");
+    return t.f32()[0];
+  }
+
+  Activation kind_;
+  ActivationParams params_;
+};
+
+// Identity, and Dropout at inference: output 0 is input 0; Dropout's optional mask output is all true.
+class IdentityOp final : public Op {
+ public:
+  explicit IdentityOp(const Node& node) : Op(node), dropout_(node.op == "Dropout") {}
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    // Dropout (opset >= 12): data, ratio, training_mode.
+    expect_inputs(inputs, 1, dropout_ ? 3 : 1);
+    CAMRT_CHECK(inputs[0].present, where(node_) << ": input 0 is required");
+    CAMRT_CHECK(!node_.outputs.empty() && node_.outputs.size() <= (dropout_ ? 2u : 1u),
+                where(node_) << ": unexpected number of outputs (" << node_.outputs.size() << ")");
+    if (dropout_ && inputs.size() > 2 && inputs[2].present && inputs[2].constant != nullptr) {
+      const std::vector<int64_t> mode = inputs[2].constant->to_int64();
+      CAMRT_CHECK(mode.size() == 1 && mode[0] == 0,
+                  where(node_) << ": training_mode must be false: camrt runs Dropout for inference only");
+    }
+    std::vector<TensorDesc> outs{TensorDesc{inputs[0].dtype, inputs[0].shape}};
+    if (node_.outputs.size() > 1) outs.push_back(TensorDesc{DType::Bool, inputs[0].shape});
+    return outs;
+  }
+
+  bool can_run_in_place() const override { return true; }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    if (dropout_ && inputs.size() > 2 && inputs[2] != nullptr) {
+      const Tensor& mode = *inputs[2];
+      CAMRT_CHECK(mode.dtype == DType::Bool && mode.numel() == 1 && static_cast<const uint8_t*>(mode.data)[0] == 0,
+                  where(node_) << ": training_mode must be false: camrt runs Dropout for inference only");
+    }
+    const Tensor& x = *inputs.at(0);
+    Tensor& y = *outputs.at(0);
+    CAMRT_CHECK(y.dtype == x.dtype && y.nbytes() == x.nbytes(),
+                where(node_) << ": output buffer does not match input '" << input_name(node_, 0) << "'");
+    if (y.data != x.data && x.nbytes() > 0) std::memcpy(y.data, x.data, x.nbytes());
+    if (outputs.size() > 1 && outputs[1] != nullptr) {
+      Tensor& mask = *outputs[1];
+      CAMRT_CHECK(mask.dtype == DType::Bool, where(node_) << ": mask output must be BOOL");
+      if (mask.numel() > 0) std::memset(mask.data, 1, mask.nbytes());  // nothing is dropped at inference
+    }
+  }
+
+ private:
+  bool dropout_;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_relu(const Node& node) { return std::make_unique<ActivationOp>(node, Activation::Relu); }
+std::unique_ptr<Op> make_leaky_relu(const Node& node) {
+  return std::make_unique<ActivationOp>(node, Activation::LeakyRelu);
+}
+std::unique_ptr<Op> make_clip(const Node& node) { return std::make_unique<ActivationOp>(node, Activation::Clip); }
+std::unique_ptr<Op> make_sigmoid(const Node& node) {
+  return std::make_unique<ActivationOp>(node, Activation::Sigmoid);
+}
+std::unique_ptr<Op> make_hard_sigmoid(const Node& node) {
+  return std::make_unique<ActivationOp>(node, Activation::HardSigmoid);
+}
+std::unique_ptr<Op> make_hard_swish(const Node& node) {
+  return std::make_unique<ActivationOp>(node, Activation::HardSwish);
+}
+std::unique_ptr<Op> make_identity(const Node& node) { return std::make_unique<IdentityOp>(node); }
+
+}  // namespace camrt

@@ -1,0 +1,93 @@
+// BatchNormalization at inference (running statistics): shape inference and CPU forward. The statistics
+// fold into a per-channel scale and shift (kernels/cpu/batchnorm.cpp) held in the plan's workspace;
+// output 0 may share input 0's buffer. Training mode is rejected.
+#include <algorithm>
+#include <vector>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/batchnorm.h"
+
+namespace camrt {
+
+namespace {
+
+std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
+
+std::string input_name(const Node& node, size_t i) {
+  return i < node.inputs.size() ? node.inputs[i] : "#" + std::to_string(i);
+}
+
+class BatchNormOp final : public Op {
+ public:
+  explicit BatchNormOp(const Node& node) : Op(node) {
+    epsilon_ = attr_float("epsilon", 1e-5f);
+    CAMRT_CHECK(attr_int("training_mode", 0) == 0,
+                where(node_) << ": training_mode = 1 is not supported: camrt runs BatchNormalization for inference only");
+    // Opset < 9 spatial = 0 means per-activation statistics, shaped (C, H, W) instead of (C,).
+    CAMRT_CHECK(attr_int("spatial", 1) == 1, where(node_) << ": spatial = 0 is not supported");
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 5, 5);
+    size_t outputs = 0;
+    for (const std::string& name : node_.outputs) outputs += !name.empty();
+    CAMRT_CHECK(outputs == 1, where(node_) << ": running mean/variance outputs mean training mode, which is not supported");
+    const TensorDesc& x = inputs[0];
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      CAMRT_CHECK(inputs[i].present, where(node_) << ": input " << i << " is required");
+      CAMRT_CHECK(inputs[i].dtype == DType::F32, where(node_) << ": input '" << input_name(node_, i) << "' must be F32, got "
+                                                              << dtype_name(inputs[i].dtype));
+    }
+    CAMRT_CHECK(x.shape.size() >= 2, where(node_) << ": input '" << input_name(node_, 0) << "' must be (N, C, ...), got "
+                                                  << shape_str(x.shape));
+    const int64_t channels = x.shape[1];
+    static const char* const kRoles[] = {"X", "scale", "B", "mean", "var"};
+    for (size_t i = 1; i < 5; ++i)
+      CAMRT_CHECK(inputs[i].shape.size() == 1 && (channels < 0 || inputs[i].shape[0] == channels),
+                  where(node_) << ": " << kRoles[i] << " '" << input_name(node_, i) << "' has shape "
+                               << shape_str(inputs[i].shape) << ", expected (" << channels << ",)");
+    return {TensorDesc{DType::F32, x.shape}};
+  }
+
+  // Room for the folded scale and shift: (C,) each.
+  size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context&) const override {
+    return 2 * static_cast<size_t>(std::max<int64_t>(0, inputs.at(0).shape.at(1))) * sizeof(float);
+  }
+
+  bool can_run_in_place() const override { return true; }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    const Tensor& x = *inputs.at(0);
+    Tensor& y = *outputs.at(0);
+    const int64_t batch = x.shape.at(0), channels = x.shape.at(1);
+    const int64_t inner = channels == 0 || batch == 0 ? 0 : x.numel() / (batch * channels);
+    for (size_t i = 1; i < 5; ++i)
+      CAMRT_CHECK(inputs.at(i) != nullptr && inputs[i]->numel() == channels,
+                  where(node_) << ": input '" << input_name(node_, i) << "' must hold " << channels << " values");
+    // The plan's workspace (sized by workspace_bytes) keeps the steady state allocation-free; a caller
+    // without one (tests, one-off runs) gets a temporary buffer.
+    const size_t need = 2 * static_cast<size_t>(channels) * sizeof(float);
+    std::vector<float> fallback;
+    float* scale = static_cast<float*>(ctx.workspace);
+    if (ctx.workspace == nullptr || ctx.workspace_bytes < need) {
+      fallback.resize(2 * static_cast<size_t>(channels));
+      scale = fallback.data();
+    }
+    float* shift = scale + channels;
+    batchnorm_fold(scale, shift, inputs[1]->f32(), inputs[2]->f32(), inputs[3]->f32(), inputs[4]->f32(), channels,
+                   epsilon_);
+    batchnorm_forward(y.f32(), x.f32(), scale, shift, batch, channels, inner, *ctx.pool);
+  }
+
+ private:
+  float epsilon_ = 1e-5f;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_batch_norm(const Node& node) { return std::make_unique<BatchNormOp>(node); }
+
+}  // namespace camrt

@@ -1,0 +1,182 @@
+// Conv (ONNX): attribute parsing, shape inference (explicit pads or auto_pad) and the CPU forward for 1-D and
+// 2-D convolutions; a 1-D conv runs as a 2-D conv with H = 1. The arithmetic is kernels/cpu/conv.cpp.
+// camrt extension: attribute "activation" ("relu" | "clip", with "activation_min"/"activation_max") fuses the
+// following activation into the conv's output pass; the executor sets it when it fuses Conv+Relu/Clip.
+#include <algorithm>
+#include <limits>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/conv.h"
+
+namespace camrt {
+
+namespace {
+
+class ConvOp : public Op {
+ public:
+  explicit ConvOp(const Node& node) : Op(node) {
+    kernel_shape_ = attr_ints("kernel_shape", {});
+    strides_ = attr_ints("strides", {});
+    dilations_ = attr_ints("dilations", {});
+    pads_ = attr_ints("pads", {});
+    group_ = attr_int("group", 1);
+    auto_pad_ = attr_string("auto_pad", "NOTSET");
+    CAMRT_CHECK(auto_pad_ == "NOTSET" || auto_pad_ == "SAME_UPPER" || auto_pad_ == "SAME_LOWER" ||
+                    auto_pad_ == "VALID",
+                where() << ": auto_pad '" << auto_pad_ << "' is not NOTSET, SAME_UPPER, SAME_LOWER or VALID");
+    CAMRT_CHECK(group_ >= 1, where() << ": group must be >= 1, got " << group_);
+    const std::string activation = attr_string("activation", "");
+    if (activation == "relu") {
+      act_.kind = FusedActivation::kRelu;
+    } else if (activation == "clip") {
+      act_.kind = FusedActivation::kClip;
+      act_.min = attr_float("activation_min", -std::numeric_limits<float>::infinity());
+      act_.max = attr_float("activation_max", std::numeric_limits<float>::infinity());
+      CAMRT_CHECK(act_.min <= act_.max,
+                  where() << ": activation_min " << act_.min << " is above activation_max " << act_.max);
+    } else {
+      CAMRT_CHECK(activation.empty(), where() << ": unknown fused activation '" << activation << "' (relu or clip)");
+    }
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 2, 3);
+    const TensorDesc& x = inputs[0];
+    const TensorDesc& w = inputs[1];
+    CAMRT_CHECK(x.present && w.present, where() << ": input X and weight W are required");
+    CAMRT_CHECK(x.dtype == DType::F32 && w.dtype == DType::F32,
+                where() << ": only float32 is supported (X " << dtype_name(x.dtype) << ", W " << dtype_name(w.dtype)
+                        << ")");
+    const Conv2dShape s = geometry(x.shape, w.shape);
+    if (inputs.size() > 2 && inputs[2].present) {
+      const TensorDesc& b = inputs[2];
+      CAMRT_CHECK(b.dtype == DType::F32, where() << ": bias B must be float32");
+      CAMRT_CHECK(b.shape == Shape{s.out_channels},
+                  where() << ": bias B " << shape_str(b.shape) << " must be (" << s.out_channels << ",)");
+    }
+    TensorDesc out;
+    out.dtype = DType::F32;
+    if (x.shape.size() == 3) out.shape = {s.batch, s.out_channels, s.out_w()};
+    else out.shape = {s.batch, s.out_channels, s.out_h(), s.out_w()};
+    return {out};
+  }
+
+  size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    return conv2d_workspace_bytes(geometry(inputs.at(0).shape, inputs.at(1).shape),
+                                  ctx.pool ? ctx.pool->num_threads() : 1);
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where() << ": only the CPU backend is implemented");
+    CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
+    CAMRT_CHECK(inputs.size() >= 2 && inputs[0] && inputs[1] && outputs.size() == 1 && outputs[0],
+                where() << ": forward needs X, W and one output");
+    const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
+    const float* bias = inputs.size() > 2 && inputs[2] ? inputs[2]->f32() : nullptr;
+    conv2d_forward(outputs[0]->f32(), inputs[0]->f32(), inputs[1]->f32(), bias, s, act_, ctx.workspace,
+                   ctx.workspace_bytes, *ctx.pool);
+  }
+
+ private:
+  std::string where() const { return "node '" + node_.name + "' (" + node_.op + ")"; }
+
+  // Checks X and W against each other and the attributes, and returns the kernel's view of the conv.
+  // Runs on every forward, so it allocates nothing (fixed arrays for the at most two spatial dims).
+  Conv2dShape geometry(const Shape& x, const Shape& w) const {
+    const size_t rank = x.size();
+    CAMRT_CHECK(rank == 3 || rank == 4, where() << ": input X " << shape_str(x)
+                                                << " must be (N, C, L) or (N, C, H, W); only 1-D and 2-D convs are supported");
+    CAMRT_CHECK(w.size() == rank, where() << ": weight W " << shape_str(w) << " must have the rank of X " << shape_str(x));
+    const size_t spatial = rank - 2;
+    const int64_t channels = x[1], out_channels = w[0];
+    CAMRT_CHECK(channels % group_ == 0 && out_channels % group_ == 0,
+                where() << ": group " << group_ << " must divide the input channels " << channels
+                        << " and the output channels " << out_channels);
+    CAMRT_CHECK(w[1] * group_ == channels,
+                where() << ": weight W " << shape_str(w) << " expects " << w[1] * group_
+                        << " input channels (W.shape[1] * group " << group_ << "), but X " << shape_str(x) << " has "
+                        << channels);
+    int64_t kernel[2], strides[2], dilations[2], pads[4] = {0, 0, 0, 0};  // pads: begins, then ends
+    for (size_t d = 0; d < spatial; ++d) kernel[d] = w[2 + d];
+    if (!kernel_shape_.empty()) {
+      bool same = kernel_shape_.size() == spatial;
+      for (size_t d = 0; same && d < spatial; ++d) same = kernel_shape_[d] == kernel[d];
+      CAMRT_CHECK(same, where() << ": kernel_shape " << shape_str(kernel_shape_) << " disagrees with weight W "
+                                << shape_str(w));
+    }
+    const auto per_axis = [&](const std::vector<int64_t>& v, const char* name, int64_t* out) {
+      CAMRT_CHECK(v.empty() || v.size() == spatial,
+                  where() << ": " << name << " has " << v.size() << " values for " << spatial << " spatial dims");
+      for (size_t d = 0; d < spatial; ++d) {
+        out[d] = v.empty() ? 1 : v[d];
+        CAMRT_CHECK(out[d] >= 1, where() << ": " << name << " must be >= 1, got " << out[d]);
+      }
+    };
+    per_axis(strides_, "strides", strides);
+    per_axis(dilations_, "dilations", dilations);
+    if (auto_pad_ == "NOTSET") {
+      if (!pads_.empty()) {
+        CAMRT_CHECK(pads_.size() == 2 * spatial,
+                    where() << ": pads has " << pads_.size() << " values, expected " << 2 * spatial);
+        for (size_t i = 0; i < 2 * spatial; ++i) {
+          CAMRT_CHECK(pads_[i] >= 0, where() << ": pads must be non-negative, got " << pads_[i]);
+          pads[i] = pads_[i];
+        }
+      }
+    } else if (auto_pad_ != "VALID") {
+      // SAME_*: output = ceil(input / stride); an odd total pad puts the extra element at the end (SAME_UPPER)
+      // or at the beginning (SAME_LOWER).
+      for (size_t d = 0; d < spatial; ++d) {
+        const int64_t in = x[2 + d];
+        const int64_t out = (in + strides[d] - 1) / strides[d];
+        const int64_t span = dilations[d] * (kernel[d] - 1) + 1;
+        const int64_t total = std::max<int64_t>(0, (out - 1) * strides[d] + span - in);
+        const int64_t small = total / 2, large = total - small;
+        pads[d] = auto_pad_ == "SAME_UPPER" ? small : large;
+        pads[d + spatial] = auto_pad_ == "SAME_UPPER" ? large : small;
+      }
+    }
+    Conv2dShape s;
+    s.batch = x[0];
+    s.in_channels = channels;
+    s.out_channels = out_channels;
+    s.groups = group_;
+    if (spatial == 1) {  // (N, C, L) runs as (N, C, 1, L)
+      s.in_h = 1;
+      s.in_w = x[2];
+      s.kernel_w = kernel[0];
+      s.stride_w = strides[0];
+      s.dilation_w = dilations[0];
+      s.pad_left = pads[0];
+      s.pad_right = pads[1];
+    } else {
+      s.in_h = x[2];
+      s.in_w = x[3];
+      s.kernel_h = kernel[0];
+      s.kernel_w = kernel[1];
+      s.stride_h = strides[0];
+      s.stride_w = strides[1];
+      s.dilation_h = dilations[0];
+      s.dilation_w = dilations[1];
+      s.pad_top = pads[0];
+      s.pad_left = pads[1];
+      s.pad_bottom = pads[2];
+      s.pad_right = pads[3];
+    }
+    const std::string error = conv2d_shape_error(s);
+    CAMRT_CHECK(error.empty(), where() << ": " << error << " (X " << shape_str(x) << ", W " << shape_str(w) << ")");
+    return s;
+  }
+
+  std::vector<int64_t> kernel_shape_, strides_, dilations_, pads_;
+  int64_t group_ = 1;
+  std::string auto_pad_;
+  FusedActivation act_;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_conv(const Node& node) { return std::make_unique<ConvOp>(node); }
+
+}  // namespace camrt

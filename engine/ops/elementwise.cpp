@@ -1,0 +1,107 @@
+// Add, Sub, Mul, Div with numpy multidirectional broadcasting (float32 and int64): shape inference and CPU
+// forward; the loops are in kernels/cpu/elementwise.cpp. Output 0 may share input 0's buffer when the
+// output has input 0's shape (forward checks this, see can_run_in_place).
+#include <algorithm>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/elementwise.h"
+
+namespace camrt {
+
+namespace {
+
+std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
+
+std::string input_name(const Node& node, size_t i) {
+  return i < node.inputs.size() ? node.inputs[i] : "#" + std::to_string(i);
+}
+
+class BinaryArithmeticOp final : public Op {
+ public:
+  BinaryArithmeticOp(const Node& node, BinaryOp op) : Op(node), op_(op) {}
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 2, 2);
+    for (size_t i = 0; i < 2; ++i) {
+      CAMRT_CHECK(inputs[i].present, where(node_) << ": input " << i << " is required");
+      CAMRT_CHECK(inputs[i].dtype == DType::F32 || inputs[i].dtype == DType::I64,
+                  where(node_) << ": input '" << input_name(node_, i) << "' has dtype " << dtype_name(inputs[i].dtype)
+                               << "; only F32 and I64 are supported");
+    }
+    CAMRT_CHECK(inputs[0].dtype == inputs[1].dtype,
+                where(node_) << ": inputs '" << input_name(node_, 0) << "' (" << dtype_name(inputs[0].dtype) << ") and '"
+                             << input_name(node_, 1) << "' (" << dtype_name(inputs[1].dtype) << ") differ in dtype");
+    return {TensorDesc{inputs[0].dtype, broadcast_dynamic(inputs[0].shape, inputs[1].shape)}};
+  }
+
+  // The Op interface cannot see shapes here; true is only valid when the output has input 0's shape
+  // (e.g. not for (1, C, 1, 1) + (N, C, H, W)). The executor must check that; forward rejects a wrong alias.
+  bool can_run_in_place() const override { return true; }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    const Tensor& a = *inputs.at(0);
+    const Tensor& b = *inputs.at(1);
+    Tensor& out = *outputs.at(0);
+    CAMRT_CHECK(a.dtype == b.dtype && out.dtype == a.dtype, where(node_) << ": dtypes of inputs and output differ");
+    BroadcastPlan plan;
+    try {
+      plan = make_broadcast_plan(a.shape, b.shape);
+    } catch (const Error& e) {
+      CAMRT_FAIL(where(node_) << ": " << e.what());
+    }
+    CAMRT_CHECK(plan.numel == out.numel(), where(node_) << ": output buffer " << shape_str(out.shape)
+                                                        << " does not match the broadcast of " << shape_str(a.shape)
+                                                        << " and " << shape_str(b.shape));
+    // An output sharing an operand's buffer is only safe when that operand is as large as the output.
+    for (const Tensor* in : {&a, &b})
+      CAMRT_CHECK(out.data != in->data || in->numel() == plan.numel,
+                  where(node_) << ": output shares the buffer of a broadcast input " << shape_str(in->shape));
+    if (a.dtype == DType::F32) {
+      binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, *ctx.pool);
+    } else if (a.dtype == DType::I64) {
+      try {
+        binary_forward(out.i64(), a.i64(), b.i64(), plan, op_, *ctx.pool);
+      } catch (const Error& e) {  // integer division by zero: say which node
+        CAMRT_FAIL(where(node_) << ": " << e.what());
+      }
+    } else {
+      CAMRT_FAIL(where(node_) << ": dtype " << dtype_name(a.dtype) << " is not supported");
+    }
+  }
+
+ private:
+  // Numpy broadcasting that tolerates dynamic dims (-1): a dynamic dim against 1 stays dynamic, against
+  // k > 1 becomes k (the only size it can take at run time).
+  Shape broadcast_dynamic(const Shape& a, const Shape& b) const {
+    const size_t rank = std::max(a.size(), b.size());
+    Shape out(rank);
+    for (size_t k = 0; k < rank; ++k) {
+      const int64_t da = k < rank - a.size() ? 1 : a[k - (rank - a.size())];
+      const int64_t db = k < rank - b.size() ? 1 : b[k - (rank - b.size())];
+      if (da == db || db == 1) {
+        out[k] = da;
+      } else if (da == 1) {
+        out[k] = db;
+      } else if (da == -1 || db == -1) {
+        out[k] = da == -1 ? db : da;
+      } else {
+        CAMRT_FAIL(where(node_) << ": shapes " << shape_str(a) << " and " << shape_str(b) << " do not broadcast");
+      }
+    }
+    return out;
+  }
+
+  BinaryOp op_;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_add(const Node& node) { return std::make_unique<BinaryArithmeticOp>(node, BinaryOp::Add); }
+std::unique_ptr<Op> make_sub(const Node& node) { return std::make_unique<BinaryArithmeticOp>(node, BinaryOp::Sub); }
+std::unique_ptr<Op> make_mul(const Node& node) { return std::make_unique<BinaryArithmeticOp>(node, BinaryOp::Mul); }
+std::unique_ptr<Op> make_div(const Node& node) { return std::make_unique<BinaryArithmeticOp>(node, BinaryOp::Div); }
+
+}  // namespace camrt

@@ -1,0 +1,220 @@
+// Gemm and MatMul (ONNX): shape inference and CPU forward on top of kernels/cpu/gemm. Gemm's optional C
+// broadcasts to (M, N); a per-column or per-row C with beta = 1 (a Linear layer's bias) rides the GEMM
+// epilogue instead of a separate pass. MatMul follows numpy: 1-D operands are promoted and batch dims broadcast.
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/gemm.h"
+
+namespace camrt {
+
+namespace {
+
+std::string where_of(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
+
+class GemmOp : public Op {
+ public:
+  explicit GemmOp(const Node& node) : Op(node) {
+    alpha_ = attr_float("alpha", 1.f);
+    beta_ = attr_float("beta", 1.f);
+    trans_a_ = attr_int("transA", 0) != 0;
+    trans_b_ = attr_int("transB", 0) != 0;
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 2, 3);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!inputs[i].present) {
+        CAMRT_CHECK(i == 2, where_of(node_) << ": inputs A and B are required");
+        continue;
+      }
+      CAMRT_CHECK(inputs[i].dtype == DType::F32,
+                  where_of(node_) << ": only float32 is supported, input " << i << " is " << dtype_name(inputs[i].dtype));
+    }
+    const Sizes z = sizes(inputs[0].shape, inputs[1].shape);
+    if (inputs.size() > 2 && inputs[2].present) {
+      const Shape& c = inputs[2].shape;
+      bool ok = c.size() <= 2;
+      // Unidirectional broadcast: C's dims, aligned right, are 1 or equal to (M, N).
+      for (size_t d = 0; ok && d < c.size(); ++d) {
+        const int64_t target = (c.size() - d == 1) ? z.n : z.m;
+        ok = c[d] == 1 || c[d] == target;
+      }
+      CAMRT_CHECK(ok, where_of(node_) << ": C " << shape_str(c) << " does not broadcast to (" << z.m << ", " << z.n
+                                      << ")");
+    }
+    TensorDesc out;
+    out.shape = {z.m, z.n};
+    return {out};
+  }
+
+  size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    const Sizes z = sizes(inputs.at(0).shape, inputs.at(1).shape);
+    return gemm_workspace_bytes(z.m, z.n, z.k, ctx.pool ? ctx.pool->num_threads() : 1);
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
+    const Tensor& a = *inputs.at(0);
+    const Tensor& b = *inputs.at(1);
+    const Tensor* c = inputs.size() > 2 ? inputs[2] : nullptr;
+    float* y = outputs.at(0)->f32();  // (M, N)
+    const Sizes z = sizes(a.shape, b.shape);
+    GemmEpilogue epi;
+    float beta = 0.f;
+    if (c && beta_ != 0.f) {
+      const Shape& cs = c->shape;
+      const int64_t c_rows = cs.size() == 2 ? cs[0] : 1, c_cols = cs.empty() ? 1 : cs.back();
+      if (beta_ == 1.f && c_rows == 1 && c_cols == z.n && z.n > 1) {
+        epi.bias_col = c->f32();  // (N,): a Linear layer's bias
+      } else if (beta_ == 1.f && c_cols == 1 && c_rows == z.m && z.m > 1) {
+        epi.bias_row = c->f32();  // (M, 1)
+      } else {
+        // Materialise the broadcast C in the output and let the GEMM scale it by beta.
+        const float* cd = c->f32();
+        for (int64_t i = 0; i < z.m; ++i)
+          for (int64_t j = 0; j < z.n; ++j)
+            y[i * z.n + j] = cd[(c_rows == 1 ? 0 : i) * c_cols + (c_cols == 1 ? 0 : j)];
+        beta = beta_;
+      }
+    }
+    gemm(y, z.n, a.f32(), a.shape[1], trans_a_, b.f32(), b.shape[1], trans_b_, z.m, z.n, z.k, alpha_, beta, epi,
+         ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+  }
+
+ private:
+  struct Sizes {
+    int64_t m, n, k;
+  };
+
+  Sizes sizes(const Shape& a, const Shape& b) const {
+    CAMRT_CHECK(a.size() == 2 && b.size() == 2,
+                where_of(node_) << ": A " << shape_str(a) << " and B " << shape_str(b) << " must be matrices");
+    const int64_t m = trans_a_ ? a[1] : a[0], ka = trans_a_ ? a[0] : a[1];
+    const int64_t kb = trans_b_ ? b[1] : b[0], n = trans_b_ ? b[0] : b[1];
+    CAMRT_CHECK(ka == kb, where_of(node_) << ": inner dimensions differ: A " << shape_str(a) << (trans_a_ ? " (transposed)" : "")
+                                          << " has K = " << ka << ", B " << shape_str(b)
+                                          << (trans_b_ ? " (transposed)" : "") << " has K = " << kb);
+    return Sizes{m, n, ka};
+  }
+
+  float alpha_ = 1.f, beta_ = 1.f;
+  bool trans_a_ = false, trans_b_ = false;
+};
+
+// numpy matmul: A (..., M, K) x B (..., K, N) -> (..., M, N); a 1-D A is (1, K) and a 1-D B is (K, 1), with the
+// promoted dim removed from the result. Batch dims broadcast (size-1 dims repeat).
+class MatMulOp : public Op {
+ public:
+  explicit MatMulOp(const Node& node) : Op(node) {}
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 2, 2);
+    for (const TensorDesc& t : inputs) {
+      CAMRT_CHECK(t.present, where_of(node_) << ": inputs A and B are required");
+      CAMRT_CHECK(t.dtype == DType::F32, where_of(node_) << ": only float32 is supported, got " << dtype_name(t.dtype));
+    }
+    const Plan p = plan(inputs[0].shape, inputs[1].shape);
+    TensorDesc out;
+    out.shape.assign(p.batch.begin(), p.batch.begin() + p.batch_rank);
+    if (inputs[0].shape.size() > 1) out.shape.push_back(p.m);
+    if (inputs[1].shape.size() > 1) out.shape.push_back(p.n);
+    return {out};
+  }
+
+  size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    const Plan p = plan(inputs.at(0).shape, inputs.at(1).shape);
+    return gemm_workspace_bytes(p.fold_a_batch ? p.m * p.batch_count : p.m, p.n, p.k,
+                                ctx.pool ? ctx.pool->num_threads() : 1);
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
+    const Plan p = plan(inputs.at(0)->shape, inputs.at(1)->shape);
+    const float* a = inputs[0]->f32();
+    const float* b = inputs[1]->f32();
+    float* y = outputs.at(0)->f32();
+    const GemmEpilogue none;
+    if (p.fold_a_batch) {
+      // B has no batch dims: A's batch rows stack into one (batch * M, K) matrix.
+      gemm(y, p.n, a, p.k, false, b, p.n, false, p.m * p.batch_count, p.n, p.k, 1.f, 0.f, none, ctx.workspace,
+           ctx.workspace_bytes, *ctx.pool);
+      return;
+    }
+    std::array<int64_t, kMaxBatchRank> index{};
+    for (int64_t t = 0; t < p.batch_count; ++t) {
+      int64_t a_off = 0, b_off = 0;
+      for (size_t d = 0; d < p.batch_rank; ++d) {
+        a_off += index[d] * p.a_stride[d];
+        b_off += index[d] * p.b_stride[d];
+      }
+      gemm(y + t * p.m * p.n, p.n, a + a_off, p.k, false, b + b_off, p.n, false, p.m, p.n, p.k, 1.f, 0.f, none,
+           ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+      for (size_t d = p.batch_rank; d-- > 0;) {  // next batch index, last dim fastest
+        if (++index[d] < p.batch[d]) break;
+        index[d] = 0;
+      }
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxBatchRank = 8;
+
+  // Everything forward needs, in fixed arrays so the per-call path allocates nothing.
+  struct Plan {
+    int64_t m = 1, n = 1, k = 1;
+    size_t batch_rank = 0;
+    std::array<int64_t, kMaxBatchRank> batch{};     // broadcast batch dims of the output
+    std::array<int64_t, kMaxBatchRank> a_stride{};  // element strides of A / B per batch dim (0: broadcast)
+    std::array<int64_t, kMaxBatchRank> b_stride{};
+    int64_t batch_count = 1;
+    bool fold_a_batch = false;
+  };
+
+  Plan plan(const Shape& a, const Shape& b) const {
+    CAMRT_CHECK(!a.empty() && !b.empty(),
+                where_of(node_) << ": MatMul operands must have rank >= 1, got A " << shape_str(a) << " and B " << shape_str(b));
+    Plan p;
+    const bool a_vec = a.size() == 1, b_vec = b.size() == 1;
+    p.m = a_vec ? 1 : a[a.size() - 2];
+    const int64_t ka = a.back();
+    const int64_t kb = b_vec ? b[0] : b[b.size() - 2];
+    p.n = b_vec ? 1 : b.back();
+    CAMRT_CHECK(ka == kb, where_of(node_) << ": inner dimensions differ: A " << shape_str(a) << " has K = " << ka
+                                          << ", B " << shape_str(b) << " has K = " << kb);
+    p.k = ka;
+    const size_t a_batch = a_vec ? 0 : a.size() - 2, b_batch = b_vec ? 0 : b.size() - 2;
+    p.batch_rank = std::max(a_batch, b_batch);
+    CAMRT_CHECK(p.batch_rank <= kMaxBatchRank,
+                where_of(node_) << ": at most " << kMaxBatchRank << " batch dims are supported");
+    // Right-aligned broadcast of the batch dims; strides in elements of each operand's contiguous layout.
+    int64_t a_step = p.m * p.k, b_step = p.k * p.n;
+    for (size_t d = p.batch_rank; d-- > 0;) {
+      const size_t from_end = p.batch_rank - d;  // 1 = innermost batch dim
+      const int64_t ad = from_end <= a_batch ? a[a_batch - from_end] : 1;
+      const int64_t bd = from_end <= b_batch ? b[b_batch - from_end] : 1;
+      CAMRT_CHECK(ad == bd || ad == 1 || bd == 1, where_of(node_) << ": batch dims of A " << shape_str(a) << " and B "
+                                                                  << shape_str(b) << " do not broadcast");
+      p.batch[d] = std::max(ad, bd);
+      if (ad == 0 || bd == 0) p.batch[d] = 0;
+      p.a_stride[d] = ad == 1 ? 0 : a_step;
+      p.b_stride[d] = bd == 1 ? 0 : b_step;
+      a_step *= ad;
+      b_step *= bd;
+      p.batch_count *= p.batch[d];
+    }
+    p.fold_a_batch = b_batch == 0;
+    return p;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_gemm(const Node& node) { return std::make_unique<GemmOp>(node); }
+std::unique_ptr<Op> make_matmul(const Node& node) { return std::make_unique<MatMulOp>(node); }
+
+}  // namespace camrt

@@ -1,0 +1,78 @@
+// Op: one node of the graph, with its attributes parsed once. Each op family lives in its own file
+// (engine/ops/conv.cpp, ...) with shape inference and forward side by side; the arithmetic is in
+// kernels/cpu (and kernels/cuda later). Ops hold no shape-dependent state: one Op serves every plan
+// (batch size) of a graph, so infer/forward receive everything they need.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+#include "kernels/cpu/parallel.h"
+#include "weights/model.h"
+
+namespace camrt {
+
+// What shape inference knows about a value: dtype, shape and, for weights and folded constants,
+// the data itself (Reshape reads its target shape from it).
+struct TensorDesc {
+  DType dtype = DType::F32;
+  Shape shape;
+  const HostTensor* constant = nullptr;
+  bool present = true;  // false for an omitted optional input ("" in the node's input list)
+};
+
+// Everything a kernel may use while running: the device, the CPU workers, and the plan's scratch
+// area (sized from Op::workspace_bytes). The CUDA backend adds its stream and handles here.
+struct Context {
+  Device device = Device::CPU;
+  ThreadPool* pool = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+class Op {
+ public:
+  explicit Op(const Node& node) : node_(node) {}
+  virtual ~Op() = default;
+  const Node& node() const { return node_; }
+
+  // Checks the inputs (count, dtypes, shapes) and attributes; returns one desc per output.
+  // Errors thrown here are prefixed with the node's name and op by the caller.
+  virtual std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const = 0;
+  // Scratch bytes forward needs for these inputs (after infer accepted them).
+  virtual size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const {
+    (void)inputs;
+    (void)ctx;
+    return 0;
+  }
+  // True if output 0 may share the buffer of input 0 (same size, element-wise dependency only).
+  virtual bool can_run_in_place() const { return false; }
+  // inputs[i] is nullptr for an omitted optional input. Output tensors are pre-allocated views.
+  virtual void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+                       const std::vector<Tensor*>& outputs) const = 0;
+
+ protected:
+  // Attribute access with errors that name the node and the attribute.
+  bool has_attr(const std::string& key) const;
+  int64_t attr_int(const std::string& key, int64_t fallback) const;
+  float attr_float(const std::string& key, float fallback) const;
+  std::string attr_string(const std::string& key, const std::string& fallback) const;
+  std::vector<int64_t> attr_ints(const std::string& key, const std::vector<int64_t>& fallback) const;
+  std::vector<float> attr_floats(const std::string& key, const std::vector<float>& fallback) const;
+  // Throws unless inputs.size() is within [min_count, max_count].
+  void expect_inputs(const std::vector<TensorDesc>& inputs, size_t min_count, size_t max_count) const;
+  // Normalizes a possibly negative axis into [0, rank); throws if out of range.
+  int64_t normalize_axis(int64_t axis, int64_t rank) const;
+
+  Node node_;
+};
+
+using OpFactory = std::unique_ptr<Op> (*)(const Node& node);
+
+// The op registry: one line per op type (engine/ops/registry.cpp). Returns nullptr if unknown.
+OpFactory find_op(const std::string& op_type);
+// Sorted list of supported op types, for messages and the ONNX importer.
+std::vector<std::string> supported_ops();
+
+}  // namespace camrt

@@ -1,0 +1,102 @@
+// Pad (ONNX): pads from the constant second input (opset >= 11) or the "pads" attribute (older opsets),
+// constant value from the optional third input or the "value" attribute; optional axes input (opset 18).
+#include <cmath>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/pad.h"
+
+namespace camrt {
+
+namespace {
+
+class PadOp : public Op {
+ public:
+  explicit PadOp(const Node& node) : Op(node) {
+    const std::string mode = attr_string("mode", "constant");
+    if (mode == "constant") mode_ = PadMode::Constant;
+    else if (mode == "reflect") mode_ = PadMode::Reflect;
+    else if (mode == "edge") mode_ = PadMode::Edge;
+    else CAMRT_FAIL("node '" << node.name << "' (Pad): unsupported mode '" << mode << "'");
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 1, 4);
+    CAMRT_CHECK(inputs[0].dtype == DType::F32, "node '" << node_.name << "' (Pad): input must be float32");
+    const Shape& in = inputs[0].shape;
+    const auto pads = resolve_pads(inputs, static_cast<int64_t>(in.size()));
+    Shape out = in;
+    for (size_t d = 0; d < in.size(); ++d) {
+      out[d] = in[d] + pads[d] + pads[d + in.size()];
+      CAMRT_CHECK(out[d] >= 0, "node '" << node_.name << "' (Pad): pads make dimension " << d << " negative");
+      CAMRT_CHECK(mode_ == PadMode::Constant || in[d] > 0 || out[d] == 0,
+                  "node '" << node_.name << "' (Pad): cannot " << (mode_ == PadMode::Edge ? "edge" : "reflect") << "-pad an empty dimension");
+    }
+    return {TensorDesc{DType::F32, out}};
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs) const override {
+    const Tensor& x = *inputs[0];  // (any rank)
+    std::vector<TensorDesc> descs;
+    for (const Tensor* t : inputs) {
+      TensorDesc d;
+      if (t) {
+        d.dtype = t->dtype;
+        d.shape = t->shape;
+      } else {
+        d.present = false;
+      }
+      descs.push_back(d);
+    }
+    const auto pads = resolve_pads(descs, x.rank(), &inputs);
+    float value = attr_float("value", 0.f);
+    if (inputs.size() > 2 && inputs[2] && inputs[2]->numel() > 0) value = inputs[2]->f32()[0];
+    pad_forward(outputs[0]->f32(), x.f32(), x.shape.data(), outputs[0]->shape.data(), pads.data(), x.rank(), mode_, value,
+                *ctx.pool);
+  }
+
+ private:
+  // Returns [begin_0..begin_{r-1}, end_0..end_{r-1}], reading constants at plan time or tensors at run time.
+  std::vector<int64_t> resolve_pads(const std::vector<TensorDesc>& inputs, int64_t rank,
+                                    const std::vector<const Tensor*>* runtime = nullptr) const {
+    std::vector<int64_t> given;
+    if (inputs.size() > 1 && inputs[1].present) {
+      if (runtime && (*runtime)[1]) {
+        const Tensor& t = *(*runtime)[1];
+        CAMRT_CHECK(t.dtype == DType::I64, "node '" << node_.name << "' (Pad): pads must be int64");
+        given.assign(t.i64(), t.i64() + t.numel());
+      } else {
+        CAMRT_CHECK(inputs[1].constant, "node '" << node_.name << "' (Pad): pads must be a constant");
+        given = inputs[1].constant->to_int64();
+      }
+    } else {
+      given = attr_ints("pads", {});
+    }
+    std::vector<int64_t> axes;
+    if (inputs.size() > 3 && inputs[3].present) {
+      if (runtime && (*runtime)[3]) axes.assign((*runtime)[3]->i64(), (*runtime)[3]->i64() + (*runtime)[3]->numel());
+      else {
+        CAMRT_CHECK(inputs[3].constant, "node '" << node_.name << "' (Pad): axes must be a constant");
+        axes = inputs[3].constant->to_int64();
+      }
+    } else {
+      for (int64_t d = 0; d < rank; ++d) axes.push_back(d);
+    }
+    CAMRT_CHECK(given.size() == 2 * axes.size(), "node '" << node_.name << "' (Pad): expected " << 2 * axes.size()
+                                                          << " pad values, got " << given.size());
+    std::vector<int64_t> pads(static_cast<size_t>(2 * rank), 0);
+    for (size_t a = 0; a < axes.size(); ++a) {
+      const int64_t d = normalize_axis(axes[a], rank);
+      pads[d] = given[a];
+      pads[d + rank] = given[a + axes.size()];
+    }
+    return pads;
+  }
+
+  PadMode mode_ = PadMode::Constant;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_pad(const Node& node) { return std::make_unique<PadOp>(node); }
+
+}  // namespace camrt

@@ -1,0 +1,178 @@
+// MaxPool and AveragePool (1-D, 2-D, 3-D; ONNX opsets 11-21) and GlobalAveragePool (any rank >= 3):
+// attributes, output shapes and dispatch. The arithmetic is in kernels/cpu/pool.cpp. Pads never
+// materialise: kernels clip each window, so pad values never enter a max or a sum.
+#include <algorithm>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/pool.h"
+
+namespace camrt {
+
+namespace {
+
+enum class PoolKind { Max, Average };
+
+class PoolOp : public Op {
+ public:
+  PoolOp(const Node& node, PoolKind kind) : Op(node), kind_(kind) {
+    kernel_ = attr_ints("kernel_shape", {});
+    CAMRT_CHECK(!kernel_.empty() && kernel_.size() <= 3,
+                where() << "attribute 'kernel_shape' must list 1 to 3 sizes, got " << kernel_.size());
+    strides_ = attr_ints("strides", {});
+    pads_ = attr_ints("pads", {});
+    dilations_ = attr_ints("dilations", {});
+    ceil_mode_ = attr_int("ceil_mode", 0) != 0;
+    auto_pad_ = attr_string("auto_pad", "NOTSET");
+    CAMRT_CHECK(auto_pad_ == "NOTSET" || auto_pad_ == "VALID" || auto_pad_ == "SAME_UPPER" || auto_pad_ == "SAME_LOWER",
+                where() << "unknown auto_pad '" << auto_pad_ << "' (expected NOTSET, VALID, SAME_UPPER or SAME_LOWER)");
+    if (kind_ == PoolKind::Average) {
+      count_include_pad_ = attr_int("count_include_pad", 0) != 0;
+    } else {
+      CAMRT_CHECK(attr_int("storage_order", 0) == 0, where() << "storage_order=1 (column-major indices) is not supported");
+      CAMRT_CHECK(node.outputs.size() < 2 || node.outputs[1].empty(),
+                  where() << "the Indices output ('" << node.outputs[1] << "') is not supported");
+    }
+    const size_t n = kernel_.size();
+    CAMRT_CHECK(strides_.empty() || strides_.size() == n, where() << "'strides' must have " << n << " values");
+    CAMRT_CHECK(dilations_.empty() || dilations_.size() == n, where() << "'dilations' must have " << n << " values");
+    CAMRT_CHECK(pads_.empty() || pads_.size() == 2 * n, where() << "'pads' must have " << 2 * n << " values");
+    for (size_t i = 0; i < n; ++i) {
+      CAMRT_CHECK(kernel_[i] >= 1, where() << "kernel_shape must be positive");
+      CAMRT_CHECK(strides_.empty() || strides_[i] >= 1, where() << "strides must be positive");
+      CAMRT_CHECK(dilations_.empty() || dilations_[i] >= 1, where() << "dilations must be positive");
+    }
+    bool any_pad = false;
+    for (int64_t p : pads_) {
+      CAMRT_CHECK(p >= 0, where() << "pads must be non-negative");
+      any_pad = any_pad || p != 0;
+    }
+    CAMRT_CHECK(!any_pad || auto_pad_ == "NOTSET", where() << "explicit pads cannot be combined with auto_pad=" << auto_pad_);
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 1, 1);
+    CAMRT_CHECK(inputs[0].dtype == DType::F32, where() << "expected F32 input, got " << dtype_name(inputs[0].dtype));
+    TensorDesc out;
+    out.shape = output_shape(inputs[0].shape);
+    return {out};
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    const Tensor& x = *inputs[0];
+    Tensor& y = *outputs[0];
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
+    PoolGeometry g;
+    const Shape expected = output_shape(x.shape, &g);
+    CAMRT_CHECK(y.shape == expected, where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
+    if (kind_ == PoolKind::Max)
+      max_pool_forward(y.f32(), x.f32(), g, *ctx.pool);
+    else
+      average_pool_forward(y.f32(), x.f32(), g, count_include_pad_, *ctx.pool);
+  }
+
+ private:
+  std::string where() const { return "node '" + node_.name + "' (" + node_.op + "): "; }
+
+  // Output shape for input x; fills the kernel geometry when g is given. Spatial axis i of an n-D pool
+  // maps to geometry axis 3 - n + i, so the leading geometry axes of 1-D and 2-D pools stay size 1.
+  Shape output_shape(const Shape& x, PoolGeometry* g = nullptr) const {
+    const size_t n = kernel_.size();
+    CAMRT_CHECK(x.size() == n + 2, where() << "input " << shape_str(x) << " must have rank " << n + 2
+                                           << " (N, C and the " << n << " spatial dims of kernel_shape)");
+    Shape out = {x[0], x[1]};
+    PoolGeometry geometry;
+    geometry.planes = checked_numel({x[0], x[1]});
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t in = x[2 + i], k = kernel_[i];
+      const int64_t s = strides_.empty() ? 1 : strides_[i];
+      const int64_t d = dilations_.empty() ? 1 : dilations_[i];
+      const int64_t extent = (k - 1) * d + 1;  // input positions one window spans
+      int64_t pad_begin = pads_.empty() ? 0 : pads_[i];
+      int64_t pad_end = pads_.empty() ? 0 : pads_[n + i];
+      int64_t o = 0;
+      if (auto_pad_ == "SAME_UPPER" || auto_pad_ == "SAME_LOWER") {
+        // Output ceil(in / s); the total pad making that fit is split, the odd one at the end (UPPER)
+        // or at the beginning (LOWER). ceil_mode does not apply.
+        o = (in + s - 1) / s;
+        const int64_t total = std::max<int64_t>(0, (o - 1) * s + extent - in);
+        pad_begin = auto_pad_ == "SAME_UPPER" ? total / 2 : total - total / 2;
+        pad_end = total - pad_begin;
+      } else {
+        const int64_t span = in + pad_begin + pad_end - extent;  // VALID: pads are zero
+        CAMRT_CHECK(span >= 0, where() << "input " << shape_str(x) << " is too small: spatial dim " << i << " ("
+                                       << in << " + pads " << pad_begin << "+" << pad_end
+                                       << ") is shorter than the kernel extent " << extent);
+        if (ceil_mode_ && auto_pad_ == "NOTSET") {
+          o = (span + s - 1) / s + 1;
+          // The last window must start inside the input or the begin padding (PyTorch / ONNX rule).
+          if ((o - 1) * s >= in + pad_begin) --o;
+        } else {
+          o = span / s + 1;
+        }
+      }
+      out.push_back(o);
+      const size_t a = 3 - n + i;
+      geometry.in[a] = in;
+      geometry.out[a] = o;
+      geometry.kernel[a] = k;
+      geometry.stride[a] = s;
+      geometry.dilation[a] = d;
+      geometry.pad_begin[a] = pad_begin;
+      geometry.pad_end[a] = pad_end;
+    }
+    checked_numel(out);
+    if (g) *g = geometry;
+    return out;
+  }
+
+  PoolKind kind_;
+  std::vector<int64_t> kernel_, strides_, pads_, dilations_;
+  bool ceil_mode_ = false;
+  bool count_include_pad_ = false;
+  std::string auto_pad_;
+};
+
+class GlobalAveragePoolOp : public Op {
+ public:
+  using Op::Op;
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 1, 1);
+    const Shape& x = inputs[0].shape;
+    CAMRT_CHECK(inputs[0].dtype == DType::F32, where() << "expected F32 input, got " << dtype_name(inputs[0].dtype));
+    CAMRT_CHECK(x.size() >= 3, where() << "input " << shape_str(x) << " must have rank >= 3 (N, C, spatial...)");
+    TensorDesc out;
+    out.shape = output_shape(x);
+    return {out};
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    const Tensor& x = *inputs[0];
+    Tensor& y = *outputs[0];
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
+    CAMRT_CHECK(x.rank() >= 3 && y.shape == output_shape(x.shape),
+                where() << "output buffer " << shape_str(y.shape) << " does not fit input " << shape_str(x.shape));
+    const int64_t planes = x.shape[0] * x.shape[1];
+    const int64_t spatial = planes == 0 ? 0 : x.numel() / planes;
+    global_average_pool_forward(y.f32(), x.f32(), planes, spatial, *ctx.pool);
+  }
+
+ private:
+  std::string where() const { return "node '" + node_.name + "' (" + node_.op + "): "; }
+  static Shape output_shape(const Shape& x) {
+    Shape out(x.size(), 1);
+    out[0] = x[0];
+    out[1] = x[1];
+    return out;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_max_pool(const Node& node) { return std::make_unique<PoolOp>(node, PoolKind::Max); }
+std::unique_ptr<Op> make_average_pool(const Node& node) { return std::make_unique<PoolOp>(node, PoolKind::Average); }
+std::unique_ptr<Op> make_global_average_pool(const Node& node) { return std::make_unique<GlobalAveragePoolOp>(node); }
+
+}  // namespace camrt

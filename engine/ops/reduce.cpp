@@ -1,0 +1,114 @@
+// ReduceMean (ONNX opsets 11-21): axes come from the 'axes' attribute (opsets < 18) or from a second
+// input (opset >= 18), which shape inference needs as a constant; forward reads the input's values again
+// so a runtime axes tensor works too. The arithmetic is in kernels/cpu/reduce.cpp.
+#include <algorithm>
+
+#include "engine/ops/factories.h"
+#include "kernels/cpu/reduce.h"
+
+namespace camrt {
+
+namespace {
+
+// Opset where ReduceMean's axes moved from an attribute to an input.
+constexpr int64_t kAxesInputOpset = 18;
+
+class ReduceMeanOp : public Op {
+ public:
+  explicit ReduceMeanOp(const Node& node) : Op(node) {
+    // The importer records the model's opset; without it, the node's own form decides.
+    const int64_t opset = attr_int("onnx_opset", 0);
+    keepdims_ = attr_int("keepdims", 1) != 0;
+    noop_with_empty_axes_ = attr_int("noop_with_empty_axes", 0) != 0;
+    attr_axes_given_ = has_attr("axes");
+    attr_axes_ = attr_ints("axes", {});
+    input_axes_given_ = node.inputs.size() >= 2 && !node.inputs[1].empty();
+    CAMRT_CHECK(node.inputs.size() <= 2, where() << "expected 1 or 2 inputs, got " << node.inputs.size());
+    CAMRT_CHECK(!(attr_axes_given_ && input_axes_given_), where() << "axes given both as attribute and as input");
+    CAMRT_CHECK(!input_axes_given_ || opset == 0 || opset >= kAxesInputOpset,
+                where() << "axes as an input needs opset >= " << kAxesInputOpset << ", the model has opset " << opset);
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 1, 2);
+    CAMRT_CHECK(inputs[0].dtype == DType::F32, where() << "expected F32 input, got " << dtype_name(inputs[0].dtype));
+    std::vector<int64_t> raw = attr_axes_;
+    if (input_axes_given_ && inputs.size() >= 2 && inputs[1].present) {
+      const TensorDesc& a = inputs[1];
+      CAMRT_CHECK(a.dtype == DType::I64 || a.dtype == DType::I32,
+                  where() << "axes input must be I64, got " << dtype_name(a.dtype));
+      CAMRT_CHECK(a.shape.size() <= 1, where() << "axes input must be 1-D, got " << shape_str(a.shape));
+      if (a.constant)
+        raw = a.constant->to_int64();
+      else
+        CAMRT_CHECK(checked_numel(a.shape) == 0, where() << "axes input '" << node_.inputs[1]
+                                                          << "' must be a constant to infer the output shape");
+    }
+    const Shape& x = inputs[0].shape;
+    const std::vector<int64_t> axes = resolve_axes(raw, static_cast<int64_t>(x.size()));
+    TensorDesc out;
+    out.shape = output_shape(x, axes);
+    return {out};
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    const Tensor& x = *inputs[0];
+    Tensor& y = *outputs[0];
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
+    std::vector<int64_t> raw = attr_axes_;
+    if (inputs.size() >= 2 && inputs[1]) {
+      const Tensor& a = *inputs[1];
+      CAMRT_CHECK(a.device == Device::CPU, where() << "axes input must be in host memory");
+      raw.resize(static_cast<size_t>(a.numel()));
+      for (size_t i = 0; i < raw.size(); ++i)
+        raw[i] = a.dtype == DType::I32 ? static_cast<const int32_t*>(a.data)[i] : a.i64()[i];
+    }
+    const std::vector<int64_t> axes = resolve_axes(raw, x.rank());
+    const Shape expected = output_shape(x.shape, axes);
+    CAMRT_CHECK(y.numel() == checked_numel(expected),
+                where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
+    reduce_mean_forward(y.f32(), x.f32(), x.shape, axes, *ctx.pool);
+  }
+
+ private:
+  std::string where() const { return "node '" + node_.name + "' (" + node_.op + "): "; }
+
+  // The sorted set of reduced axes. No axes means all of them, unless noop_with_empty_axes.
+  std::vector<int64_t> resolve_axes(const std::vector<int64_t>& raw, int64_t rank) const {
+    std::vector<int64_t> axes;
+    if (raw.empty()) {
+      if (!noop_with_empty_axes_)
+        for (int64_t a = 0; a < rank; ++a) axes.push_back(a);
+      return axes;
+    }
+    for (int64_t a : raw) axes.push_back(normalize_axis(a, rank));
+    std::sort(axes.begin(), axes.end());
+    CAMRT_CHECK(std::adjacent_find(axes.begin(), axes.end()) == axes.end(), where() << "repeated axis in axes");
+    return axes;
+  }
+
+  Shape output_shape(const Shape& x, const std::vector<int64_t>& axes) const {
+    Shape out;
+    for (size_t d = 0; d < x.size(); ++d) {
+      const bool reduced = std::binary_search(axes.begin(), axes.end(), static_cast<int64_t>(d));
+      if (!reduced)
+        out.push_back(x[d]);
+      else if (keepdims_)
+        out.push_back(1);
+    }
+    return out;
+  }
+
+  bool keepdims_ = true;
+  bool noop_with_empty_axes_ = false;
+  bool attr_axes_given_ = false;
+  bool input_axes_given_ = false;
+  std::vector<int64_t> attr_axes_;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_reduce_mean(const Node& node) { return std::make_unique<ReduceMeanOp>(node); }
+
+}  // namespace camrt

@@ -1,0 +1,61 @@
+// Softmax: shape inference and CPU forward (kernel in kernels/cpu/softmax.cpp). ONNX changed the meaning
+// of `axis` at opset 13: before, the input is flattened to 2-D at axis and normalised over all trailing
+// dims (default axis 1); from 13 on, only that one axis is normalised (default -1). The importer records
+// the model's opset in the "onnx_opset" attribute; without it, opset 13 semantics apply.
+#include "engine/ops/factories.h"
+#include "kernels/cpu/softmax.h"
+
+namespace camrt {
+
+namespace {
+
+std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
+
+class SoftmaxOp final : public Op {
+ public:
+  explicit SoftmaxOp(const Node& node) : Op(node) {
+    flatten_ = attr_int("onnx_opset", 13) < 13;
+    axis_ = attr_int("axis", flatten_ ? 1 : -1);
+  }
+
+  std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
+    expect_inputs(inputs, 1, 1);
+    CAMRT_CHECK(inputs[0].present, where(node_) << ": input 0 is required");
+    CAMRT_CHECK(inputs[0].dtype == DType::F32, where(node_) << ": input must be F32, got " << dtype_name(inputs[0].dtype));
+    const int64_t rank = static_cast<int64_t>(inputs[0].shape.size());
+    CAMRT_CHECK(rank >= 1, where(node_) << ": input must have rank >= 1, got a scalar");
+    normalize_axis(axis_, rank);  // throws with the node's name if out of range
+    return {TensorDesc{DType::F32, inputs[0].shape}};
+  }
+
+  void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+               const std::vector<Tensor*>& outputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    const Tensor& x = *inputs.at(0);
+    Tensor& y = *outputs.at(0);
+    const int64_t axis = normalize_axis(axis_, x.rank());
+    // View x as (outer, dim, inner).
+    int64_t outer = 1, dim = 1, inner = 1;
+    for (int64_t k = 0; k < x.rank(); ++k) {
+      if (k < axis) {
+        outer *= x.dim(k);
+      } else if (k == axis || flatten_) {
+        dim *= x.dim(k);
+      } else {
+        inner *= x.dim(k);
+      }
+    }
+    softmax_forward(y.f32(), x.f32(), outer, dim, inner, *ctx.pool);
+  }
+
+ private:
+  bool flatten_ = false;  // opset < 13: normalise over every dim from axis on
+  int64_t axis_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_softmax(const Node& node) { return std::make_unique<SoftmaxOp>(node); }
+
+}  // namespace camrt

@@ -1,0 +1,42 @@
+// CPU 2-D convolution forward (NCHW input, OIHW weights), with groups, strides, dilations, asymmetric pads,
+// optional bias and a fused activation. Grouped/dense convs run as GEMMs whose B operand is im2col'ed straight
+// into the GEMM's packed panels (1x1 stride-1 convs read the input as is); depthwise convs use a direct kernel.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/parallel.h"
+
+namespace camrt {
+
+// Sizes of one convolution. A 1-D conv is a 2-D conv with in_h = kernel_h = 1, stride_h = 1 and zero H pads.
+struct Conv2dShape {
+  int64_t batch = 1;
+  int64_t in_channels = 0, in_h = 0, in_w = 0;
+  int64_t out_channels = 0, kernel_h = 1, kernel_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  int64_t groups = 1;
+
+  int64_t out_h() const { return (in_h + pad_top + pad_bottom - dilation_h * (kernel_h - 1) - 1) / stride_h + 1; }
+  int64_t out_w() const { return (in_w + pad_left + pad_right - dilation_w * (kernel_w - 1) - 1) / stride_w + 1; }
+};
+
+// Empty if the sizes describe a valid convolution (positive sizes, groups dividing both channel counts,
+// output at least 1x1), else what is wrong. Allocates nothing when valid, so ops can call it every forward.
+std::string conv2d_shape_error(const Conv2dShape& s);
+
+// Scratch bytes conv2d_forward needs for these sizes when run on a pool of num_threads.
+size_t conv2d_workspace_bytes(const Conv2dShape& s, int num_threads);
+
+// out = act(conv(in, weight) + bias).
+// out: (batch, out_channels, out_h, out_w); in: (batch, in_channels, in_h, in_w);
+// weight: (out_channels, in_channels / groups, kernel_h, kernel_w); bias: (out_channels,) or null.
+// workspace must hold conv2d_workspace_bytes(s, pool.num_threads()) bytes (may be null when that is 0).
+void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool);
+
+}  // namespace camrt

@@ -1,0 +1,45 @@
+// ThreadPool: the CPU backend's workers. Owned by a Context (never global) and passed to every CPU
+// launcher the way a CUDA launcher takes a stream. parallel_for splits [0, n) into contiguous chunks;
+// with one thread, or when called from inside a worker, it runs inline.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace camrt {
+
+class ThreadPool {
+ public:
+  // num_threads <= 0: std::thread::hardware_concurrency().
+  explicit ThreadPool(int num_threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return num_threads_; }
+
+  // Calls fn(begin, end) on disjoint chunks covering [0, n); chunks are at least min_chunk long.
+  // Blocks until all chunks are done. Exceptions thrown by fn are rethrown here (first one wins).
+  void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fn, int64_t min_chunk = 1);
+
+ private:
+  void worker_loop(int worker_index);
+
+  int num_threads_ = 1;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t job_n_ = 0, job_chunk_ = 0, job_num_chunks_ = 0;
+  int64_t next_chunk_ = 0, chunks_done_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread::id owner_;
+  bool busy_ = false;
+};
+
+}  // namespace camrt

@@ -1,0 +1,130 @@
+// CPU pooling kernels, threaded over planes (N*C). Every window is clipped to the input through
+// pool_taps, so no padded copy of the input is made. 2-D pools without W dilation take a fast path whose
+// interior columns (window fully inside the row) skip all clipping.
+#include "kernels/cpu/pool.h"
+
+#include <limits>
+
+#include "kernels/cpu/reduce.h"
+
+namespace camrt {
+
+namespace {
+
+// Below this many window taps per chunk, waking workers (about 10 us) costs more than the work.
+constexpr int64_t kMinTapsPerChunk = int64_t(1) << 15;
+
+template <bool kMax>
+inline void accumulate(float& acc, float v) {
+  if (kMax)
+    acc = (v > acc || v != v) ? v : acc;  // v != v: NaN wins, as in PyTorch
+  else
+    acc += v;
+}
+
+template <bool kMax>
+inline float initial() {
+  return kMax ? -std::numeric_limits<float>::infinity() : 0.f;
+}
+
+template <bool kMax>
+inline float finish(float acc, int64_t count) {
+  return kMax ? acc : acc / static_cast<float>(count);
+}
+
+inline int64_t window_count(const PoolTaps& td, const PoolTaps& th, const PoolTaps& tw, bool include_pad) {
+  if (include_pad) return td.padded_count * th.padded_count * tw.padded_count;
+  return (td.k_end - td.k_begin) * (th.k_end - th.k_begin) * (tw.k_end - tw.k_begin);
+}
+
+// One output value from its clipped window; plane is one (D, H, W) input plane.
+template <bool kMax>
+inline float pool_window(const float* plane, const PoolGeometry& g, const PoolTaps& td, const PoolTaps& th,
+                         const PoolTaps& tw, bool include_pad) {
+  const int64_t hw = g.in[1] * g.in[2];
+  float acc = initial<kMax>();
+  for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
+    const float* pd = plane + (td.start + kd * g.dilation[0]) * hw;
+    for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
+      const float* ph = pd + (th.start + kh * g.dilation[1]) * g.in[2] + tw.start;
+      for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) accumulate<kMax>(acc, ph[kw * g.dilation[2]]);
+    }
+  }
+  return finish<kMax>(acc, window_count(td, th, tw, include_pad));
+}
+
+// Any geometry: clip every window on every axis.
+template <bool kMax>
+void pool_plane_generic(float* out, const float* plane, const PoolGeometry& g, bool include_pad) {
+  for (int64_t od = 0; od < g.out[0]; ++od) {
+    const PoolTaps td = pool_taps(g, 0, od);
+    for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+      const PoolTaps th = pool_taps(g, 1, oh);
+      for (int64_t ow = 0; ow < g.out[2]; ++ow)
+        *out++ = pool_window<kMax>(plane, g, td, th, pool_taps(g, 2, ow), include_pad);
+    }
+  }
+}
+
+// 2-D (and 1-D) pools with unit W dilation: columns whose window lies inside the row read a contiguous
+// run of kernel[2] values with no clipping; only the border columns go through pool_taps.
+template <bool kMax>
+void pool_plane_2d(float* out, const float* plane, const PoolGeometry& g, bool include_pad) {
+  const int64_t W = g.in[2], KW = g.kernel[2], SW = g.stride[2], PW = g.pad_begin[2], OW = g.out[2];
+  // Interior columns: start = ow*SW - PW >= 0 and start + KW <= W.
+  const int64_t ow_lo = std::min(OW, (PW + SW - 1) / SW);
+  const int64_t ow_hi = W - KW + PW < 0 ? ow_lo : std::max(ow_lo, std::min(OW, (W - KW + PW) / SW + 1));
+  const PoolTaps td = pool_taps(g, 0, 0);  // D is a size-1 dim here: one tap at index 0
+  for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+    const PoolTaps th = pool_taps(g, 1, oh);
+    float* out_row = out + oh * OW;
+    for (int64_t ow = 0; ow < ow_lo; ++ow) out_row[ow] = pool_window<kMax>(plane, g, td, th, pool_taps(g, 2, ow), include_pad);
+    const int64_t rows = include_pad ? th.padded_count : th.k_end - th.k_begin;
+    const int64_t count = rows * KW;  // interior: every W tap is inside the input (and the pads)
+    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+      const float* col = plane + ow * SW - PW;
+      float acc = initial<kMax>();
+      for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
+        const float* p = col + (th.start + kh * g.dilation[1]) * W;
+        for (int64_t kw = 0; kw < KW; ++kw) accumulate<kMax>(acc, p[kw]);
+      }
+      out_row[ow] = finish<kMax>(acc, count);
+    }
+    for (int64_t ow = ow_hi; ow < OW; ++ow) out_row[ow] = pool_window<kMax>(plane, g, td, th, pool_taps(g, 2, ow), include_pad);
+  }
+}
+
+template <bool kMax>
+void pool_forward(float* out, const float* in, const PoolGeometry& g, bool include_pad, ThreadPool& pool) {
+  const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
+  const int64_t taps_per_plane = std::max<int64_t>(1, out_plane * g.kernel[0] * g.kernel[1] * g.kernel[2]);
+  const bool fast_2d = g.in[0] == 1 && g.out[0] == 1 && g.kernel[0] == 1 && g.pad_begin[0] == 0 && g.dilation[2] == 1;
+  pool.parallel_for(g.planes, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      if (fast_2d)
+        pool_plane_2d<kMax>(out + p * out_plane, in + p * in_plane, g, include_pad);
+      else
+        pool_plane_generic<kMax>(out + p * out_plane, in + p * in_plane, g, include_pad);
+    }
+  }, std::max<int64_t>(1, kMinTapsPerChunk / taps_per_plane));
+}
+
+}  // namespace
+
+void max_pool_forward(float* out, const float* in, const PoolGeometry& g, ThreadPool& pool) {
+  pool_forward<true>(out, in, g, false, pool);
+}
+
+void average_pool_forward(float* out, const float* in, const PoolGeometry& g, bool count_include_pad, ThreadPool& pool) {
+  pool_forward<false>(out, in, g, count_include_pad, pool);
+}
+
+void global_average_pool_forward(float* out, const float* in, int64_t planes, int64_t spatial, ThreadPool& pool) {
+  // spatial == 0 gives 0 / 0 = NaN, the mean of nothing.
+  pool.parallel_for(planes, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      out[p] = static_cast<float>(sum_f32(in + p * spatial, spatial) / static_cast<double>(spatial));
+  }, std::max<int64_t>(1, kMinTapsPerChunk / std::max<int64_t>(1, spatial)));
+}
+
+}  // namespace camrt

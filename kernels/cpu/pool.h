@@ -1,0 +1,69 @@
+// CPU pooling kernels (MaxPool, AveragePool, GlobalAveragePool) over N*C independent planes with up to
+// three spatial dims: a 1-D or 2-D pool is a 3-D pool whose leading spatial dims have size 1 (kernel 1,
+// stride 1, no pads). Window arithmetic lives in pool_taps so the backward kernels reuse it.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cpu/parallel.h"
+
+namespace camrt {
+
+// Geometry of one pooling call, spatial dims as (D, H, W).
+struct PoolGeometry {
+  int64_t planes = 0;                 // N * C
+  int64_t in[3] = {1, 1, 1};          // input spatial size
+  int64_t out[3] = {1, 1, 1};         // output spatial size
+  int64_t kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1};
+  int64_t dilation[3] = {1, 1, 1};
+  int64_t pad_begin[3] = {0, 0, 0};
+  // End pads only bound count_include_pad's divisor: with ceil_mode a window may run past them,
+  // and those extra positions count for nothing (ONNX / PyTorch rule).
+  int64_t pad_end[3] = {0, 0, 0};
+
+  int64_t in_plane() const { return in[0] * in[1] * in[2]; }
+  int64_t out_plane() const { return out[0] * out[1] * out[2]; }
+};
+
+// The kernel taps of output position `o` along one axis: tap k reads input index start + k * dilation.
+struct PoolTaps {
+  int64_t start;         // input index of tap 0; negative inside the begin padding
+  int64_t k_begin;       // taps [k_begin, k_end) land inside the input
+  int64_t k_end;
+  int64_t padded_count;  // taps that land inside begin pad + input + end pad
+};
+
+inline PoolTaps pool_taps(const PoolGeometry& g, int axis, int64_t o) {
+  const int64_t d = g.dilation[axis], k = g.kernel[axis], n = g.in[axis];
+  PoolTaps t;
+  t.start = o * g.stride[axis] - g.pad_begin[axis];
+  // First tap at index >= 0 and first tap at index >= limit; ceil divisions of non-negative numerators.
+  auto first_tap_at = [&](int64_t limit) {
+    const int64_t gap = limit - t.start;
+    return gap <= 0 ? int64_t(0) : std::min(k, (gap + d - 1) / d);
+  };
+  t.k_begin = first_tap_at(0);
+  t.k_end = std::max(t.k_begin, first_tap_at(n));
+  t.padded_count = first_tap_at(n + g.pad_end[axis]);  // start >= -pad_begin, so every tap before is counted
+  return t;
+}
+
+// Max over each window, ignoring padding; NaN propagates (as in PyTorch). A window with no input tap
+// (only possible with pads >= the kernel extent) yields -inf.
+void max_pool_forward(float* out,      // (planes, out[0], out[1], out[2])
+                      const float* in,  // (planes, in[0], in[1], in[2])
+                      const PoolGeometry& g, ThreadPool& pool);
+
+// Mean over each window. count_include_pad: divide by the taps inside input + pads, else by the taps
+// inside the input (a window with none yields NaN, 0/0).
+void average_pool_forward(float* out,      // (planes, out[0], out[1], out[2])
+                          const float* in,  // (planes, in[0], in[1], in[2])
+                          const PoolGeometry& g, bool count_include_pad, ThreadPool& pool);
+
+// Mean of each plane.
+void global_average_pool_forward(float* out,      // (planes)
+                                 const float* in,  // (planes, spatial)
+                                 int64_t planes, int64_t spatial, ThreadPool& pool);
+
+}  // namespace camrt

@@ -1,0 +1,13 @@
+// The camrt subcommands. Each takes the arguments after its name and returns the process exit code;
+// errors are thrown as camrt::Error and printed by main as one line.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace camrt::cli {
+
+int run_convert(const std::vector<std::string>& argv);
+int run_inspect(const std::vector<std::string>& argv);
+int run_predict(const std::vector<std::string>& argv);
+
+}  // namespace camrt::cli
