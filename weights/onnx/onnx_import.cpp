@@ -1510,7 +1510,14 @@ class Importer {
     }
     if (op == "Reshape" && node.inputs.size() == 2 && constant(node.inputs[1])) normalize_reshape_shape(node);
     if (op == "Dropout") {
-      node.inputs.resize(std::min<size_t>(node.inputs.size(), 1));  // ratio, training_mode: inference ignores them
+      // Inference drops ratio; training_mode must be known to be false, since camrt never trains.
+      if (node.inputs.size() > 2 && !node.inputs[2].empty()) {
+        const HostTensor* training = constant(node.inputs[2]);
+        CAMRT_CHECK(training, where(node) << ": training_mode must be a constant (camrt runs inference only)");
+        const std::vector<int64_t> flag = training->to_int64();
+        CAMRT_CHECK(flag.empty() || flag[0] == 0, where(node) << ": training_mode = true is not supported (camrt runs inference only)");
+      }
+      node.inputs.resize(std::min<size_t>(node.inputs.size(), 1));
       while (node.outputs.size() > 1 && (node.outputs.back().empty() || !readers_.count(node.outputs.back()) ||
                                          !readers_.at(node.outputs.back())))
         node.outputs.pop_back();
@@ -1896,6 +1903,21 @@ Model import_onnx_bytes(const uint8_t* data, size_t size, const std::string& sou
 Model import_onnx(const std::string& path, const OnnxImportOptions& options) {
   const std::vector<uint8_t> bytes = read_file(path);
   return import_onnx_bytes(bytes.data(), bytes.size(), path, options);
+}
+
+OnnxSummary summarize_onnx(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  const OnnxModel onnx = decode_model(bytes.data(), bytes.size(), path);
+  OnnxSummary summary;
+  for (const auto& [domain, version] : onnx.opsets)
+    if (domain.empty() || domain == "ai.onnx") summary.opset = version;
+  for (const OnnxNode& node : onnx.graph.nodes)
+    summary.op_types.push_back(node.domain.empty() || node.domain == "ai.onnx" ? node.op_type : node.domain + "." + node.op_type);
+  std::set<std::string> initializers;
+  for (const auto& init : onnx.graph.initializers) initializers.insert(init.first);
+  for (const OnnxValueInfo& input : onnx.graph.inputs)
+    if (!initializers.count(input.name)) summary.input_names.push_back(input.name);
+  return summary;
 }
 
 HostTensor read_onnx_tensor_file(const std::string& path, std::string* name) {
