@@ -1,5 +1,6 @@
-// Planning and running one forward pass; see executor.h. Step numbering: graph inputs are written at step 0,
-// node i runs at step i + 1, and "end" (num_nodes + 1) marks values that must outlive the pass.
+// Planning and running forward and backward passes; see executor.h. Step numbering: plan inputs are written
+// at step 0, the k-th active node runs forward at step k + 1, the j-th backward node at step N + 1 + j, and
+// "end" (after the last backward step) marks values that must outlive the pass.
 #include "engine/executor.h"
 
 #include <algorithm>
@@ -7,57 +8,160 @@
 
 namespace camrt {
 
+int Executor::resolve(const std::string& name) const {
+  int id = graph_.find_value(name);
+  if (id < 0) {
+    const int node = graph_.find_node(name);
+    if (node >= 0) id = graph_.nodes()[node].outputs[0];
+  }
+  CAMRT_CHECK(id >= 0, graph_.source_name() << ": no node or tensor named '" << name << "'");
+  return id;
+}
+
 Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input_shapes, ThreadPool& pool,
                    PlanOptions options)
     : graph_(graph), pool_(pool) {
   descs_ = graph_.infer(input_shapes);
   const auto& values = graph_.values();
   const auto& nodes = graph_.nodes();
-  const int64_t end_step = static_cast<int64_t>(nodes.size()) + 1;
+  const size_t num_values = values.size();
 
-  std::vector<bool> keep(values.size(), false);
-  for (const std::string& name : options.keep) {
-    int id = graph_.find_value(name);
-    if (id < 0) {
-      const int node = graph_.find_node(name);
-      if (node >= 0) id = nodes[node].outputs[0];
+  // --- Which nodes run forward, and what the plan's inputs are.
+  std::vector<bool> available(num_values, false);  // constant, plan input, or produced by an active node
+  for (size_t id = 0; id < num_values; ++id) available[id] = values[id].constant != nullptr;
+  std::vector<int> active;  // node indices in forward order
+  if (options.start_from.empty()) {
+    input_ids_ = graph_.input_ids();
+    for (size_t n = 0; n < nodes.size(); ++n) active.push_back(static_cast<int>(n));
+  } else {
+    CAMRT_CHECK(options.grad_targets.empty(), "a tail plan (start_from) has no backward pass");
+    const int start = resolve(options.start_from);
+    input_ids_ = {start};
+    std::vector<bool> downstream(num_values, false);
+    downstream[start] = true;
+    for (size_t n = 0; n < nodes.size(); ++n) {
+      bool reads_downstream = false;
+      for (int id : nodes[n].inputs) reads_downstream |= id >= 0 && downstream[id];
+      if (!reads_downstream) continue;
+      for (int id : nodes[n].inputs)
+        CAMRT_CHECK(id < 0 || downstream[id] || values[id].constant,
+                    graph_.source_name() << ": cannot run the network from '" << options.start_from << "' on: node '"
+                                         << nodes[n].node->name << "' also reads '" << values[id].name
+                                         << "', computed before it");
+      for (int id : nodes[n].outputs) downstream[id] = true;
+      active.push_back(static_cast<int>(n));
     }
-    CAMRT_CHECK(id >= 0, graph_.source_name() << ": no node or tensor named '" << name << "' to keep");
-    keep[id] = true;
   }
-  for (int id : graph_.output_ids()) keep[id] = true;
-  for (int id : graph_.input_ids()) keep[id] = true;
+  for (int id : input_ids_) available[id] = true;
+  for (int n : active)
+    for (int id : nodes[n].outputs) available[id] = true;
+  const int64_t num_forward = static_cast<int64_t>(active.size());
+  std::vector<int64_t> forward_step_of_node(nodes.size(), -1);
+  for (int64_t k = 0; k < num_forward; ++k) forward_step_of_node[active[k]] = k + 1;
 
-  auto last_use = [&](int id) {
-    int64_t last = values[id].producer + 1;
-    for (int consumer : values[id].consumers) last = std::max<int64_t>(last, consumer + 1);
-    return keep[id] ? end_step : last;
+  // --- Backward: values that depend on a target (requires) and that output 0 depends on (ancestor).
+  std::vector<bool> flows(num_values, false);  // a gradient buffer exists for this value
+  std::vector<int> backward_nodes;             // node indices in backward (reverse) order
+  if (!options.grad_targets.empty()) {
+    const int out0 = graph_.output_ids().at(0);
+    std::vector<bool> requires(num_values, false), ancestor(num_values, false);
+    for (const std::string& name : options.grad_targets) {
+      const int id = resolve(name);
+      CAMRT_CHECK(!values[id].constant, graph_.source_name() << ": '" << name << "' is a weight; camrt computes activation gradients only");
+      requires[id] = true;
+      grad_target_ids_.push_back(id);
+    }
+    for (int n : active) {
+      bool any = false;
+      for (int id : nodes[n].inputs) any |= id >= 0 && requires[id];
+      if (any)
+        for (int id : nodes[n].outputs) requires[id] = true;
+    }
+    ancestor[out0] = true;
+    for (auto it = active.rbegin(); it != active.rend(); ++it) {
+      bool any = false;
+      for (int id : nodes[*it].outputs) any |= ancestor[id];
+      if (any)
+        for (int id : nodes[*it].inputs)
+          if (id >= 0) ancestor[id] = true;
+    }
+    for (size_t id = 0; id < num_values; ++id) flows[id] = requires[id] && ancestor[id] && !values[id].constant;
+    for (int id : grad_target_ids_)
+      CAMRT_CHECK(flows[id], graph_.source_name() << ": the output '" << values[out0].name << "' does not depend on '"
+                                                   << values[id].name << "', so it has no gradient there");
+    for (auto it = active.rbegin(); it != active.rend(); ++it) {
+      bool in_flows = false, out_flows = false;
+      for (int id : nodes[*it].inputs) in_flows |= id >= 0 && flows[id];
+      for (int id : nodes[*it].outputs) out_flows |= flows[id];
+      if (in_flows && out_flows) backward_nodes.push_back(*it);
+    }
+    seed_value_ = out0;
+  }
+  const int64_t num_backward = static_cast<int64_t>(backward_nodes.size());
+  const int64_t end_step = num_forward + num_backward + 2;
+  auto backward_step = [&](int64_t j) { return num_forward + 1 + j; };
+
+  // --- Lifetimes of forward values.
+  std::vector<bool> keep(num_values, false);
+  for (const std::string& name : options.keep) keep[resolve(name)] = true;
+  for (int id : graph_.output_ids()) keep[id] = keep[id] || available[id];
+  for (int id : input_ids_) keep[id] = true;
+  for (int id : grad_target_ids_) keep[id] = true;
+  std::vector<int64_t> last_step(num_values, 0);
+  for (size_t id = 0; id < num_values; ++id) {
+    if (values[id].producer >= 0 && forward_step_of_node[values[id].producer] >= 0)
+      last_step[id] = forward_step_of_node[values[id].producer];
+    for (int consumer : values[id].consumers)
+      last_step[id] = std::max(last_step[id], forward_step_of_node[consumer]);
+    if (keep[id]) last_step[id] = end_step;
+  }
+  std::vector<bool> needed_by_backward(num_values, false);
+  for (int64_t j = 0; j < num_backward; ++j) {
+    const GraphNode& gn = nodes[backward_nodes[j]];
+    std::vector<TensorDesc> in_descs;
+    for (int id : gn.inputs) {
+      TensorDesc d;
+      if (id >= 0) d = descs_[id];
+      else d.present = false;
+      in_descs.push_back(d);
+    }
+    const BackwardNeeds needs = gn.op->backward_needs(in_descs, gn.outputs.size());
+    auto extend = [&](int id) {
+      if (id < 0 || values[id].constant) return;
+      needed_by_backward[id] = true;
+      last_step[id] = std::max(last_step[id], options.repeat_backward ? end_step : backward_step(j));
+    };
+    for (size_t i = 0; i < gn.inputs.size() && i < needs.inputs.size(); ++i)
+      if (needs.inputs[i]) extend(gn.inputs[i]);
+    for (size_t i = 0; i < gn.outputs.size() && i < needs.outputs.size(); ++i)
+      if (needs.outputs[i]) extend(gn.outputs[i]);
+  }
+  for (size_t id = 0; id < num_values; ++id) stats_.kept_for_backward += needed_by_backward[id] ? 1 : 0;
+
+  // --- Forward buffers: one per computed value, except in-place outputs that take over their input's buffer.
+  buffer_of_value_.assign(num_values, -1);
+  auto value_bytes = [&](int id) {
+    return static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(descs_[id].dtype);
   };
-
-  // Buffers: one per non-constant value, except in-place outputs that take over their input's buffer.
-  buffer_of_value_.assign(values.size(), -1);
-  readable_after_.assign(values.size(), false);
   auto new_buffer = [&](int id, int64_t first_step) {
     buffer_of_value_[id] = static_cast<int>(buffers_.size());
-    const size_t bytes = static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(descs_[id].dtype);
-    buffers_.push_back(BufferRequest{bytes, first_step, last_use(id)});
+    buffers_.push_back(BufferRequest{value_bytes(id), first_step, last_step[id]});
   };
-  for (int id : graph_.input_ids()) new_buffer(id, 0);
-  for (size_t n = 0; n < nodes.size(); ++n) {
+  for (int id : input_ids_) new_buffer(id, 0);
+  for (int n : active) {
     const GraphNode& gn = nodes[n];
-    const int64_t step = static_cast<int64_t>(n) + 1;
+    const int64_t step = forward_step_of_node[n];
     for (size_t o = 0; o < gn.outputs.size(); ++o) {
       const int out = gn.outputs[o];
       if (o == 0 && gn.op->can_run_in_place() && !gn.inputs.empty() && gn.inputs[0] >= 0) {
         const int in = gn.inputs[0];
         const bool in_is_activation = values[in].constant == nullptr && buffer_of_value_[in] >= 0;
-        const bool same_bytes = descs_[in].dtype == descs_[out].dtype &&
-                                checked_numel(descs_[in].shape) == checked_numel(descs_[out].shape);
-        // The input must die here: nobody reads it later and nobody asked to keep it.
-        if (in_is_activation && same_bytes && !keep[in] && last_use(in) == step) {
+        const bool same_bytes = descs_[in].dtype == descs_[out].dtype && value_bytes(in) == value_bytes(out);
+        // The input must die here: nobody reads it later (forward or backward) and nobody asked to keep it.
+        if (in_is_activation && same_bytes && !keep[in] && last_step[in] == step) {
           const int buffer = buffer_of_value_[in];
           buffer_of_value_[out] = buffer;
-          buffers_[buffer].last_step = std::max(buffers_[buffer].last_step, last_use(out));
+          buffers_[buffer].last_step = std::max(buffers_[buffer].last_step, last_step[out]);
           ++stats_.in_place_count;
           continue;
         }
@@ -65,63 +169,103 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
       new_buffer(out, step);
     }
   }
+
+  // --- Gradient buffers: live from the first backward step that contributes to them to the step that reads
+  // them (their producer's backward), or to the end for targets.
+  buffer_of_gradient_.assign(num_values, -1);
+  std::vector<int64_t> first_grad_step(num_values, -1), last_grad_step(num_values, -1);
+  for (int64_t j = 0; j < num_backward; ++j) {
+    const GraphNode& gn = nodes[backward_nodes[j]];
+    for (int id : gn.inputs)
+      if (id >= 0 && flows[id] && first_grad_step[id] < 0) first_grad_step[id] = backward_step(j);
+    for (int id : gn.outputs)
+      if (flows[id]) last_grad_step[id] = backward_step(j);
+  }
+  backward_steps_.resize(static_cast<size_t>(num_backward));
+  for (size_t id = 0; id < num_values; ++id) {
+    if (!flows[id]) continue;
+    int64_t first = first_grad_step[id], last = last_grad_step[id];
+    if (static_cast<int>(id) == seed_value_) first = num_forward + 1;
+    if (keep[id] && std::find(grad_target_ids_.begin(), grad_target_ids_.end(), static_cast<int>(id)) != grad_target_ids_.end())
+      last = end_step;
+    if (first < 0) continue;  // nothing contributes (cannot happen for values on a path)
+    if (last < first) last = first;
+    buffer_of_gradient_[id] = static_cast<int>(buffers_.size());
+    buffers_.push_back(BufferRequest{static_cast<size_t>(checked_numel(descs_[id].shape)) * sizeof(float), first, last});
+    if (static_cast<int>(id) != seed_value_) backward_steps_[first - num_forward - 1].zero_before.push_back(static_cast<int>(id));
+  }
+
   memory_plan_ = plan_memory(buffers_);
   stats_.arena_bytes = memory_plan_.arena_bytes;
   stats_.naive_bytes = memory_plan_.naive_bytes;
+  stats_.forward_nodes = num_forward;
+  stats_.backward_nodes = num_backward;
   for (const auto& [name, tensor] : graph_.model().weights) stats_.weight_bytes += tensor.bytes.size();
 
-  // A value is intact after forward if its buffer was never handed to a later tensor.
-  for (size_t id = 0; id < values.size(); ++id) {
-    if (values[id].constant) {
-      readable_after_[id] = true;
-    } else if (buffer_of_value_[id] >= 0) {
-      readable_after_[id] = keep[id] && buffers_[buffer_of_value_[id]].last_step == end_step;
-    }
+  readable_after_.assign(num_values, false);
+  for (size_t id = 0; id < num_values; ++id) {
+    if (values[id].constant) readable_after_[id] = true;
+    else if (buffer_of_value_[id] >= 0) readable_after_[id] = keep[id] && buffers_[buffer_of_value_[id]].last_step == end_step;
   }
-  // A kept value that was aliased by an in-place successor is not intact; in-place never takes a kept
-  // input, but a kept value produced in place over a dead input is fine (it owns the buffer from then on).
 
+  // --- Workspace, shared by every forward and backward step.
   context_.device = Device::CPU;
   context_.pool = &pool_;
-  for (const GraphNode& gn : nodes) {
-    std::vector<TensorDesc> inputs;
+  auto input_descs = [&](const GraphNode& gn) {
+    std::vector<TensorDesc> in;
     for (int id : gn.inputs) {
       TensorDesc d;
       if (id >= 0) d = descs_[id];
       else d.present = false;
-      inputs.push_back(d);
+      in.push_back(d);
     }
-    stats_.workspace_bytes = std::max(stats_.workspace_bytes, gn.op->workspace_bytes(inputs, context_));
-  }
+    return in;
+  };
+  for (int n : active) stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(input_descs(nodes[n]), context_));
+  for (int n : backward_nodes)
+    stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->backward_workspace_bytes(input_descs(nodes[n]), context_));
   const size_t workspace_offset = (memory_plan_.arena_bytes + 63) / 64 * 64;
   arena_ = Arena(workspace_offset + stats_.workspace_bytes, Device::CPU);
   context_.workspace = stats_.workspace_bytes ? arena_.data() + workspace_offset : nullptr;
   context_.workspace_bytes = stats_.workspace_bytes;
 
-  views_.resize(values.size());
-  for (size_t id = 0; id < values.size(); ++id) {
+  // --- Views and steps.
+  views_.resize(num_values);
+  gradient_views_.resize(num_values);
+  for (size_t id = 0; id < num_values; ++id) {
     Tensor& view = views_[id];
     view.dtype = descs_[id].dtype;
     view.shape = descs_[id].shape;
-    view.device = Device::CPU;
-    if (values[id].constant) {
-      view.data = const_cast<uint8_t*>(values[id].constant->bytes.data());
-    } else if (buffer_of_value_[id] >= 0) {
-      view.data = arena_.data() + memory_plan_.offsets[buffer_of_value_[id]];
+    if (values[id].constant) view.data = const_cast<uint8_t*>(values[id].constant->bytes.data());
+    else if (buffer_of_value_[id] >= 0) view.data = arena_.data() + memory_plan_.offsets[buffer_of_value_[id]];
+    if (buffer_of_gradient_[id] >= 0) {
+      gradient_views_[id] = Tensor{arena_.data() + memory_plan_.offsets[buffer_of_gradient_[id]], DType::F32, descs_[id].shape};
     }
   }
-  steps_.resize(nodes.size());
-  for (size_t n = 0; n < nodes.size(); ++n) {
-    for (int id : nodes[n].inputs) steps_[n].inputs.push_back(id >= 0 ? &views_[id] : nullptr);
-    for (int id : nodes[n].outputs) steps_[n].outputs.push_back(&views_[id]);
+  for (int n : active) {
+    Step step;
+    step.node = n;
+    for (int id : nodes[n].inputs) step.inputs.push_back(id >= 0 ? &views_[id] : nullptr);
+    for (int id : nodes[n].outputs) step.outputs.push_back(&views_[id]);
+    forward_steps_.push_back(std::move(step));
+  }
+  for (int64_t j = 0; j < num_backward; ++j) {
+    Step& step = backward_steps_[j];
+    const int n = backward_nodes[j];
+    step.node = n;
+    for (int id : nodes[n].inputs) {
+      step.inputs.push_back(id >= 0 ? &views_[id] : nullptr);
+      step.dinputs.push_back(id >= 0 && flows[id] ? &gradient_views_[id] : nullptr);
+    }
+    for (int id : nodes[n].outputs) {
+      step.outputs_read.push_back(&views_[id]);
+      step.doutputs.push_back(flows[id] ? &gradient_views_[id] : nullptr);
+    }
   }
 }
 
 void Executor::set_input(const std::string& name, const HostTensor& data) {
-  const int id = graph_.find_value(name);
-  CAMRT_CHECK(id >= 0 && graph_.values()[id].input_index >= 0,
-              graph_.source_name() << ": '" << name << "' is not a graph input");
-  const Tensor& view = views_[id];
+  Tensor view = input(name);
   CAMRT_CHECK(data.shape == view.shape && data.dtype == view.dtype,
               graph_.source_name() << ": input '" << name << "' planned as " << dtype_name(view.dtype) << " "
                                    << shape_str(view.shape) << ", got " << dtype_name(data.dtype) << " "
@@ -129,33 +273,73 @@ void Executor::set_input(const std::string& name, const HostTensor& data) {
   if (!data.bytes.empty()) std::memcpy(view.data, data.bytes.data(), data.bytes.size());
 }
 
+Tensor Executor::input(const std::string& name) {
+  const int id = graph_.find_value(name);
+  CAMRT_CHECK(id >= 0 && std::find(input_ids_.begin(), input_ids_.end(), id) != input_ids_.end(),
+              graph_.source_name() << ": '" << name << "' is not an input of this plan");
+  return views_[id];
+}
+
+namespace {
+// Ops name their node in most messages; make sure every message names it and the file exactly once.
+[[noreturn]] void rethrow_with_node(const Error& e, const std::string& source, const Node& node, const char* pass) {
+  const std::string msg = e.what();
+  const std::string prefix = msg.find(node.name) == std::string::npos ? "node '" + node.name + "' (" + node.op + ")" + pass + ": " : "";
+  throw Error(source + ": " + prefix + msg, e.file(), e.line(), e.expression().c_str());
+}
+}  // namespace
+
 void Executor::forward() {
   const auto& nodes = graph_.nodes();
-  for (size_t n = 0; n < nodes.size(); ++n) {
+  for (const Step& step : forward_steps_) {
     try {
-      nodes[n].op->forward(context_, steps_[n].inputs, steps_[n].outputs);
+      nodes[step.node].op->forward(context_, step.inputs, step.outputs);
     } catch (const Error& e) {
-      const std::string msg = e.what();
-      const Node& node = *nodes[n].node;
-      throw Error(graph_.source_name() + ": " +
-                      (msg.find(node.name) == std::string::npos ? "node '" + node.name + "' (" + node.op + "): " + msg
-                                                                 : msg),
-                  e.file(), e.line(), e.expression().c_str());
+      rethrow_with_node(e, graph_.source_name(), *nodes[step.node].node, "");
     }
   }
 }
 
-Tensor Executor::value(const std::string& tensor_name) const {
-  const int id = graph_.find_value(tensor_name);
-  CAMRT_CHECK(id >= 0, graph_.source_name() << ": no tensor named '" << tensor_name << "'");
-  return value(id);
+void Executor::backward(const HostTensor& seed, bool guided) {
+  CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
+  CAMRT_CHECK(seed.dtype == DType::F32 && seed.shape == descs_[seed_value_].shape,
+              graph_.source_name() << ": backward seed must be F32 " << shape_str(descs_[seed_value_].shape) << ", got "
+                                   << dtype_name(seed.dtype) << " " << shape_str(seed.shape));
+  backward(seed.f32(), guided);
 }
+
+void Executor::backward(const float* seed, bool guided) {
+  CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
+  const Tensor& d_output = gradient_views_[seed_value_];
+  std::memcpy(d_output.data, seed, d_output.nbytes());
+  const auto& nodes = graph_.nodes();
+  context_.guided_relu = guided;
+  for (const Step& step : backward_steps_) {
+    for (int id : step.zero_before) std::memset(gradient_views_[id].data, 0, gradient_views_[id].nbytes());
+    try {
+      nodes[step.node].op->backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
+    } catch (const Error& e) {
+      context_.guided_relu = false;
+      rethrow_with_node(e, graph_.source_name(), *nodes[step.node].node, " backward");
+    }
+  }
+  context_.guided_relu = false;
+}
+
+Tensor Executor::value(const std::string& tensor_name) const { return value(resolve(tensor_name)); }
 
 Tensor Executor::value(int value_id) const {
   CAMRT_CHECK(value_id >= 0 && value_id < static_cast<int>(views_.size()), "value id " << value_id << " out of range");
   CAMRT_CHECK(readable_after_[value_id], graph_.source_name() << ": tensor '" << graph_.values()[value_id].name
                                                               << "' is not kept after the forward pass (add it to PlanOptions::keep)");
   return views_[value_id];
+}
+
+Tensor Executor::gradient(const std::string& tensor_name) const {
+  const int id = resolve(tensor_name);
+  CAMRT_CHECK(std::find(grad_target_ids_.begin(), grad_target_ids_.end(), id) != grad_target_ids_.end(),
+              graph_.source_name() << ": '" << tensor_name << "' is not a gradient target of this plan");
+  return gradient_views_[id];
 }
 
 bool Executor::is_readable_after_forward(int value_id) const { return readable_after_[value_id]; }

@@ -1,8 +1,13 @@
 // Executor: one plan of a Graph for fixed input shapes. At construction it infers every shape, decides which
-// outputs may overwrite their input in place, assigns every activation an offset in one arena with the
-// liveness planner, sizes one workspace for all ops, and prepares every node's tensor views. forward() then
-// only runs kernels: no allocation, no lookups. Values named in PlanOptions::keep stay readable after
-// forward (the backward pass and CAM methods read them); everything else may be overwritten.
+// outputs may overwrite their input in place, assigns every activation (and, when a backward pass is planned,
+// every gradient) an offset in one arena with the liveness planner, sizes one workspace for all ops, and
+// prepares every node's tensor views. forward() and backward() then only run kernels: no allocation, no lookups.
+//
+// Backward: with PlanOptions::grad_targets the plan also holds a backward pass from graph output 0 down to those
+// tensors (never further): only nodes on a path target -> output run backward, and only the forward values their
+// backward reads (Op::backward_needs) are kept alive for it; everything else is reused as usual.
+// Tail plans: PlanOptions::start_from runs only the part of the network after one tensor, which becomes the
+// plan's input (Ablation-CAM continues the network from the explained layer this way).
 #pragma once
 #include <map>
 #include <string>
@@ -15,16 +20,27 @@
 namespace camrt {
 
 struct PlanOptions {
-  // Tensor names (or node names: their first output) that must stay alive after forward().
+  // Tensor names (or node names: their first output) that must stay readable after forward() (and backward()).
   std::vector<std::string> keep;
+  // Tensors (or node names) whose gradient backward() computes. Empty: no backward pass is planned.
+  std::vector<std::string> grad_targets;
+  // backward() will be called more than once per forward (several targets): the forward values the backward
+  // reads then stay alive until the end instead of being reused by gradients once read.
+  bool repeat_backward = false;
+  // If set, a tensor (or node name) that becomes the plan's only input: only nodes downstream of it run.
+  // input_shapes still name the graph inputs (shapes are inferred for the whole graph).
+  std::string start_from;
 };
 
 struct PlanStats {
-  size_t arena_bytes = 0;      // planned activation peak (including graph inputs and outputs)
+  size_t arena_bytes = 0;      // planned peak of activations and gradients
   size_t naive_bytes = 0;      // one buffer per tensor, no reuse
   size_t workspace_bytes = 0;  // shared scratch for ops (im2col, ...)
   size_t weight_bytes = 0;     // constants, stored once per graph
   int64_t in_place_count = 0;  // outputs that reuse their input's buffer
+  int64_t forward_nodes = 0;   // nodes run by forward()
+  int64_t backward_nodes = 0;  // nodes run by backward()
+  int64_t kept_for_backward = 0;  // forward values kept alive for the backward pass
 };
 
 class Executor {
@@ -39,34 +55,59 @@ class Executor {
   const PlanStats& stats() const { return stats_; }
   const MemoryPlan& memory_plan() const { return memory_plan_; }
   const std::vector<BufferRequest>& buffer_requests() const { return buffers_; }
+  // The plan's input value ids: the graph inputs, or the start_from tensor.
+  const std::vector<int>& input_ids() const { return input_ids_; }
 
-  // Copies data into the graph input's buffer; shape and dtype must match the plan.
+  // Copies data into an input's buffer; shape and dtype must match the plan.
   void set_input(const std::string& name, const HostTensor& data);
-  // Runs every node in order on the CPU workers.
+  // A writable view of an input's buffer, to fill in place.
+  Tensor input(const std::string& name);
+  // Runs the planned nodes in order on the CPU workers.
   void forward();
-  // A view of a value after forward(): graph inputs, graph outputs, constants and kept values.
+  // Runs the backward pass after forward(): seed (shape of graph output 0) is d(score)/d(output).
+  // guided: Guided Backprop (ReLU backward passes only positive gradients). May be called several times
+  // after one forward (one call per target); kept activations stay intact.
+  void backward(const HostTensor& seed, bool guided = false);
+  // Same, reading the seed from a float buffer with output 0's element count.
+  void backward(const float* seed, bool guided = false);
+  // A view of a value after forward(): inputs, graph outputs, constants and kept values.
   Tensor value(const std::string& tensor_name) const;
   Tensor value(int value_id) const;
-  // True if the value's buffer is still intact after forward().
+  // The gradient of a grad target after backward().
+  Tensor gradient(const std::string& tensor_name) const;
   bool is_readable_after_forward(int value_id) const;
+  // Value id for a tensor or node name (node: its first output); throws naming the graph if neither.
+  int resolve(const std::string& tensor_or_node_name) const;
 
  private:
+  struct Step {
+    int node = -1;
+    std::vector<const Tensor*> inputs;
+    std::vector<Tensor*> outputs;
+    // Backward only:
+    std::vector<const Tensor*> outputs_read;  // forward outputs as the backward sees them
+    std::vector<const Tensor*> doutputs;
+    std::vector<Tensor*> dinputs;
+    std::vector<int> zero_before;  // gradient value ids to zero-fill before this step
+  };
+
   const Graph& graph_;
   ThreadPool& pool_;
-  std::vector<TensorDesc> descs_;      // per value id
-  std::vector<int> buffer_of_value_;   // per value id; -1 for constants
-  std::vector<bool> readable_after_;   // per value id
+  std::vector<TensorDesc> descs_;          // per value id
+  std::vector<int> input_ids_;
+  std::vector<int> buffer_of_value_;       // per value id; -1 for constants and values not computed
+  std::vector<int> buffer_of_gradient_;    // per value id; -1 where no gradient is planned
+  std::vector<bool> readable_after_;       // per value id
+  std::vector<int> grad_target_ids_;
+  int seed_value_ = -1;
   std::vector<BufferRequest> buffers_;
   MemoryPlan memory_plan_;
   PlanStats stats_;
   Arena arena_;
   Context context_;
-  std::vector<Tensor> views_;  // per value id
-  struct Step {
-    std::vector<const Tensor*> inputs;
-    std::vector<Tensor*> outputs;
-  };
-  std::vector<Step> steps_;  // per node
+  std::vector<Tensor> views_;           // per value id
+  std::vector<Tensor> gradient_views_;  // per value id
+  std::vector<Step> forward_steps_, backward_steps_;
 };
 
 // Convenience for tools and tests: plans for the given inputs, runs one forward, returns the graph outputs by name.

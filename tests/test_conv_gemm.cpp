@@ -253,6 +253,12 @@ TEST_CASE("conv2d_forward matches a direct double-precision convolution") {
     s.pad_top = s.pad_left = s.pad_bottom = s.pad_right = 1;
     check_conv(s, true, none, pool);
   }
+  SUBCASE("groups 8 (enough groups to spread the groups over the threads)") {
+    Conv2dShape s = make_shape(2, 16, 9, 8, 24, 3, 3);
+    s.groups = 8;
+    s.pad_top = s.pad_left = s.pad_bottom = s.pad_right = 1;
+    check_conv(s, true, relu, pool);
+  }
   SUBCASE("depthwise stride 2") {
     Conv2dShape s = make_shape(2, 5, 9, 10, 5, 3, 3);
     s.groups = 5;
@@ -273,6 +279,17 @@ TEST_CASE("conv2d_forward matches a direct double-precision convolution") {
     s.dilation_h = s.dilation_w = 2;
     s.pad_top = s.pad_left = s.pad_bottom = s.pad_right = 4;
     check_conv(s, true, none, pool);
+  }
+  SUBCASE("depthwise on rows wide enough for the vectorized interior kernels (3x3 and 5x5, strides 1 and 2)") {
+    for (int64_t k : {3, 5})
+      for (int64_t stride : {1, 2}) {
+        Conv2dShape s = make_shape(2, 6, 23, 45, 6, k, k);
+        s.groups = 6;
+        s.stride_h = s.stride_w = stride;
+        s.pad_top = s.pad_left = k / 2;
+        s.pad_bottom = s.pad_right = k / 2 + 1;
+        check_conv(s, true, relu, pool);
+      }
   }
   SUBCASE("stride 2, dilation 2, asymmetric pads") {
     Conv2dShape s = make_shape(2, 5, 13, 12, 9, 3, 3);

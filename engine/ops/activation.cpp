@@ -1,6 +1,8 @@
 // Activation ops (Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish) and Identity/Dropout: shape
-// inference and CPU forward; the arithmetic is in kernels/cpu/activation.cpp. All are element-wise, so
-// output 0 may share input 0's buffer (can_run_in_place).
+// inference, CPU forward and backward; the arithmetic is in kernels/cpu/activation.cpp. All are element-wise,
+// so output 0 may share input 0's buffer (can_run_in_place). Backward reads the output wherever it fixes the
+// derivative exactly (Relu, Sigmoid, Clip, LeakyRelu with alpha >= 0), so in-place forward stays usable there;
+// HardSigmoid, HardSwish and LeakyRelu with alpha < 0 read the input.
 #include <cstring>
 #include <limits>
 
@@ -81,6 +83,45 @@ class ActivationOp final : public Op {
     activation_forward(y.f32(), x.f32(), x.numel(), kind_, params, pool);
   }
 
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    const bool from_output = activation_backward_reads_output(kind_, params_);
+    if (from_output && num_outputs > 0) {
+      needs.outputs[0] = true;
+    } else if (!inputs.empty()) {
+      needs.inputs[0] = true;
+    }
+    // Clip's backward compares y with the bounds, so bound inputs (scalars, usually constants) must survive.
+    for (size_t i = 1; i < inputs.size(); ++i) needs.inputs[i] = inputs[i].present;
+    return needs;
+  }
+
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>&, const Context&) const override { return 0; }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    ThreadPool& pool = cpu_pool(ctx, node_);
+    for (size_t i = 1; i < dinputs.size(); ++i)
+      CAMRT_CHECK(dinputs[i] == nullptr, where(node_) << ": no gradient flows to the bound input '" << input_name(node_, i)
+                                                      << "' (Clip bounds are treated as constants)");
+    if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
+    ActivationParams params = params_;
+    if (kind_ == Activation::Clip) {
+      if (inputs.size() > 1 && inputs[1] != nullptr) params.min = read_bound(*inputs[1], 1);
+      if (inputs.size() > 2 && inputs[2] != nullptr) params.max = read_bound(*inputs[2], 2);
+    }
+    const Tensor& saved = activation_backward_reads_output(kind_, params_) ? *outputs.at(0) : *inputs.at(0);
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    const int64_t n = inputs.at(0)->numel();
+    CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dx.numel() == n && dy.numel() == n && saved.numel() == n,
+                where(node_) << ": gradient buffers " << shape_str(dx.shape) << " / " << shape_str(dy.shape)
+                             << " do not match input '" << input_name(node_, 0) << "' " << shape_str(inputs[0]->shape));
+    // Guided Backprop changes ReLU only (as pytorch-grad-cam's GuidedBackpropReLUModel does); ReLU6 exported as
+    // Clip keeps its plain gradient.
+    activation_backward(dx.f32(), dy.f32(), saved.f32(), n, kind_, params, ctx.guided_relu, pool);
+  }
+
  private:
   float read_bound(const Tensor& t, size_t index) const {
     CAMRT_CHECK(t.dtype == DType::F32 && t.numel() == 1 && t.device == Device::CPU,
@@ -133,6 +174,33 @@ class IdentityOp final : public Op {
       CAMRT_CHECK(mask.dtype == DType::Bool, where(node_) << ": mask output must be BOOL");
       if (mask.numel() > 0) std::memset(mask.data, 1, mask.nbytes());  // nothing is dropped at inference
     }
+  }
+
+  // dx += dy reads no forward value (the mask output carries no gradient; ratio and training_mode get none).
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    return BackwardNeeds{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+  }
+
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>&, const Context&) const override { return 0; }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>&,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
+    CAMRT_CHECK(inputs.at(0)->dtype == DType::F32,
+                where(node_) << ": no gradient for input '" << input_name(node_, 0) << "' of dtype " << dtype_name(inputs[0]->dtype));
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    const int64_t n = dx.numel();
+    CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dy.numel() == n && inputs[0]->numel() == n,
+                where(node_) << ": gradient buffers " << shape_str(dx.shape) << " / " << shape_str(dy.shape)
+                             << " do not match input '" << input_name(node_, 0) << "' " << shape_str(inputs[0]->shape));
+    float* d = dx.f32();
+    const float* g = dy.f32();
+    // ~32K floats: below that a memory-bound add is cheaper on one thread than waking the workers.
+    ctx.pool->parallel_for(
+        n, [=](int64_t begin, int64_t end) { for (int64_t i = begin; i < end; ++i) d[i] += g[i]; }, int64_t(1) << 15);
   }
 
  private:

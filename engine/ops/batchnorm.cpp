@@ -1,6 +1,7 @@
-// BatchNormalization at inference (running statistics): shape inference and CPU forward. The statistics
-// fold into a per-channel scale and shift (kernels/cpu/batchnorm.cpp) held in the plan's workspace;
-// output 0 may share input 0's buffer. Training mode is rejected.
+// BatchNormalization at inference (running statistics): shape inference, CPU forward and backward. The
+// statistics fold into a per-channel scale and shift (kernels/cpu/batchnorm.cpp) held in the plan's workspace;
+// output 0 may share input 0's buffer. Training mode is rejected. The backward is dx = dy * scale: the
+// statistics are constants, so it reads only gamma and var, never X or Y.
 #include <algorithm>
 #include <vector>
 
@@ -80,6 +81,50 @@ class BatchNormOp final : public Op {
     batchnorm_fold(scale, shift, inputs[1]->f32(), inputs[2]->f32(), inputs[3]->f32(), inputs[4]->f32(), channels,
                    epsilon_);
     batchnorm_forward(y.f32(), x.f32(), scale, shift, batch, channels, inner, *ctx.pool);
+  }
+
+  // Only scale (gamma) and var are read; they are weights in every exported CNN, so this normally keeps no
+  // activation alive. X, B and mean are not read.
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    if (inputs.size() > 1) needs.inputs[1] = true;
+    if (inputs.size() > 4) needs.inputs[4] = true;
+    return needs;
+  }
+
+  // Room for the folded scale: (C,).
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context&) const override {
+    return static_cast<size_t>(std::max<int64_t>(0, inputs.at(0).shape.at(1))) * sizeof(float);
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>&,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    for (size_t i = 1; i < dinputs.size(); ++i)
+      CAMRT_CHECK(dinputs[i] == nullptr, where(node_) << ": no gradient for '" << input_name(node_, i)
+                                                      << "': camrt computes activation gradients only");
+    if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
+    const Tensor& x = *inputs.at(0);
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    const int64_t batch = x.shape.at(0), channels = x.shape.at(1);
+    const int64_t inner = channels == 0 || batch == 0 ? 0 : x.numel() / (batch * channels);
+    CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dx.numel() == x.numel() && dy.numel() == x.numel(),
+                where(node_) << ": gradient buffers " << shape_str(dx.shape) << " / " << shape_str(dy.shape)
+                             << " do not match input '" << input_name(node_, 0) << "' " << shape_str(x.shape));
+    for (size_t i : {size_t(1), size_t(4)})
+      CAMRT_CHECK(inputs.at(i) != nullptr && inputs[i]->numel() == channels,
+                  where(node_) << ": input '" << input_name(node_, i) << "' must hold " << channels << " values");
+    const size_t need = static_cast<size_t>(channels) * sizeof(float);
+    std::vector<float> fallback;  // as in forward: only for callers without a planned workspace
+    float* scale = static_cast<float*>(ctx.workspace);
+    if (ctx.workspace == nullptr || ctx.workspace_bytes < need) {
+      fallback.resize(static_cast<size_t>(channels));
+      scale = fallback.data();
+    }
+    batchnorm_fold_scale(scale, inputs[1]->f32(), inputs[4]->f32(), channels, epsilon_);
+    batchnorm_backward(dx.f32(), dy.f32(), scale, batch, channels, inner, *ctx.pool);
   }
 
  private:

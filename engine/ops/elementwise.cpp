@@ -1,6 +1,7 @@
-// Add, Sub, Mul, Div with numpy multidirectional broadcasting (float32 and int64): shape inference and CPU
-// forward; the loops are in kernels/cpu/elementwise.cpp. Output 0 may share input 0's buffer when the
-// output has input 0's shape (forward checks this, see can_run_in_place).
+// Add, Sub, Mul, Div with numpy multidirectional broadcasting (float32 and int64): shape inference, CPU
+// forward and float32 backward (gradients summed over broadcast dims); the loops are in
+// kernels/cpu/elementwise.cpp. Output 0 may share input 0's buffer when the output has input 0's shape
+// (forward checks this, see can_run_in_place).
 #include <algorithm>
 
 #include "engine/ops/factories.h"
@@ -72,7 +73,98 @@ class BinaryArithmeticOp final : public Op {
     }
   }
 
+  // Constants never receive a gradient, so an operand read only for the other's gradient is needed only when
+  // that other operand is not a constant (x * weight keeps nothing; x * gate keeps both).
+  //   Add, Sub: nothing.  Mul: a for db, b for da.
+  //   Div: b for either gradient; db also needs a or y: a when a is smaller than the output (a broadcast
+  //   operand is cheaper to keep), else y (a full-size a may then be overwritten by an in-place forward).
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    if (inputs.size() != 2 || op_ == BinaryOp::Add || op_ == BinaryOp::Sub) return needs;
+    const bool da_wanted = inputs[0].constant == nullptr;
+    const bool db_wanted = inputs[1].constant == nullptr;
+    if (op_ == BinaryOp::Mul) {
+      needs.inputs[0] = db_wanted;
+      needs.inputs[1] = da_wanted;
+      return needs;
+    }
+    needs.inputs[1] = da_wanted || db_wanted;
+    if (db_wanted) {
+      // backward decides from the run-time shapes with the same rule; with dynamic dims the rule's answer is not
+      // known yet, so both are kept.
+      const int full = operand_is_full(inputs[0].shape, inputs[1].shape);
+      needs.inputs[0] = full != 1;
+      if (num_outputs > 0) needs.outputs[0] = full != 0;
+    }
+    return needs;
+  }
+
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>&, const Context&) const override { return 0; }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    Tensor* da = dinputs.size() > 0 ? dinputs[0] : nullptr;
+    Tensor* db = dinputs.size() > 1 ? dinputs[1] : nullptr;
+    if ((da == nullptr && db == nullptr) || doutputs.empty() || doutputs[0] == nullptr) return;
+    const Tensor& a = *inputs.at(0);
+    const Tensor& b = *inputs.at(1);
+    const Tensor& dy = *doutputs[0];
+    CAMRT_CHECK(a.dtype == DType::F32 && b.dtype == DType::F32,
+                where(node_) << ": no gradient through " << dtype_name(a.dtype) << " arithmetic (only F32 has a backward)");
+    BroadcastPlan plan;
+    try {
+      plan = make_broadcast_plan(a.shape, b.shape);
+    } catch (const Error& e) {
+      CAMRT_FAIL(where(node_) << ": " << e.what());
+    }
+    CAMRT_CHECK(dy.dtype == DType::F32 && dy.numel() == plan.numel,
+                where(node_) << ": output gradient " << shape_str(dy.shape) << " does not match the output");
+    for (size_t i = 0; i < 2; ++i) {
+      const Tensor* d = i == 0 ? da : db;
+      const Tensor& x = i == 0 ? a : b;
+      CAMRT_CHECK(d == nullptr || (d->dtype == DType::F32 && d->numel() == x.numel()),
+                  where(node_) << ": gradient buffer " << shape_str(d->shape) << " does not match input '"
+                               << input_name(node_, i) << "' " << shape_str(x.shape));
+    }
+    // Div's db reads y when a is as large as the output (the rule backward_needs announced), else a.
+    const float* y = nullptr;
+    if (op_ == BinaryOp::Div && db != nullptr && a.numel() == plan.numel) y = outputs.at(0)->f32();
+    try {
+      binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, dy.f32(), a.f32(), b.f32(), y, plan, op_,
+                      *ctx.pool);
+    } catch (const Error& e) {
+      CAMRT_FAIL(where(node_) << ": " << e.what());
+    }
+  }
+
  private:
+  // 1 if the operand with `shape` is as large as the broadcast of it with `other` (it broadcasts along no dim),
+  // 0 if it is smaller, -1 if dynamic (-1) dims leave it open.
+  static int operand_is_full(const Shape& shape, const Shape& other) {
+    int result = 1;
+    const size_t rank = std::max(shape.size(), other.size());
+    for (size_t k = 0; k < rank; ++k) {
+      const int64_t d = k < rank - shape.size() ? 1 : shape[k - (rank - shape.size())];
+      const int64_t e = k < rank - other.size() ? 1 : other[k - (rank - other.size())];
+      if (d == -1 && e == -1) {
+        result = -1;  // two dynamic dims need not be equal: one may be 1 at run time
+        continue;
+      }
+      if (d == e || e == 1) continue;  // equal, or the other operand broadcasts
+      if (d == 1) {
+        if (e == -1) {
+          result = -1;  // a dynamic dim of 1 would keep it full, any other size would not
+        } else {
+          return 0;  // the operand broadcasts along this dim
+        }
+      }
+      // d == -1 against a fixed e > 1: d must equal e at run time.
+    }
+    return result;
+  }
+
   // Numpy broadcasting that tolerates dynamic dims (-1): a dynamic dim against 1 stays dynamic, against
   // k > 1 becomes k (the only size it can take at run time).
   Shape broadcast_dynamic(const Shape& a, const Shape& b) const {

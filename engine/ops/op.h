@@ -29,6 +29,14 @@ struct Context {
   ThreadPool* pool = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Guided Backprop: every ReLU's backward passes dy only where its input > 0 and dy > 0.
+  bool guided_relu = false;
+};
+
+// Which forward tensors an op's backward reads, so the planner keeps exactly those alive.
+struct BackwardNeeds {
+  std::vector<bool> inputs;   // per input: backward reads its forward value
+  std::vector<bool> outputs;  // per output: backward reads its forward value
 };
 
 class Op {
@@ -51,6 +59,28 @@ class Op {
   // inputs[i] is nullptr for an omitted optional input. Output tensors are pre-allocated views.
   virtual void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                        const std::vector<Tensor*>& outputs) const = 0;
+
+  // --- Backward (activation gradients only; weight gradients are never computed) ---
+  // Which forward values backward reads. Default: every input, no output.
+  virtual BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const {
+    return BackwardNeeds{std::vector<bool>(inputs.size(), true), std::vector<bool>(num_outputs, false)};
+  }
+  // Scratch bytes backward needs (shares the plan's workspace with forward).
+  virtual size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const {
+    return workspace_bytes(inputs, ctx);
+  }
+  // ACCUMULATES input gradients: dinputs[i] += d(score)/d(input i). dinputs[i] is nullptr where no gradient is
+  // wanted (constants, or inputs off the path to the explained layer). inputs/outputs are the forward views
+  // (nullptr only for omitted optional inputs) with correct shapes; only the data of values flagged by
+  // backward_needs is guaranteed intact (others may be overwritten). doutputs[j] is nullptr where no gradient
+  // flows. Gradients have the shape and dtype (float32) of their forward value.
+  // The executor zero-fills every gradient buffer before the first contribution, so ops may always add.
+  virtual void backward(const Context& ctx, const std::vector<const Tensor*>& inputs,
+                        const std::vector<const Tensor*>& outputs, const std::vector<const Tensor*>& doutputs,
+                        const std::vector<Tensor*>& dinputs) const {
+    (void)ctx; (void)inputs; (void)outputs; (void)doutputs; (void)dinputs;
+    CAMRT_FAIL("node '" << node_.name << "' (" << node_.op << "): backward is not implemented");
+  }
 
  protected:
   // Attribute access with errors that name the node and the attribute.

@@ -1,5 +1,6 @@
 // Pad (ONNX): pads from the constant second input (opset >= 11) or the "pads" attribute (older opsets),
 // constant value from the optional third input or the "value" attribute; optional axes input (opset 18).
+// The backward reads only the pads and axes inputs (to rebuild the geometry), never the data or the output.
 #include <cmath>
 
 #include "engine/ops/factories.h"
@@ -36,6 +37,47 @@ class PadOp : public Op {
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];  // (any rank)
+    const auto pads = runtime_pads(inputs);
+    float value = attr_float("value", 0.f);
+    if (inputs.size() > 2 && inputs[2] && inputs[2]->numel() > 0) value = inputs[2]->f32()[0];
+    pad_forward(outputs[0]->f32(), x.f32(), x.shape.data(), outputs[0]->shape.data(), pads.data(), x.rank(), mode_, value,
+                *ctx.pool);
+  }
+
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    // The pads (input 1) and axes (input 3) values, a few int64s; the data input's shape suffices.
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    for (size_t i : {size_t(1), size_t(3)})
+      if (i < inputs.size()) needs.inputs[i] = inputs[i].present;
+    return needs;
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)outputs;
+    // The constant value (input 2) is a parameter, not an activation: its gradient is never requested.
+    CAMRT_CHECK(dinputs.size() < 3 || !dinputs[2],
+                "node '" << node_.name << "' (Pad): the gradient of the constant value input is not supported");
+    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    const Tensor& x = *inputs[0];
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, "node '" << node_.name << "' (Pad): only the CPU backward exists");
+    const auto pads = runtime_pads(inputs);
+    Shape expected = x.shape;
+    for (size_t d = 0; d < x.shape.size(); ++d) expected[d] += pads[d] + pads[d + x.shape.size()];
+    CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
+                "node '" << node_.name << "' (Pad): input gradient " << shape_str(dx.shape) << " does not match input "
+                         << shape_str(x.shape));
+    CAMRT_CHECK(dy.shape == expected && dy.dtype == DType::F32,
+                "node '" << node_.name << "' (Pad): output gradient " << shape_str(dy.shape) << ", expected "
+                         << shape_str(expected));
+    pad_backward(dx.f32(), dy.f32(), x.shape.data(), dy.shape.data(), pads.data(), x.rank(), mode_, *ctx.pool);
+  }
+
+ private:
+  // Pads as resolve_pads returns them, read from the run-time tensors (or the attribute).
+  std::vector<int64_t> runtime_pads(const std::vector<const Tensor*>& inputs) const {
     std::vector<TensorDesc> descs;
     for (const Tensor* t : inputs) {
       TensorDesc d;
@@ -47,14 +89,9 @@ class PadOp : public Op {
       }
       descs.push_back(d);
     }
-    const auto pads = resolve_pads(descs, x.rank(), &inputs);
-    float value = attr_float("value", 0.f);
-    if (inputs.size() > 2 && inputs[2] && inputs[2]->numel() > 0) value = inputs[2]->f32()[0];
-    pad_forward(outputs[0]->f32(), x.f32(), x.shape.data(), outputs[0]->shape.data(), pads.data(), x.rank(), mode_, value,
-                *ctx.pool);
+    return resolve_pads(descs, inputs[0]->rank(), &inputs);
   }
 
- private:
   // Returns [begin_0..begin_{r-1}, end_0..end_{r-1}], reading constants at plan time or tensors at run time.
   std::vector<int64_t> resolve_pads(const std::vector<TensorDesc>& inputs, int64_t rank,
                                     const std::vector<const Tensor*>* runtime = nullptr) const {

@@ -1,6 +1,7 @@
 // MaxPool and AveragePool (1-D, 2-D, 3-D; ONNX opsets 11-21) and GlobalAveragePool (any rank >= 3):
-// attributes, output shapes and dispatch. The arithmetic is in kernels/cpu/pool.cpp. Pads never
-// materialise: kernels clip each window, so pad values never enter a max or a sum.
+// attributes, output shapes, forward and backward dispatch. The arithmetic is in kernels/cpu/pool.cpp. Pads
+// never materialise: kernels clip each window, so pad values never enter a max or a sum. Only MaxPool's
+// backward reads forward data (input and output, to find each window's argmax); the averages need shapes only.
 #include <algorithm>
 
 #include "engine/ops/factories.h"
@@ -69,6 +70,34 @@ class PoolOp : public Op {
       max_pool_forward(y.f32(), x.f32(), g, *ctx.pool);
     else
       average_pool_forward(y.f32(), x.f32(), g, count_include_pad_, *ctx.pool);
+  }
+
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    // MaxPool finds each window's argmax by comparing its input with its output; no Indices output is kept.
+    const bool is_max = kind_ == PoolKind::Max;
+    return BackwardNeeds{std::vector<bool>(inputs.size(), is_max), std::vector<bool>(num_outputs, is_max)};
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    const Tensor& x = *inputs[0];
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+    PoolGeometry g;
+    const Shape y_shape = output_shape(x.shape, &g);
+    CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
+                where() << "input gradient " << shape_str(dx.shape) << " does not match input " << shape_str(x.shape));
+    CAMRT_CHECK(dy.shape == y_shape && dy.dtype == DType::F32,
+                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(y_shape));
+    if (kind_ == PoolKind::Max) {
+      const Tensor& y = *outputs[0];
+      CAMRT_CHECK(y.shape == y_shape, where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(y_shape));
+      max_pool_backward(dx.f32(), dy.f32(), x.f32(), y.f32(), g, *ctx.pool);
+    } else {
+      average_pool_backward(dx.f32(), dy.f32(), g, count_include_pad_, *ctx.pool);
+    }
   }
 
  private:
@@ -157,6 +186,27 @@ class GlobalAveragePoolOp : public Op {
     const int64_t planes = x.shape[0] * x.shape[1];
     const int64_t spatial = planes == 0 ? 0 : x.numel() / planes;
     global_average_pool_forward(y.f32(), x.f32(), planes, spatial, *ctx.pool);
+  }
+
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    return BackwardNeeds{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)outputs;
+    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    const Tensor& x = *inputs[0];
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+    CAMRT_CHECK(x.rank() >= 3 && dx.shape == x.shape && dx.dtype == DType::F32 && dy.dtype == DType::F32 &&
+                    dy.shape == output_shape(x.shape),
+                where() << "gradients " << shape_str(dx.shape) << " / " << shape_str(dy.shape) << " do not fit input "
+                        << shape_str(x.shape));
+    const int64_t planes = x.shape[0] * x.shape[1];
+    const int64_t spatial = planes == 0 ? 0 : x.numel() / planes;
+    global_average_pool_backward(dx.f32(), dy.f32(), planes, spatial, *ctx.pool);
   }
 
  private:

@@ -1,6 +1,7 @@
 // ReduceMean (ONNX opsets 11-21): axes come from the 'axes' attribute (opsets < 18) or from a second
-// input (opset >= 18), which shape inference needs as a constant; forward reads the input's values again
-// so a runtime axes tensor works too. The arithmetic is in kernels/cpu/reduce.cpp.
+// input (opset >= 18), which shape inference needs as a constant; forward and backward read the input's
+// values again so a runtime axes tensor works too. The backward needs no forward data beyond that axes
+// input. The arithmetic is in kernels/cpu/reduce.cpp.
 #include <algorithm>
 
 #include "engine/ops/factories.h"
@@ -56,23 +57,53 @@ class ReduceMeanOp : public Op {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
     CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
-    std::vector<int64_t> raw = attr_axes_;
-    if (inputs.size() >= 2 && inputs[1]) {
-      const Tensor& a = *inputs[1];
-      CAMRT_CHECK(a.device == Device::CPU, where() << "axes input must be in host memory");
-      raw.resize(static_cast<size_t>(a.numel()));
-      for (size_t i = 0; i < raw.size(); ++i)
-        raw[i] = a.dtype == DType::I32 ? static_cast<const int32_t*>(a.data)[i] : a.i64()[i];
-    }
-    const std::vector<int64_t> axes = resolve_axes(raw, x.rank());
+    const std::vector<int64_t> axes = resolve_axes(runtime_axes(inputs), x.rank());
     const Shape expected = output_shape(x.shape, axes);
     CAMRT_CHECK(y.numel() == checked_numel(expected),
                 where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
     reduce_mean_forward(y.f32(), x.f32(), x.shape, axes, *ctx.pool);
   }
 
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    // Only the axes input's values (a few int64s); the data input's shape suffices.
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    if (inputs.size() >= 2) needs.inputs[1] = inputs[1].present;
+    return needs;
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)outputs;
+    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    const Tensor& x = *inputs[0];
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+    const std::vector<int64_t> axes = resolve_axes(runtime_axes(inputs), x.rank());
+    const Shape expected = output_shape(x.shape, axes);
+    CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
+                where() << "input gradient " << shape_str(dx.shape) << " does not match input " << shape_str(x.shape));
+    CAMRT_CHECK(dy.numel() == checked_numel(expected) && dy.dtype == DType::F32,
+                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(expected));
+    reduce_mean_backward(dx.f32(), dy.f32(), x.shape, axes, *ctx.pool);
+  }
+
  private:
   std::string where() const { return "node '" + node_.name + "' (" + node_.op + "): "; }
+
+  // The raw axes: from the axes input's values when there is one, else the attribute.
+  std::vector<int64_t> runtime_axes(const std::vector<const Tensor*>& inputs) const {
+    std::vector<int64_t> raw = attr_axes_;
+    if (inputs.size() >= 2 && inputs[1]) {
+      const Tensor& a = *inputs[1];
+      CAMRT_CHECK(a.device == Device::CPU, where() << "axes input must be in host memory");
+      CAMRT_CHECK(a.dtype == DType::I64 || a.dtype == DType::I32, where() << "axes input must be I64, got " << dtype_name(a.dtype));
+      raw.resize(static_cast<size_t>(a.numel()));
+      for (size_t i = 0; i < raw.size(); ++i)
+        raw[i] = a.dtype == DType::I32 ? static_cast<const int32_t*>(a.data)[i] : a.i64()[i];
+    }
+    return raw;
+  }
 
   // The sorted set of reduced axes. No axes means all of them, unless noop_with_empty_axes.
   std::vector<int64_t> resolve_axes(const std::vector<int64_t>& raw, int64_t rank) const {

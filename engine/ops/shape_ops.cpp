@@ -1,6 +1,7 @@
 // Flatten, Reshape, Squeeze, Unsqueeze (views: same bytes, new shape; they may run in place) and Concat
 // (threaded copies of contiguous blocks). No arithmetic, so they move any dtype, I64 shape tensors included.
 // Shape-giving second inputs (Reshape's shape, Squeeze/Unsqueeze axes) must be constants at inference.
+// Backward (float32 gradients) reads no forward data: views add dy to dx as is, Concat adds dy's slices.
 #include <algorithm>
 #include <cstring>
 
@@ -46,6 +47,38 @@ void copy_blocks(uint8_t* dst, const std::vector<const uint8_t*>& srcs, const st
   }, std::max<int64_t>(1, kMinBytesPerChunk / bytes_per_item));
 }
 
+// The reverse of copy_blocks for float gradients: row r of src is block 0, block 1, ... and dsts[i]'s row r
+// gets block i added to it. A null dst skips its block (an input that wants no gradient).
+void add_blocks(const std::vector<float*>& dsts, const float* src, const std::vector<int64_t>& block_elems,
+                int64_t rows, ThreadPool& pool) {
+  constexpr int64_t kPieceElems = kPieceBytes / int64_t(sizeof(float));
+  const size_t n = dsts.size();
+  std::vector<int64_t> src_offset(n), first_piece(n + 1, 0);
+  int64_t row_elems = 0;
+  for (size_t i = 0; i < n; ++i) {
+    src_offset[i] = row_elems;
+    row_elems += block_elems[i];
+    const int64_t pieces = dsts[i] ? std::max<int64_t>(1, (block_elems[i] + kPieceElems - 1) / kPieceElems) : 0;
+    first_piece[i + 1] = first_piece[i] + pieces;
+  }
+  const int64_t pieces_per_row = first_piece[n];
+  const int64_t items = rows * pieces_per_row;
+  if (items == 0 || row_elems == 0) return;
+  const int64_t bytes_per_item = std::max<int64_t>(1, rows * row_elems * int64_t(sizeof(float)) / items);
+  pool.parallel_for(items, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / pieces_per_row, piece = item % pieces_per_row;
+      // upper_bound - 1 skips the empty piece ranges of null dsts.
+      const size_t i = static_cast<size_t>(std::upper_bound(first_piece.begin(), first_piece.end(), piece) - first_piece.begin() - 1);
+      const int64_t from = (piece - first_piece[i]) * kPieceElems;
+      const int64_t count = std::min(block_elems[i] - from, kPieceElems);
+      float* d = dsts[i] + row * block_elems[i] + from;
+      const float* g = src + row * row_elems + src_offset[i] + from;
+      for (int64_t j = 0; j < count; ++j) d[j] += g[j];
+    }
+  }, std::max<int64_t>(1, kMinBytesPerChunk / bytes_per_item));
+}
+
 // Base of the view ops: the output holds input 0's bytes under a new shape.
 class ViewOp : public Op {
  public:
@@ -62,6 +95,25 @@ class ViewOp : public Op {
     if (y.data == x.data) return;  // ran in place: the bytes are already there
     copy_blocks(static_cast<uint8_t*>(y.data), {static_cast<const uint8_t*>(x.data)},
                 {static_cast<int64_t>(x.nbytes())}, 1, *ctx.pool);
+  }
+
+  // Nothing: dy has dx's elements in the same order, and the shape-giving input only fixed the shape.
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    return BackwardNeeds{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)inputs;
+    (void)outputs;
+    CAMRT_CHECK(dinputs.size() < 2 || !dinputs[1], where() << "the shape / axes input has no gradient");
+    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+    CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dx.numel() == dy.numel(),
+                where() << "input gradient " << shape_str(dx.shape) << " does not hold output gradient " << shape_str(dy.shape));
+    add_blocks({dx.f32()}, dy.f32(), {dx.numel()}, 1, *ctx.pool);
   }
 
  protected:
@@ -266,6 +318,38 @@ class ConcatOp : public Op {
       block_bytes.push_back(x->shape[static_cast<size_t>(axis)] * inner * elem);
     }
     copy_blocks(static_cast<uint8_t*>(y.data), srcs, block_bytes, rows, *ctx.pool);
+  }
+
+  // Nothing: the slices of dy follow from the shapes alone.
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    return BackwardNeeds{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)outputs;
+    if (doutputs.empty() || !doutputs[0]) return;
+    const Tensor& dy = *doutputs[0];
+    CAMRT_CHECK(ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+    CAMRT_CHECK(dinputs.size() == inputs.size(), where() << dinputs.size() << " input gradients for " << inputs.size() << " inputs");
+    std::vector<Shape> shapes;
+    for (const Tensor* x : inputs) shapes.push_back(x->shape);
+    const Shape expected = output_shape(shapes);
+    CAMRT_CHECK(dy.shape == expected && dy.dtype == DType::F32 && dy.device == Device::CPU,
+                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(expected));
+    const int64_t axis = normalize_axis(axis_, dy.rank());
+    const int64_t rows = checked_numel(Shape(dy.shape.begin(), dy.shape.begin() + axis));
+    const int64_t inner = checked_numel(Shape(dy.shape.begin() + axis + 1, dy.shape.end()));
+    std::vector<float*> dsts;
+    std::vector<int64_t> block_elems;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      Tensor* dx = dinputs[i];
+      CAMRT_CHECK(!dx || (dx->shape == inputs[i]->shape && dx->dtype == DType::F32 && dx->device == Device::CPU),
+                  where() << "gradient of input " << i << " does not match " << shape_str(inputs[i]->shape));
+      dsts.push_back(dx ? dx->f32() : nullptr);
+      block_elems.push_back(inputs[i]->shape[static_cast<size_t>(axis)] * inner);
+    }
+    add_blocks(dsts, dy.f32(), block_elems, rows, *ctx.pool);
   }
 
  private:

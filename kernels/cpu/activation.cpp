@@ -44,6 +44,41 @@ void run(float* y, const float* x, int64_t n, const ActivationParams& params, Th
       kMinChunk);
 }
 
+// dy * f'(.) from the saved value v (y or x, see activation_backward_reads_output).
+template <Activation K, bool kGuided>
+inline float derivative_times(float dy, float v, const ActivationParams& p) {
+  if constexpr (K == Activation::Relu) {
+    if constexpr (kGuided) return v > 0.f && dy > 0.f ? dy : 0.f;
+    return v > 0.f ? dy : 0.f;
+  } else if constexpr (K == Activation::LeakyRelu) {
+    return v > 0.f ? dy : p.alpha * dy;
+  } else if constexpr (K == Activation::Clip) {
+    return p.min < v && v < p.max ? dy : 0.f;
+  } else if constexpr (K == Activation::Sigmoid) {
+    return dy * v * (1.f - v);
+  } else if constexpr (K == Activation::HardSigmoid) {
+    // From x, in double: PyTorch tests -3 < x < 3 exactly, while the float alpha * x + beta (alpha = 1/6 rounded)
+    // already rounds to 1 at x = 3 - 1 ulp; in double the open region's ends fall within 1e-7 relative of +-3,
+    // closer than float spacing, so every float x lands on PyTorch's side.
+    const double t = static_cast<double>(p.alpha) * v + p.beta;
+    return 0.0 < t && t < 1.0 ? p.alpha * dy : 0.f;
+  } else {  // HardSwish, from x; x / 3 + 0.5 as aten writes it, so values match bit for bit
+    return v < -3.f ? 0.f : v <= 3.f ? dy * (v / 3.f + 0.5f) : dy;
+  }
+}
+
+template <Activation K, bool kGuided = false>
+void run_backward(float* dx, const float* dy, const float* v, int64_t n, const ActivationParams& params,
+                  ThreadPool& pool) {
+  const ActivationParams p = params;
+  pool.parallel_for(
+      n,
+      [=](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) dx[i] += derivative_times<K, kGuided>(dy[i], v[i], p);
+      },
+      kMinChunk);
+}
+
 }  // namespace
 
 const char* activation_name(Activation kind) {
@@ -67,6 +102,37 @@ void activation_forward(float* y, const float* x, int64_t n, Activation kind, co
     case Activation::Sigmoid: return run<Activation::Sigmoid>(y, x, n, params, pool);
     case Activation::HardSigmoid: return run<Activation::HardSigmoid>(y, x, n, params, pool);
     case Activation::HardSwish: return run<Activation::HardSwish>(y, x, n, params, pool);
+  }
+}
+
+bool activation_backward_reads_output(Activation kind, const ActivationParams& params) {
+  switch (kind) {
+    case Activation::Relu:
+    case Activation::Sigmoid:
+    case Activation::Clip:  // y == x exactly inside (min, max) and y == min or max outside: the same test
+      return true;
+    case Activation::LeakyRelu:
+      // alpha >= 0 keeps y > 0 <=> x > 0 (alpha == 0 is Relu; a tiny alpha * x that underflows to 0 still
+      // reads as "not > 0", the right side). A negative alpha maps x < 0 to y > 0.
+      return params.alpha >= 0.f;
+    case Activation::HardSigmoid:  // see derivative_times: y loses which side of a breakpoint x was on
+    case Activation::HardSwish:
+      return false;
+  }
+  return false;
+}
+
+void activation_backward(float* dx, const float* dy, const float* saved, int64_t n, Activation kind,
+                         const ActivationParams& params, bool guided_relu, ThreadPool& pool) {
+  switch (kind) {
+    case Activation::Relu:
+      if (guided_relu) return run_backward<Activation::Relu, true>(dx, dy, saved, n, params, pool);
+      return run_backward<Activation::Relu>(dx, dy, saved, n, params, pool);
+    case Activation::LeakyRelu: return run_backward<Activation::LeakyRelu>(dx, dy, saved, n, params, pool);
+    case Activation::Clip: return run_backward<Activation::Clip>(dx, dy, saved, n, params, pool);
+    case Activation::Sigmoid: return run_backward<Activation::Sigmoid>(dx, dy, saved, n, params, pool);
+    case Activation::HardSigmoid: return run_backward<Activation::HardSigmoid>(dx, dy, saved, n, params, pool);
+    case Activation::HardSwish: return run_backward<Activation::HardSwish>(dx, dy, saved, n, params, pool);
   }
 }
 

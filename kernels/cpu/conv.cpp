@@ -1,12 +1,12 @@
 // Convolution forward on the CPU. Dense and grouped convs are one GEMM per group, out_g (Mg, B*OH*OW) =
 // W_g (Mg, Cg*KH*KW) x im2col(in_g), with the batch folded into the GEMM's columns (one C segment per image)
 // so small late-layer feature maps still give the GEMM wide tiles. The im2col matrix is never materialised:
-// Im2colPacker writes it block by block into the GEMM's packed B panels, from a zero-padded copy of the input
-// when the conv has pads (so every tap is in bounds). Depthwise convs (one input channel per group) use a
-// direct kernel threaded over (batch, output channel).
+// Im2colPacker writes it block by block into the GEMM's packed B panels, zeros for the padding included.
+// Depthwise convs (one input channel per group) use a direct kernel threaded over (batch, output channel).
 #include "kernels/cpu/conv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <sstream>
 
@@ -23,8 +23,6 @@
 namespace camrt {
 
 namespace {
-
-constexpr size_t kAlignBytes = 64;
 
 inline int64_t ceil_div_pos(int64_t a, int64_t b) { return a <= 0 ? -((-a) / b) : (a + b - 1) / b; }
 
@@ -49,53 +47,17 @@ inline float activate(float x, const FusedActivation& act) {
   }
 }
 
-bool has_pads(const Conv2dShape& s) { return s.pad_top || s.pad_left || s.pad_bottom || s.pad_right; }
-
-// The input as the packer reads it: either the caller's tensor (no pads) or a zero-padded copy in the
-// workspace. Either way every tap of every output position is inside it.
-struct Source {
-  const float* data;  // channel 0 of image 0
-  int64_t h, w;       // plane size (padded)
-  int64_t channels;   // channels per image (all groups)
-  int64_t readable;   // floats readable from data (reads past the last tap stay below this)
-};
-
-// Floats of zero slack after the padded copy, so the packer's fixed-width row copies may run past the last
-// tap: the widest panel (64 columns) at the largest stride with a fixed-width copy (2).
+// Widest GEMM panel the packer supports (the widest micro-kernel has 48 columns).
 constexpr int64_t kMaxPanel = 64;
-constexpr int64_t kPadSlack = kMaxPanel * 2;
-
-int64_t padded_floats(const Conv2dShape& s) {
-  return s.batch * s.in_channels * (s.in_h + s.pad_top + s.pad_bottom) * (s.in_w + s.pad_left + s.pad_right) +
-         kPadSlack;
-}
-
-CAMRT_INLINE_LOOPS void pad_input(float* dst, const float* in, const Conv2dShape& s, ThreadPool& pool) {
-  const int64_t hp = s.in_h + s.pad_top + s.pad_bottom, wp = s.in_w + s.pad_left + s.pad_right;
-  const int64_t planes = s.batch * s.in_channels;
-  pool.parallel_for(planes, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      float* d = dst + plane * hp * wp;
-      const float* x = in + plane * s.in_h * s.in_w;
-      std::memset(d, 0, size_t(s.pad_top * wp) * sizeof(float));
-      for (int64_t ih = 0; ih < s.in_h; ++ih) {
-        float* row = d + (ih + s.pad_top) * wp;
-        for (int64_t t = 0; t < s.pad_left; ++t) row[t] = 0.f;
-        std::memcpy(row + s.pad_left, x + ih * s.in_w, size_t(s.in_w) * sizeof(float));
-        for (int64_t t = s.pad_left + s.in_w; t < wp; ++t) row[t] = 0.f;
-      }
-      std::memset(d + (s.pad_top + s.in_h) * wp, 0, size_t(s.pad_bottom * wp) * sizeof(float));
-    }
-  }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hp * wp)));
-  std::memset(dst + planes * hp * wp, 0, size_t(kPadSlack) * sizeof(float));
-}
 
 // B = im2col(in_g) for one group, batch folded into columns: row k = (c, kh, kw), column j = (n, oh, ow),
-// B[k, j] = src[n, c, oh*sh + kh*dh, ow*sw + kw*dw] (src already padded, so no bounds checks).
+// B[k, j] = in[n, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw], zero outside the image.
 class Im2colPacker : public GemmBPacker {
  public:
-  Im2colPacker(const Source& src, int64_t channel0, const Conv2dShape& s)
-      : src_(src), channel0_(channel0), s_(s), out_h_(s.out_h()), out_w_(s.out_w()) {}
+  // in: the whole input (B, C, H, W); channel0: first input channel of this group.
+  Im2colPacker(const float* in, int64_t channel0, const Conv2dShape& s)
+      : in_(in), channel0_(channel0), s_(s), out_h_(s.out_h()), out_w_(s.out_w()),
+        readable_(s.batch * s.in_channels * s.in_h * s.in_w) {}
 
   void pack(float* dst, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int64_t nr) const override {
     CAMRT_CHECK(nr <= kMaxPanel, "conv: GEMM panel width " << nr << " exceeds " << kMaxPanel);
@@ -111,19 +73,23 @@ class Im2colPacker : public GemmBPacker {
   }
 
  private:
-  // NR > 0: panels of NR columns, copied NR floats at a time. The columns of a panel form segments along output
-  // rows; each segment is copied as a full NR-wide row starting at its column, and the segments are written left
-  // to right, so the next segment overwrites what a copy wrote past its own end. A copy can also spill up to NR
-  // floats into the next panel row (written later, in order) or past the block (the GemmBPacker slack).
+  // The columns of a panel form segments along output rows (one input row per tap). NR > 0: each segment's
+  // in-bounds taps are copied as one fixed-width row of NR floats (a few vector moves), then its out-of-bounds
+  // columns (padding) are zeroed. Segments are written left to right, so a copy's spill past its own end is
+  // overwritten by the next segment, or lands in the next panel row (written later, in order) or in the slack
+  // past the block that GemmBPacker provides.
   template <int NR>
   CAMRT_INLINE_LOOPS void pack_panels(float* dst, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                                       int64_t runtime_nr = NR) const {
     const int64_t nr = NR > 0 ? NR : runtime_nr;
-    const int64_t plane = src_.h * src_.w, out_plane = out_h_ * out_w_, taps = s_.kernel_h * s_.kernel_w;
+    const int64_t plane = s_.in_h * s_.in_w, out_plane = out_h_ * out_w_, taps = s_.kernel_h * s_.kernel_w;
     const int64_t sw = s_.stride_w;
     const bool fast = NR > 0 && sw <= 2;  // the strides the fixed-width copies handle
     struct Segment {
-      int64_t col, offset, len;  // first panel column, source offset of its first tap (k excluded), length
+      int64_t col, len;  // first panel column and length
+      int64_t ow;        // output column of the first
+      int64_t ih0;       // input row of tap kh = 0
+      int64_t base;      // offset of (image, channel0, row 0, column ow * sw - pad_left)
     };
     for (int64_t jp = 0; jp < nc; jp += nr) {
       float* d = dst + jp * kc;
@@ -134,31 +100,48 @@ class Im2colPacker : public GemmBPacker {
         const int64_t j = j0 + jp + q;
         const int64_t image = j / out_plane, r = j % out_plane, oh = r / out_w_, ow = r % out_w_;
         const int64_t len = std::min(w - q, out_w_ - ow);
-        const int64_t offset = (image * src_.channels + channel0_) * plane + oh * s_.stride_h * src_.w + ow * sw;
-        segs[num_segs++] = Segment{q, offset, len};
+        segs[num_segs++] = Segment{q, len, ow, oh * s_.stride_h - s_.pad_top,
+                                   (image * s_.in_channels + channel0_) * plane + ow * sw - s_.pad_left};
         q += len;
       }
       int64_t c = k0 / taps, kh = (k0 % taps) / s_.kernel_w, kw = k0 % s_.kernel_w;
-      int64_t koff = c * plane + kh * s_.dilation_h * src_.w + kw * s_.dilation_w;
       for (int64_t p = 0; p < kc; ++p) {
         float* __restrict dp = d + p * nr;
+        // Output columns [ow_lo, ow_hi) of any row have this tap inside the input row.
+        int64_t ow_lo, ow_hi;
+        valid_range(kw * s_.dilation_w - s_.pad_left, sw, s_.in_w, out_w_, &ow_lo, &ow_hi);
+        const int64_t ih_off = kh * s_.dilation_h;
+        const int64_t tap = c * plane + kw * s_.dilation_w;
         for (int g = 0; g < num_segs; ++g) {
           const Segment& seg = segs[g];
-          const int64_t at = seg.offset + koff;
-          const float* __restrict from = src_.data + at;
           float* __restrict to = dp + seg.col;
-          if (fast && at + NR * sw <= src_.readable) {
+          const int64_t ih = seg.ih0 + ih_off;
+          const int64_t lead = std::clamp(ow_lo - seg.ow, int64_t(0), seg.len);
+          const int64_t end = std::clamp(ow_hi - seg.ow, lead, seg.len);
+          if (ih < 0 || ih >= s_.in_h || lead == end) {  // the whole segment is padding
+            if (NR > 0) {
+              for (int t = 0; t < NR; ++t) to[t] = 0.f;
+            } else {
+              for (int64_t t = 0; t < seg.len; ++t) to[t] = 0.f;
+            }
+            continue;
+          }
+          const int64_t at = seg.base + tap + ih * s_.in_w + lead * sw;  // first in-bounds tap
+          const float* __restrict from = in_ + at;
+          if (fast && at + NR * sw <= readable_) {
             if (sw == 1) {
-              std::memcpy(to, from, sizeof(float) * size_t(NR > 0 ? NR : 1));
+              std::memcpy(to + lead, from, sizeof(float) * size_t(NR > 0 ? NR : 1));
             } else {
               // Stride 2: read 2*NR contiguous floats and keep the even ones (vector permutes, no gathers).
               float pair[2 * (NR > 0 ? NR : 1)];
               std::memcpy(pair, from, sizeof pair);
-              for (int t = 0; t < NR; ++t) to[t] = pair[2 * t];
+              for (int t = 0; t < NR; ++t) to[lead + t] = pair[2 * t];
             }
           } else {
-            for (int64_t t = 0; t < seg.len; ++t) to[t] = from[t * sw];
+            for (int64_t t = 0; t < end - lead; ++t) to[lead + t] = from[t * sw];
           }
+          for (int64_t t = 0; t < lead; ++t) to[t] = 0.f;
+          for (int64_t t = end; t < seg.len; ++t) to[t] = 0.f;
         }
         for (int64_t q = w; q < nr; ++q) dp[q] = 0.f;  // columns past N of a ragged last panel
         if (++kw == s_.kernel_w) {
@@ -168,29 +151,76 @@ class Im2colPacker : public GemmBPacker {
             ++c;
           }
         }
-        koff = c * plane + kh * s_.dilation_h * src_.w + kw * s_.dilation_w;
       }
     }
   }
 
-  Source src_;
+  const float* in_;
   int64_t channel0_;
   Conv2dShape s_;
   int64_t out_h_, out_w_;
+  int64_t readable_;  // floats readable from in_
 };
 
 bool is_depthwise(const Conv2dShape& s) { return s.in_channels / s.groups == 1; }
 
 bool is_pointwise(const Conv2dShape& s) {
-  return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && !has_pads(s);
+  return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 &&
+         s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0;
 }
 
-// One input channel per group (depthwise, possibly with a channel multiplier): each output plane is a
-// weighted sum of KH*KW shifted copies of one input plane, accumulated row by row in the output.
+// Depthwise interior: output columns whose K x K taps (all rows valid) lie inside the input, K and the stride S
+// known at compile time so the loop over columns vectorizes with every tap in registers. x: the input at
+// (first tap row, first output column's first tap column); dh, dw: dilation in floats / columns.
+template <int K, int S>
+CAMRT_INLINE_LOOPS void depthwise_interior(float* __restrict y, const float* __restrict x, const float* w, float bias,
+                                           int64_t row_stride, int64_t dh, int64_t dw, int64_t count,
+                                           const FusedActivation& act) {
+  float taps[K * K];
+  for (int t = 0; t < K * K; ++t) taps[t] = w[t];
+  for (int64_t t = 0; t < count; ++t) {
+    float acc = bias;
+#pragma GCC unroll 8
+    for (int kh = 0; kh < K; ++kh) {
+      const float* __restrict row = x + kh * dh * row_stride + t * S;
+#pragma GCC unroll 8
+      for (int kw = 0; kw < K; ++kw) acc += taps[kh * K + kw] * row[kw * dw];
+    }
+    y[t] = acc;
+  }
+  if (act.kind != FusedActivation::kNone)
+    for (int64_t t = 0; t < count; ++t) y[t] = activate(y[t], act);
+}
+
+using InteriorFn = void (*)(float*, const float*, const float*, float, int64_t, int64_t, int64_t, int64_t,
+                            const FusedActivation&);
+
+InteriorFn pick_interior(const Conv2dShape& s) {
+  if (s.kernel_h != s.kernel_w) return nullptr;
+  const int64_t k = s.kernel_h, sw = s.stride_w;
+  if (k == 3 && sw == 1) return depthwise_interior<3, 1>;
+  if (k == 3 && sw == 2) return depthwise_interior<3, 2>;
+  if (k == 5 && sw == 1) return depthwise_interior<5, 1>;
+  if (k == 5 && sw == 2) return depthwise_interior<5, 2>;
+  return nullptr;
+}
+
+// One input channel per group (depthwise, possibly with a channel multiplier), threaded over (batch, output
+// channel). Rows whose taps all fall inside the input run the register-resident interior kernel for 3x3/5x5;
+// other rows (and other kernel sizes) accumulate KH*KW shifted input rows into the output row.
 CAMRT_INLINE_LOOPS void depthwise_forward(float* out, const float* in, const float* weight, const float* bias,
                                           const Conv2dShape& s, const FusedActivation& act, ThreadPool& pool) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w(), multiplier = s.out_channels / s.groups;
   const int64_t plane = s.in_h * s.in_w, out_plane = oh_n * ow_n, taps = s.kernel_h * s.kernel_w;
+  const InteriorFn interior = pick_interior(s);
+  // Output columns whose every kw tap is inside the input row: the intersection over kw of the valid ranges.
+  int64_t col_lo = 0, col_hi = ow_n;
+  for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+    int64_t lo, hi;
+    valid_range(kw * s.dilation_w - s.pad_left, s.stride_w, s.in_w, ow_n, &lo, &hi);
+    col_lo = std::max(col_lo, lo);
+    col_hi = std::min(col_hi, hi);
+  }
   pool.parallel_for(s.batch * s.out_channels, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / s.out_channels, oc = idx % s.out_channels, ic = oc / multiplier;
@@ -200,33 +230,47 @@ CAMRT_INLINE_LOOPS void depthwise_forward(float* out, const float* in, const flo
       const float b = bias ? bias[oc] : 0.f;
       for (int64_t oh = 0; oh < oh_n; ++oh) {
         float* __restrict yr = y + oh * ow_n;
-        for (int64_t ow = 0; ow < ow_n; ++ow) yr[ow] = b;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
-          if (ih < 0 || ih >= s.in_h) continue;
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            const float wv = w[kh * s.kernel_w + kw];
-            const int64_t off_w = kw * s.dilation_w - s.pad_left;
-            int64_t lo, hi;
-            valid_range(off_w, s.stride_w, s.in_w, ow_n, &lo, &hi);
-            if (lo >= hi) continue;
-            const float* __restrict xr = x + ih * s.in_w + lo * s.stride_w + off_w;  // input of output lo
-            float* __restrict yo = yr + lo;
-            if (s.stride_w == 1) {
-              for (int64_t t = 0; t < hi - lo; ++t) yo[t] += wv * xr[t];
-            } else {
-              for (int64_t t = 0; t < hi - lo; ++t) yo[t] += wv * xr[t * s.stride_w];
+        const int64_t ih0 = oh * s.stride_h - s.pad_top;
+        // Output columns [from, to): bias, then each in-bounds tap's input row added in, then the activation.
+        const auto accumulate = [&](int64_t from, int64_t to) {
+          if (from >= to) return;
+          for (int64_t ow = from; ow < to; ++ow) yr[ow] = b;
+          for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+            const int64_t ih = ih0 + kh * s.dilation_h;
+            if (ih < 0 || ih >= s.in_h) continue;
+            for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const float wv = w[kh * s.kernel_w + kw];
+              const int64_t off_w = kw * s.dilation_w - s.pad_left;
+              int64_t lo, hi;
+              valid_range(off_w, s.stride_w, s.in_w, ow_n, &lo, &hi);
+              lo = std::max(lo, from);
+              hi = std::min(hi, to);
+              if (lo >= hi) continue;
+              const float* __restrict xr = x + ih * s.in_w + lo * s.stride_w + off_w;  // input of output lo
+              float* __restrict yo = yr + lo;
+              if (s.stride_w == 1) {
+                for (int64_t t = 0; t < hi - lo; ++t) yo[t] += wv * xr[t];
+              } else {
+                for (int64_t t = 0; t < hi - lo; ++t) yo[t] += wv * xr[t * s.stride_w];
+              }
             }
           }
+          if (act.kind != FusedActivation::kNone)
+            for (int64_t ow = from; ow < to; ++ow) yr[ow] = activate(yr[ow], act);
+        };
+        const bool rows_inside = ih0 >= 0 && ih0 + (s.kernel_h - 1) * s.dilation_h < s.in_h;
+        if (interior && rows_inside && col_lo < col_hi) {
+          interior(yr + col_lo, x + ih0 * s.in_w + col_lo * s.stride_w - s.pad_left, w, b, s.in_w, s.dilation_h,
+                   s.dilation_w, col_hi - col_lo, act);
+          accumulate(0, col_lo);
+          accumulate(col_hi, ow_n);
+        } else {
+          accumulate(0, ow_n);
         }
-        if (act.kind != FusedActivation::kNone)
-          for (int64_t ow = 0; ow < ow_n; ++ow) yr[ow] = activate(yr[ow], act);
       }
     }
   }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, out_plane * taps)));
 }
-
-size_t align_bytes(size_t n) { return (n + kAlignBytes - 1) / kAlignBytes * kAlignBytes; }
 
 }  // namespace
 
@@ -255,13 +299,32 @@ std::string conv2d_shape_error(const Conv2dShape& s) {
   return err.str();
 }
 
+namespace {
+
+// Many small groups (ResNeXt, RegNet: 32+ groups of a few channels) give GEMMs too small to split across
+// threads, so the groups themselves are spread over the pool, each GEMM single-threaded in its own
+// workspace slot. Few large groups run one after another, each GEMM using the whole pool.
+bool groups_in_parallel(const Conv2dShape& s, int num_threads) { return num_threads > 1 && s.groups >= 2 * num_threads; }
+
+struct GroupSlots {
+  int count;          // concurrent groups (= workspace slots)
+  size_t slot_bytes;  // GEMM workspace per slot
+};
+
+GroupSlots group_slots(const Conv2dShape& s, int num_threads) {
+  const int64_t cols = s.batch * s.out_h() * s.out_w();
+  const int64_t k = (s.in_channels / s.groups) * s.kernel_h * s.kernel_w, mg = s.out_channels / s.groups;
+  if (!groups_in_parallel(s, num_threads)) return GroupSlots{1, gemm_workspace_bytes(mg, cols, k, num_threads)};
+  const size_t align = 64;
+  return GroupSlots{num_threads, (gemm_workspace_bytes(mg, cols, k, 1) + align - 1) / align * align};
+}
+
+}  // namespace
+
 size_t conv2d_workspace_bytes(const Conv2dShape& s, int num_threads) {
   if (is_depthwise(s) || s.batch == 0) return 0;
-  const int64_t cols = s.batch * s.out_h() * s.out_w();
-  const int64_t k = (s.in_channels / s.groups) * s.kernel_h * s.kernel_w;
-  size_t bytes = gemm_workspace_bytes(s.out_channels / s.groups, cols, k, num_threads);
-  if (has_pads(s)) bytes += align_bytes(size_t(padded_floats(s)) * sizeof(float)) + kAlignBytes;
-  return bytes;
+  const GroupSlots slots = group_slots(s, num_threads);
+  return size_t(slots.count) * slots.slot_bytes;
 }
 
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
@@ -282,22 +345,8 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
   const int64_t cg = s.in_channels / s.groups, mg = s.out_channels / s.groups;
   const int64_t k = cg * s.kernel_h * s.kernel_w, cols = s.batch * out_plane;
 
-  // Workspace: [padded input (if pads)] [GEMM scratch].
-  unsigned char* ws = static_cast<unsigned char*>(workspace);
-  size_t ws_left = workspace_bytes;
-  Source src{in, s.in_h, s.in_w, s.in_channels, s.batch * s.in_channels * plane};
-  if (has_pads(s)) {
-    const uintptr_t base = reinterpret_cast<uintptr_t>(ws);
-    const size_t skip = (kAlignBytes - base % kAlignBytes) % kAlignBytes;
-    float* padded = reinterpret_cast<float*>(ws + skip);
-    const size_t used = skip + align_bytes(size_t(padded_floats(s)) * sizeof(float));
-    ws += used;
-    ws_left -= used;
-    pad_input(padded, in, s, pool);
-    src = Source{padded, s.in_h + s.pad_top + s.pad_bottom, s.in_w + s.pad_left + s.pad_right, s.in_channels,
-                 padded_floats(s)};
-  }
-  for (int64_t g = 0; g < s.groups; ++g) {
+  // out_g (mg, batch * out_plane) = W_g (mg, k) x im2col(in_g) (k, batch * out_plane), one C segment per image.
+  const auto run_group = [&](int64_t g, void* ws, size_t ws_bytes, ThreadPool& gemm_pool) {
     const GemmOutput c{out + g * mg * out_plane, out_plane, out_plane, s.out_channels * out_plane};
     GemmEpilogue epi;
     epi.bias_row = bias ? bias + g * mg : nullptr;
@@ -305,12 +354,33 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
     const float* a = weight + g * mg * k;
     if (is_pointwise(s)) {
       const GemmMatrixB b(in + g * cg * plane, plane, false, plane, s.in_channels * plane);
-      gemm_packed(c, a, k, false, b, mg, cols, k, 1.f, 0.f, epi, ws, ws_left, pool);
+      gemm_packed(c, a, k, false, b, mg, cols, k, 1.f, 0.f, epi, ws, ws_bytes, gemm_pool);
     } else {
-      const Im2colPacker b(src, g * cg, s);
-      gemm_packed(c, a, k, false, b, mg, cols, k, 1.f, 0.f, epi, ws, ws_left, pool);
+      const Im2colPacker b(in, g * cg, s);
+      gemm_packed(c, a, k, false, b, mg, cols, k, 1.f, 0.f, epi, ws, ws_bytes, gemm_pool);
     }
+  };
+  if (!groups_in_parallel(s, pool.num_threads())) {
+    for (int64_t g = 0; g < s.groups; ++g) run_group(g, workspace, workspace_bytes, pool);
+    return;
   }
+  // A chunk of groups claims a free workspace slot; at most pool.num_threads() chunks run at once.
+  const GroupSlots slots = group_slots(s, pool.num_threads());
+  constexpr int kMaxSlots = 256;
+  CAMRT_CHECK(slots.count <= kMaxSlots, "conv2d_forward: more than " << kMaxSlots << " threads");
+  std::atomic<bool> busy[kMaxSlots];
+  for (int i = 0; i < slots.count; ++i) busy[i].store(false, std::memory_order_relaxed);
+  ThreadPool serial(1);  // runs each group's GEMM inline in the thread that took the group
+  pool.parallel_for(s.groups, [&](int64_t begin, int64_t end) {
+    int slot = 0;
+    for (;; slot = (slot + 1) % slots.count) {
+      bool expected = false;
+      if (busy[slot].compare_exchange_strong(expected, true, std::memory_order_acquire)) break;
+    }
+    void* ws = static_cast<unsigned char*>(workspace) + size_t(slot) * slots.slot_bytes;
+    for (int64_t g = begin; g < end; ++g) run_group(g, ws, slots.slot_bytes, serial);
+    busy[slot].store(false, std::memory_order_release);
+  });
 }
 
 }  // namespace camrt

@@ -154,6 +154,276 @@ void dispatch(T* out, const T* a, const T* b, const BroadcastPlan& plan, BinaryO
   }
 }
 
+// ---- Backward: the gradient of one operand X (a or b), the other operand being O ----
+// For each element j of X: dX[j] += scale(x[j]) * sum over output positions p reading j of dy[p] * v(p), where
+// v(p) is one of the Term kinds below. Every op/operand pair is one (Term, Scale) choice:
+//   Add: (One, Plus) for both.  Sub: a (One, Plus), b (One, Minus).  Mul: (Other, Plus) for both.
+//   Div: a (InvOther, Plus); b (Out, NegInvX) from y, or (Other, NegInvX2) from a.
+enum class Term : uint8_t { One, Other, InvOther, Out };
+enum class Scale : uint8_t { Plus, Minus, NegInvX, NegInvX2 };
+
+// Columns per task when X keeps the output's last dim: 64 doubles of accumulator stay in L1.
+constexpr int64_t kGradBlock = 64;
+// Most slices a full reduction to one value (a scalar operand) is split into; partial sums are added in a
+// fixed order, so the result does not depend on the thread count.
+constexpr int64_t kMaxSlices = 64;
+
+struct GradJob {
+  float* dx = nullptr;          // X's gradient, X's layout
+  const float* x = nullptr;     // X's values (read only by the NegInvX scales)
+  const float* o = nullptr;     // the other operand (read only by Other/InvOther)
+  const float* y = nullptr;     // forward output (read only by Out)
+  const float* dy = nullptr;    // (numel,)
+  const std::vector<int64_t>* sx = nullptr;  // X's strides per plan dim
+  const std::vector<int64_t>* so = nullptr;  // O's strides per plan dim
+  Scale scale = Scale::Plus;
+};
+
+// dy[i] * v at output offset i (from the row's start); o varies along the row when kVaries, else is o[0].
+template <Term T, bool kVaries>
+inline float term_at(const float* dy, const float* o, const float* y, int64_t i) {
+  if constexpr (T == Term::One) {
+    return dy[i];
+  } else if constexpr (T == Term::Out) {
+    return dy[i] * y[i];
+  } else {
+    const float ov = kVaries ? o[i] : o[0];
+    if constexpr (T == Term::Other) {
+      return dy[i] * ov;
+    } else {
+      return dy[i] / ov;
+    }
+  }
+}
+
+// Sum of term_at over a contiguous row of n outputs, in eight double lanes (vectorisable, and no float
+// accumulation error however long the row).
+template <Term T, bool kVaries>
+double row_sum(const float* dy, const float* o, const float* y, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  double acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += term_at<T, kVaries>(dy, o, y, i + k);
+  double sum = 0;
+  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
+  for (; i < n; ++i) sum += term_at<T, kVaries>(dy, o, y, i);
+  return sum;
+}
+
+inline double scale_at(Scale scale, const float* x, int64_t j) {
+  switch (scale) {
+    case Scale::Plus: return 1.0;
+    case Scale::Minus: return -1.0;
+    case Scale::NegInvX: return -1.0 / x[j];
+    case Scale::NegInvX2: return -1.0 / (static_cast<double>(x[j]) * x[j]);
+  }
+  return 0.0;
+}
+
+// The plan's dims split for one operand: `outer` holds every dim but the last, each with its size and the
+// output, O and X strides; a dim with X stride 0 is summed out (reduced), any other is kept.
+struct OuterDims {
+  std::vector<int64_t> size, out_stride, o_stride, x_stride;
+  int64_t count = 1;  // product of sizes
+  void add(int64_t n, int64_t out, int64_t o, int64_t x) {
+    size.push_back(n);
+    out_stride.push_back(out);
+    o_stride.push_back(o);
+    x_stride.push_back(x);
+    count *= n;
+  }
+  // Offsets of the multi-index number `index` (row-major over these dims).
+  void offsets(int64_t index, int64_t* out, int64_t* o, int64_t* x) const {
+    *out = *o = *x = 0;
+    for (size_t k = size.size(); k-- > 0;) {
+      const int64_t i = index % size[k];
+      index /= size[k];
+      *out += i * out_stride[k];
+      *o += i * o_stride[k];
+      *x += i * x_stride[k];
+    }
+  }
+};
+
+// Calls fn(out_offset, o_offset) for every combination of the reduced dims, advancing offsets incrementally.
+template <typename Fn>
+inline void for_each_reduced(const OuterDims& r, Fn&& fn) {
+  const size_t rank = r.size.size();
+  int64_t index[16] = {};  // plan rank <= output rank; a CNN tensor never has 16 non-mergeable dims
+  int64_t out = 0, o = 0;
+  for (int64_t step = 0; step < r.count; ++step) {
+    fn(out, o);
+    for (size_t k = rank; k-- > 0;) {
+      out += r.out_stride[k];
+      o += r.o_stride[k];
+      if (++index[k] < r.size[k]) break;
+      out -= r.out_stride[k] * r.size[k];
+      o -= r.o_stride[k] * r.size[k];
+      index[k] = 0;
+    }
+  }
+}
+
+// X's last plan dim is reduced: each X element owns one task summing rows of the output. Covers
+// (N*C, HW) op (N*C, 1), (N, C, HW) op (1, C, 1) and the scalar operand (split into slices).
+template <Term T, bool kVaries>
+void grad_reduce_last(const GradJob& job, const OuterDims& kept, const OuterDims& reduced, int64_t n, ThreadPool& pool) {
+  const GradJob g = job;
+  if (kept.count == 1 && reduced.count == 1) {  // one value from one long row: slices summed in a fixed order
+    const int64_t slices = std::max<int64_t>(1, std::min(kMaxSlices, n / kMinChunk));
+    const int64_t per = (n + slices - 1) / slices;
+    double partial[kMaxSlices] = {};
+    pool.parallel_for(slices, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        const int64_t lo = s * per, hi = std::min(n, lo + per);
+        if (lo < hi)
+          partial[s] = row_sum<T, kVaries>(g.dy + lo, kVaries ? g.o + lo : g.o, g.y == nullptr ? nullptr : g.y + lo,
+                                           hi - lo);
+      }
+    });
+    double sum = 0;
+    for (int64_t s = 0; s < slices; ++s) sum += partial[s];
+    g.dx[0] += static_cast<float>(scale_at(g.scale, g.x, 0) * sum);
+    return;
+  }
+  pool.parallel_for(
+      kept.count,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          int64_t out0, o0, x0;
+          kept.offsets(j, &out0, &o0, &x0);
+          double sum = 0;
+          for_each_reduced(reduced, [&](int64_t out, int64_t o) {
+            const int64_t p = out0 + out;
+            sum += row_sum<T, kVaries>(g.dy + p, g.o == nullptr ? nullptr : g.o + o0 + o, g.y == nullptr ? nullptr : g.y + p, n);
+          });
+          g.dx[x0] += static_cast<float>(scale_at(g.scale, g.x, x0) * sum);
+        }
+      },
+      std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, n * reduced.count)));
+}
+
+// X keeps the last plan dim (stride 1) and is summed over some outer dims: tasks are (X row, block of
+// kGradBlock columns); each adds the reduced rows into a double accumulator. Covers (N, HW, C) op (C).
+template <Term T, bool kVaries>
+void grad_keep_last(const GradJob& job, const OuterDims& kept, const OuterDims& reduced, int64_t width, ThreadPool& pool) {
+  const GradJob g = job;
+  const int64_t blocks = (width + kGradBlock - 1) / kGradBlock;
+  pool.parallel_for(
+      kept.count * blocks,
+      [&](int64_t begin, int64_t end) {
+        double acc[kGradBlock];
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t c0 = (task % blocks) * kGradBlock, w = std::min(kGradBlock, width - c0);
+          int64_t out0, o0, x0;
+          kept.offsets(task / blocks, &out0, &o0, &x0);
+          for (int64_t i = 0; i < w; ++i) acc[i] = 0;
+          for_each_reduced(reduced, [&](int64_t out, int64_t o) {
+            const int64_t p = out0 + out + c0;
+            const float* dy = g.dy + p;
+            const float* y = g.y == nullptr ? nullptr : g.y + p;
+            const float* ov = g.o == nullptr ? nullptr : g.o + o0 + o + (kVaries ? c0 : 0);
+            for (int64_t i = 0; i < w; ++i) acc[i] += term_at<T, kVaries>(dy, ov, y, i);
+          });
+          float* dx = g.dx + x0 + c0;
+          const float* x = g.x == nullptr ? nullptr : g.x + x0 + c0;
+          switch (g.scale) {
+            case Scale::Plus:
+              for (int64_t i = 0; i < w; ++i) dx[i] += static_cast<float>(acc[i]);
+              break;
+            case Scale::Minus:
+              for (int64_t i = 0; i < w; ++i) dx[i] -= static_cast<float>(acc[i]);
+              break;
+            case Scale::NegInvX:
+              for (int64_t i = 0; i < w; ++i) dx[i] += static_cast<float>(-acc[i] / x[i]);
+              break;
+            case Scale::NegInvX2:
+              for (int64_t i = 0; i < w; ++i) dx[i] += static_cast<float>(-acc[i] / (static_cast<double>(x[i]) * x[i]));
+              break;
+          }
+        }
+      },
+      std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, std::min(kGradBlock, width) * reduced.count)));
+}
+
+// X as large as the output (nothing to sum): dX[p] += scale * dy[p] * v(p) in float, in blocks of
+// kElementBlock columns of the last dim (the plan merges a same-shape pair into one dim).
+constexpr int64_t kElementBlock = 4096;
+
+template <Term T, bool kVaries>
+void grad_elementwise(const GradJob& job, const OuterDims& kept, int64_t width, ThreadPool& pool) {
+  const GradJob g = job;
+  const int64_t blocks = (width + kElementBlock - 1) / kElementBlock;
+  pool.parallel_for(
+      kept.count * blocks,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t c0 = (task % blocks) * kElementBlock, w = std::min(kElementBlock, width - c0);
+          int64_t out0, o0, x0;
+          kept.offsets(task / blocks, &out0, &o0, &x0);
+          const int64_t p = out0 + c0;
+          const float* dy = g.dy + p;
+          const float* y = g.y == nullptr ? nullptr : g.y + p;
+          const float* ov = g.o == nullptr ? nullptr : g.o + o0 + (kVaries ? c0 : 0);
+          float* dx = g.dx + x0 + c0;
+          const float* x = g.x == nullptr ? nullptr : g.x + x0 + c0;
+          switch (g.scale) {
+            case Scale::Plus:
+              for (int64_t i = 0; i < w; ++i) dx[i] += term_at<T, kVaries>(dy, ov, y, i);
+              break;
+            case Scale::Minus:
+              for (int64_t i = 0; i < w; ++i) dx[i] -= term_at<T, kVaries>(dy, ov, y, i);
+              break;
+            case Scale::NegInvX:
+              for (int64_t i = 0; i < w; ++i) dx[i] -= term_at<T, kVaries>(dy, ov, y, i) / x[i];
+              break;
+            case Scale::NegInvX2:
+              for (int64_t i = 0; i < w; ++i) dx[i] -= term_at<T, kVaries>(dy, ov, y, i) / (x[i] * x[i]);
+              break;
+          }
+        }
+      },
+      std::max<int64_t>(1, kMinChunk / std::min(kElementBlock, width)));
+}
+
+template <Term T>
+void operand_grad(const GradJob& job, const BroadcastPlan& plan, ThreadPool& pool) {
+  const std::vector<int64_t>& dims = plan.dims;
+  const std::vector<int64_t>& sx = *job.sx;
+  const std::vector<int64_t>& so = *job.so;
+  const size_t last = dims.size() - 1;
+  CAMRT_CHECK(dims.size() <= 16, "binary backward: broadcast of rank " << dims.size() << " is not supported");
+  OuterDims kept, reduced;
+  int64_t out_stride = dims[last];  // contiguous output strides, innermost first
+  for (size_t k = last; k-- > 0;) {
+    if (sx[k] == 0) {
+      reduced.add(dims[k], out_stride, so[k], 0);
+    } else {
+      kept.add(dims[k], out_stride, so[k], sx[k]);
+    }
+    out_stride *= dims[k];
+  }
+  // add() appended innermost first; offsets() and for_each_reduced() want row-major order.
+  for (OuterDims* d : {&kept, &reduced}) {
+    std::reverse(d->size.begin(), d->size.end());
+    std::reverse(d->out_stride.begin(), d->out_stride.end());
+    std::reverse(d->o_stride.begin(), d->o_stride.end());
+    std::reverse(d->x_stride.begin(), d->x_stride.end());
+  }
+  const bool varies = T == Term::Other || T == Term::InvOther ? so[last] != 0 : false;
+  if (sx[last] == 0) {
+    if (varies) return grad_reduce_last<T, true>(job, kept, reduced, dims[last], pool);
+    return grad_reduce_last<T, false>(job, kept, reduced, dims[last], pool);
+  }
+  if (reduced.count == 1) {
+    if (varies) return grad_elementwise<T, true>(job, kept, dims[last], pool);
+    return grad_elementwise<T, false>(job, kept, dims[last], pool);
+  }
+  if (varies) return grad_keep_last<T, true>(job, kept, reduced, dims[last], pool);
+  return grad_keep_last<T, false>(job, kept, reduced, dims[last], pool);
+}
+
 }  // namespace
 
 const char* binary_op_name(BinaryOp op) {
@@ -250,6 +520,70 @@ void binary_forward(float* out, const float* a, const float* b, const BroadcastP
 void binary_forward(int64_t* out, const int64_t* a, const int64_t* b, const BroadcastPlan& plan, BinaryOp op,
                     ThreadPool& pool) {
   dispatch(out, a, b, plan, op, pool);
+}
+
+void binary_backward(float* da, float* db, const float* dy, const float* a, const float* b, const float* y,
+                     const BroadcastPlan& plan, BinaryOp op, ThreadPool& pool) {
+  if (plan.numel == 0 || (da == nullptr && db == nullptr)) return;
+  CAMRT_CHECK(dy != nullptr, binary_op_name(op) << " backward: dy is missing");
+  if (da != nullptr) {
+    GradJob job;
+    job.dx = da;
+    job.x = a;
+    job.dy = dy;
+    job.sx = &plan.a_strides;
+    job.so = &plan.b_strides;
+    switch (op) {
+      case BinaryOp::Add:
+      case BinaryOp::Sub:
+        operand_grad<Term::One>(job, plan, pool);
+        break;
+      case BinaryOp::Mul:
+      case BinaryOp::Div:
+        CAMRT_CHECK(b != nullptr, binary_op_name(op) << " backward: the gradient of a needs b");
+        job.o = b;
+        if (op == BinaryOp::Mul) {
+          operand_grad<Term::Other>(job, plan, pool);
+        } else {
+          operand_grad<Term::InvOther>(job, plan, pool);
+        }
+        break;
+    }
+  }
+  if (db != nullptr) {
+    GradJob job;
+    job.dx = db;
+    job.x = b;
+    job.dy = dy;
+    job.sx = &plan.b_strides;
+    job.so = &plan.a_strides;
+    switch (op) {
+      case BinaryOp::Add:
+        operand_grad<Term::One>(job, plan, pool);
+        break;
+      case BinaryOp::Sub:
+        job.scale = Scale::Minus;
+        operand_grad<Term::One>(job, plan, pool);
+        break;
+      case BinaryOp::Mul:
+        CAMRT_CHECK(a != nullptr, "Mul backward: the gradient of b needs a");
+        job.o = a;
+        operand_grad<Term::Other>(job, plan, pool);
+        break;
+      case BinaryOp::Div:
+        CAMRT_CHECK(b != nullptr && (y != nullptr || a != nullptr), "Div backward: the gradient of b needs b and y (or a)");
+        if (y != nullptr) {
+          job.y = y;
+          job.scale = Scale::NegInvX;
+          operand_grad<Term::Out>(job, plan, pool);
+        } else {
+          job.o = a;
+          job.scale = Scale::NegInvX2;
+          operand_grad<Term::Other>(job, plan, pool);
+        }
+        break;
+    }
+  }
 }
 
 }  // namespace camrt

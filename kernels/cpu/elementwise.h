@@ -1,6 +1,6 @@
-// CPU binary arithmetic (Add, Sub, Mul, Div) with numpy multidirectional broadcasting, float32 and int64.
-// A BroadcastPlan drops size-1 output dims and merges neighbours, so the common CNN shapes reach tight
-// loops: same shape, (N, C, HW) op (C) and (N*C, HW) op (N*C); anything else walks strides.
+// CPU binary arithmetic (Add, Sub, Mul, Div) with numpy multidirectional broadcasting, float32 and int64, and
+// its float32 backward. A BroadcastPlan drops size-1 output dims and merges neighbours, so the common CNN shapes
+// reach tight loops: same shape, (N, C, HW) op (C) and (N*C, HW) op (N*C); anything else walks strides.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -36,5 +36,14 @@ void binary_forward(float* out, const float* a, const float* b, const BroadcastP
                     ThreadPool& pool);
 void binary_forward(int64_t* out, const int64_t* a, const int64_t* b, const BroadcastPlan& plan, BinaryOp op,
                     ThreadPool& pool);
+
+// Backward of out = a op b (float32): da += sum of dy * d(out)/da over the output positions that read each
+// element of a (the broadcast dims are summed out), db likewise. da, db: laid out as a and b (nullptr: not
+// wanted); dy: (plan.numel,) contiguous. What each gradient reads:
+//   Add, Sub: nothing but dy.  Mul: da reads b, db reads a.
+//   Div: da reads b (dy / b); db reads b and y when y != nullptr (-dy * y / b), else a (-dy * a / b^2).
+// Sums accumulate in double. Gradients must not alias dy or the operands.
+void binary_backward(float* da, float* db, const float* dy, const float* a, const float* b, const float* y,
+                     const BroadcastPlan& plan, BinaryOp op, ThreadPool& pool);
 
 }  // namespace camrt

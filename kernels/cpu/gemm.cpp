@@ -1,6 +1,7 @@
 // Packed, cache-blocked SGEMM (GotoBLAS/BLIS loop structure) with a register-blocked micro-kernel per ISA:
 // AVX-512, AVX2+FMA, AArch64 NEON, and a portable GCC-vector fallback. C is split into a few tiles that the
-// pool's threads take in any order; each running tile packs its own A and B blocks into a workspace slot.
+// pool's threads take in any order; each running tile packs its B blocks (and A, if transposed) into its own
+// workspace slot. A row-major A is read in place by the micro-kernel, never packed.
 #include "kernels/cpu/gemm.h"
 
 #include <algorithm>
@@ -30,7 +31,7 @@ namespace camrt {
 namespace {
 
 // ---- Vector abstraction: the micro-kernel only needs load/store/broadcast/fma/add/max/min. ----
-// Explicit fma intrinsics matter: with -std=c++17 GCC does not contract a*b+c into an FMA.
+// Explicit fma intrinsics keep the FMA whatever -ffp-contract says (and keep the kernels readable).
 // Register budget sets MR x NR: MR * NV accumulators + NV B vectors + 1 broadcast must fit the register file.
 #if defined(__AVX512F__)
 using Vec = __m512;
@@ -93,17 +94,14 @@ inline Vec vmin(Vec a, Vec b) { return a < b ? a : b; }
 #endif
 
 constexpr int kNR = kNV * kLanes;
-// Cache blocking. KC: a B micro-panel (KC x NR) stays in L1 while the MC x KC block of A streams from L2;
-// NC bounds the packed B block (KC x NC, in L2/L3). Values tuned on Zen 5 (48 KiB L1d, 1 MiB L2);
-// the ratios hold for common Cortex-A/x86 parts as well.
-#ifndef TUNE_KC
-#define TUNE_KC 384
-#define TUNE_MC 10
-#define TUNE_NC 16
-#endif
-constexpr int64_t kKC = TUNE_KC;
-constexpr int64_t kMC = kMR * TUNE_MC;
-constexpr int64_t kNC = kNR * TUNE_NC;
+// Cache blocking. KC: a B micro-panel (KC x NR floats, 48 KiB with AVX-512) stays in L1 while the kernel walks
+// the MR-row panels of an MC x KC block of A (in L2); NC bounds the packed B block (KC x NC, 768 KiB with
+// AVX-512) so it stays in L2 too. Tuned on Zen 5 (48 KiB L1d, 1 MiB L2 per core): KC 256..512 and NC 512..2048
+// were within measurement noise of each other except for K-heavy late layers, which prefer the larger KC
+// (fewer passes over C). K is split into equal blocks of at most KC (see GemmArgs).
+constexpr int64_t kKC = 384;
+constexpr int64_t kMC = kMR * 10;
+constexpr int64_t kNC = kNR * 16;
 // Below this many flops a tile is not worth a thread hand-off (a parallel_for costs a few microseconds).
 constexpr double kMinTaskFlops = 2.0e6;
 constexpr int kMaxSlots = 64;
@@ -125,25 +123,26 @@ inline float finish_scalar(float x, int64_t i, int64_t j, const GemmEpilogue& e)
   return apply_act(x, e.act);
 }
 
-// The micro-kernels and the tile store are templated on the number of rows R <= MR they handle, so a ragged
-// last panel (M = 64 is 4 x 14 + 8) costs 8 rows of work, not 14.
+// The micro-kernels and the tile store are templated on the rows R <= MR and vectors NV <= kNV of the tile they
+// compute, so a ragged last panel costs only its own work: M = 64 is 4 x 14 + 8 rows, and N = 196 (14x14) is
+// 6 x 32 + one 16-column vector instead of 7 x 32 columns.
 
-// acc[0..R) = Ap (R rows of MR-row panels, packed k-major) * Bp (kc x NR, packed k-major).
-template <int R>
+// acc[0..R)[0..NV) = Ap (R rows of MR-row panels, packed k-major) * Bp (kc x NR, packed k-major).
+template <int R, int NV>
 inline void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, Vec (&acc)[kMR][kNV]) {
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) acc[i][v] = vzero();
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
   for (int64_t p = 0; p < kc; ++p) {
-    Vec b[kNV];
+    Vec b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) b[v] = vload(bp + v * kLanes);
+    for (int v = 0; v < NV; ++v) b[v] = vload(bp + v * kLanes);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const Vec a = vset1(ap[i]);
 #pragma GCC unroll 4
-      for (int v = 0; v < kNV; ++v) acc[i][v] = vfma(a, b[v], acc[i][v]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(a, b[v], acc[i][v]);
     }
     ap += kMR;
     bp += kNR;
@@ -153,35 +152,35 @@ inline void micro_kernel(int64_t kc, const float* __restrict ap, const float* __
 // The same product with A read in place from R rows of a row-major matrix (row stride lda): no packing.
 // With few output columns (late CNN layers) packing A would cost as much as the arithmetic, because each
 // packed element is used only N / NR times; reading it in place costs nothing extra.
-template <int R>
+template <int R, int NV>
 inline void micro_kernel_rows(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict bp,
                               Vec (&acc)[kMR][kNV]) {
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) acc[i][v] = vzero();
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
   for (int64_t p = 0; p < kc; ++p) {
-    Vec b[kNV];
+    Vec b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) b[v] = vload(bp + v * kLanes);
+    for (int v = 0; v < NV; ++v) b[v] = vload(bp + v * kLanes);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const Vec av = vset1(a[i * lda + p]);
 #pragma GCC unroll 4
-      for (int v = 0; v < kNV; ++v) acc[i][v] = vfma(av, b[v], acc[i][v]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, b[v], acc[i][v]);
     }
     bp += kNR;
   }
 }
 
-// Calls f(std::integral_constant<int, mr>) for a runtime 1 <= mr <= R.
-template <int R, typename F>
-inline void with_rows(int mr, F&& f) {
-  if constexpr (R == 1) {
+// Calls f(std::integral_constant<int, n>) for a runtime 1 <= n <= N.
+template <int N, typename F>
+inline void with_constant(int n, F&& f) {
+  if constexpr (N == 1) {
     f(std::integral_constant<int, 1>{});
   } else {
-    if (mr == R) f(std::integral_constant<int, R>{});
-    else with_rows<R - 1>(mr, f);
+    if (n == N) f(std::integral_constant<int, N>{});
+    else with_constant<N - 1>(n, f);
   }
 }
 
@@ -201,37 +200,39 @@ inline Vec finish_vec(Vec x, Vec bias, const FusedActivation& act, Vec lo, Vec h
   return x;
 }
 
-// Writes rows [0, R) x columns [0, nr) of acc to C at (i0, j0) according to mode.
-template <int R>
+// Writes rows [0, R) x columns [0, nr) of acc to C at (i0, j0) according to mode; nr <= NV * kLanes.
+template <int R, int NV>
 void store_tile(const GemmOutput& out, int64_t i0, int64_t j0, int nr, Vec (&acc)[kMR][kNV], const TileMode& mode,
                 const GemmEpilogue& epi) {
   const int64_t seg_j = j0 % out.seg_cols;
-  if (nr == kNR && seg_j + kNR <= out.seg_cols) {
-    // Fast path: full-width columns, contiguous in memory.
-    float* base = out.c + i0 * out.ldc + (j0 / out.seg_cols) * out.seg_stride + seg_j;
-    Vec bias_col[kNV];
-    for (int v = 0; v < kNV; ++v)
-      bias_col[v] = (mode.last && epi.bias_col) ? vload(epi.bias_col + j0 + v * kLanes) : vzero();
-    const Vec lo = vset1(epi.act.min), hi = vset1(epi.act.max), beta = vset1(mode.beta);
-    const Vec alpha = vset1(mode.alpha);
-    const bool scale = mode.alpha != 1.f;
-    for (int i = 0; i < R; ++i) {
-      float* crow = base + i * out.ldc;
-      const Vec brow = (mode.last && epi.bias_row) ? vset1(epi.bias_row[i0 + i]) : vzero();
-      for (int v = 0; v < kNV; ++v) {
-        Vec x = scale ? vmul(acc[i][v], alpha) : acc[i][v];
-        if (mode.accumulate) x = vadd(x, vload(crow + v * kLanes));
-        else if (mode.beta != 0.f) x = vfma(beta, vload(crow + v * kLanes), x);
-        if (mode.last) x = finish_vec(x, vadd(brow, bias_col[v]), epi.act, lo, hi);
-        vstore(crow + v * kLanes, x);
+  if constexpr (NV == kNV) {
+    if (nr == kNR && seg_j + kNR <= out.seg_cols) {
+      // Fast path: full-width columns, contiguous in memory.
+      float* base = out.c + i0 * out.ldc + (j0 / out.seg_cols) * out.seg_stride + seg_j;
+      Vec bias_col[kNV];
+      for (int v = 0; v < kNV; ++v)
+        bias_col[v] = (mode.last && epi.bias_col) ? vload(epi.bias_col + j0 + v * kLanes) : vzero();
+      const Vec lo = vset1(epi.act.min), hi = vset1(epi.act.max), beta = vset1(mode.beta);
+      const Vec alpha = vset1(mode.alpha);
+      const bool scale = mode.alpha != 1.f;
+      for (int i = 0; i < R; ++i) {
+        float* crow = base + i * out.ldc;
+        const Vec brow = (mode.last && epi.bias_row) ? vset1(epi.bias_row[i0 + i]) : vzero();
+        for (int v = 0; v < kNV; ++v) {
+          Vec x = scale ? vmul(acc[i][v], alpha) : acc[i][v];
+          if (mode.accumulate) x = vadd(x, vload(crow + v * kLanes));
+          else if (mode.beta != 0.f) x = vfma(beta, vload(crow + v * kLanes), x);
+          if (mode.last) x = finish_vec(x, vadd(brow, bias_col[v]), epi.act, lo, hi);
+          vstore(crow + v * kLanes, x);
+        }
       }
+      return;
     }
-    return;
   }
   // Ragged N edge, or a tile that straddles a segment boundary: go through a scratch tile.
   alignas(64) float tmp[R][kNR];
   for (int i = 0; i < R; ++i)
-    for (int v = 0; v < kNV; ++v) vstore(&tmp[i][v * kLanes], acc[i][v]);
+    for (int v = 0; v < NV; ++v) vstore(&tmp[i][v * kLanes], acc[i][v]);
   int64_t col_offset[kNR];
   for (int jj = 0; jj < nr; ++jj) {
     const int64_t j = j0 + jj;
@@ -250,26 +251,18 @@ void store_tile(const GemmOutput& out, int64_t i0, int64_t j0, int nr, Vec (&acc
   }
 }
 
-// Packs rows [i0, i0 + mc) x cols [k0, k0 + kc) of op(A) into MR-row panels (k-major, zero-padded).
-CAMRT_INLINE_LOOPS void pack_a(float* __restrict dst, const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0,
-            int64_t kc) {
+// Packs rows [i0, i0 + mc) x cols [k0, k0 + kc) of op(A) = a^T (a stored (K, M), row stride lda) into MR-row
+// panels, k-major and zero-padded. Only transposed A is packed: a row-major A is read in place.
+CAMRT_INLINE_LOOPS void pack_a_transposed(float* __restrict dst, const float* a, int64_t lda, int64_t i0, int64_t mc,
+                                          int64_t k0, int64_t kc) {
   for (int64_t ip = 0; ip < mc; ip += kMR) {
     const int64_t mr = std::min<int64_t>(kMR, mc - ip);
     float* d = dst + ip * kc;
-    if (!trans_a) {
-      for (int64_t i = 0; i < mr; ++i) {
-        const float* src = a + (i0 + ip + i) * lda + k0;
-        for (int64_t p = 0; p < kc; ++p) d[p * kMR + i] = src[p];
-      }
-      for (int64_t i = mr; i < kMR; ++i)
-        for (int64_t p = 0; p < kc; ++p) d[p * kMR + i] = 0.f;
-    } else {
-      for (int64_t p = 0; p < kc; ++p) {
-        const float* src = a + (k0 + p) * lda + i0 + ip;
-        float* dp = d + p * kMR;
-        for (int64_t i = 0; i < mr; ++i) dp[i] = src[i];
-        for (int64_t i = mr; i < kMR; ++i) dp[i] = 0.f;
-      }
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = a + (k0 + p) * lda + i0 + ip;
+      float* dp = d + p * kMR;
+      for (int64_t i = 0; i < mr; ++i) dp[i] = src[i];
+      for (int64_t i = mr; i < kMR; ++i) dp[i] = 0.f;
     }
   }
 }
@@ -359,17 +352,19 @@ void run_tile(const GemmArgs& g, int64_t i_begin, int64_t i_end, int64_t j_begin
       for (int64_t ic = i_begin; ic < i_end; ic += g.mc) {
         const int64_t mc = std::min(g.mc, i_end - ic);
         // Row-major A is read in place; transposed A is packed into MR-row panels first.
-        if (g.trans_a) pack_a(abuf, g.a, g.lda, true, ic, mc, pc, kc);
+        if (g.trans_a) pack_a_transposed(abuf, g.a, g.lda, ic, mc, pc, kc);
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           const int nr = int(std::min<int64_t>(kNR, nc - jr));
           const float* bp = bbuf + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += kMR) {
-            with_rows<kMR>(int(std::min<int64_t>(kMR, mc - ir)), [&](auto rows) {
-              constexpr int R = decltype(rows)::value;
-              Vec acc[kMR][kNV];
-              if (g.trans_a) micro_kernel<R>(kc, abuf + ir * kc, bp, acc);
-              else micro_kernel_rows<R>(kc, g.a + (ic + ir) * g.lda + pc, g.lda, bp, acc);
-              store_tile<R>(*g.out, ic + ir, jc + jr, nr, acc, mode, *g.epi);
+            with_constant<kMR>(int(std::min<int64_t>(kMR, mc - ir)), [&](auto rows) {
+              with_constant<kNV>(int(ceil_div(nr, kLanes)), [&](auto vecs) {
+                constexpr int R = decltype(rows)::value, NV = decltype(vecs)::value;
+                Vec acc[kMR][kNV];
+                if (g.trans_a) micro_kernel<R, NV>(kc, abuf + ir * kc, bp, acc);
+                else micro_kernel_rows<R, NV>(kc, g.a + (ic + ir) * g.lda + pc, g.lda, bp, acc);
+                store_tile<R, NV>(*g.out, ic + ir, jc + jr, nr, acc, mode, *g.epi);
+              });
             });
           }
         }

@@ -1,9 +1,11 @@
 // CPU pooling kernels, threaded over planes (N*C). Every window is clipped to the input through
 // pool_taps, so no padded copy of the input is made. 2-D pools without W dilation take a fast path whose
-// interior columns (window fully inside the row) skip all clipping.
+// interior columns (window fully inside the row) skip all clipping. Backward kernels scatter each window's
+// gradient into its plane of dx; one plane belongs to one worker, so overlapping windows never race.
 #include "kernels/cpu/pool.h"
 
 #include <limits>
+#include <vector>
 
 #include "kernels/cpu/reduce.h"
 
@@ -125,6 +127,105 @@ void global_average_pool_forward(float* out, const float* in, int64_t planes, in
     for (int64_t p = begin; p < end; ++p)
       out[p] = static_cast<float>(sum_f32(in + p * spatial, spatial) / static_cast<double>(spatial));
   }, std::max<int64_t>(1, kMinTapsPerChunk / std::max<int64_t>(1, spatial)));
+}
+
+namespace {
+
+// The taps of every output position along one axis, computed once per call instead of once per window.
+struct AxisTaps {
+  std::vector<PoolTaps> d, h, w;
+  explicit AxisTaps(const PoolGeometry& g) {
+    for (int64_t o = 0; o < g.out[0]; ++o) d.push_back(pool_taps(g, 0, o));
+    for (int64_t o = 0; o < g.out[1]; ++o) h.push_back(pool_taps(g, 1, o));
+    for (int64_t o = 0; o < g.out[2]; ++o) w.push_back(pool_taps(g, 2, o));
+  }
+};
+
+// Offset in the plane of the tap that receives a max window's gradient, or -1 if none does.
+inline int64_t max_tap(const float* plane, const PoolGeometry& g, const PoolTaps& td, const PoolTaps& th,
+                       const PoolTaps& tw, float y) {
+  const int64_t hw = g.in[1] * g.in[2];
+  const bool nan = y != y;
+  int64_t last_nan = -1;
+  for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
+    const int64_t od = (td.start + kd * g.dilation[0]) * hw;
+    for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
+      const int64_t oh = od + (th.start + kh * g.dilation[1]) * g.in[2] + tw.start;
+      for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) {
+        const int64_t offset = oh + kw * g.dilation[2];
+        const float v = plane[offset];
+        if (nan) {
+          if (v != v) last_nan = offset;
+        } else if (v == y) {
+          return offset;  // the forward output is one of the inputs, bit for bit: the first equal tap is the argmax
+        }
+      }
+    }
+  }
+  return last_nan;
+}
+
+}  // namespace
+
+void max_pool_backward(float* dx, const float* dy, const float* in, const float* out, const PoolGeometry& g,
+                       ThreadPool& pool) {
+  const AxisTaps taps(g);
+  const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
+  const int64_t taps_per_plane = std::max<int64_t>(1, out_plane * g.kernel[0] * g.kernel[1] * g.kernel[2]);
+  pool.parallel_for(g.planes, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float* x = in + p * in_plane;
+      const float* y = out + p * out_plane;
+      const float* g_out = dy + p * out_plane;
+      float* g_in = dx + p * in_plane;
+      int64_t o = 0;
+      for (const PoolTaps& td : taps.d)
+        for (const PoolTaps& th : taps.h)
+          for (const PoolTaps& tw : taps.w) {
+            const int64_t at = max_tap(x, g, td, th, tw, y[o]);
+            if (at >= 0) g_in[at] += g_out[o];
+            ++o;
+          }
+    }
+  }, std::max<int64_t>(1, kMinTapsPerChunk / taps_per_plane));
+}
+
+void average_pool_backward(float* dx, const float* dy, const PoolGeometry& g, bool count_include_pad, ThreadPool& pool) {
+  const AxisTaps taps(g);
+  const int64_t in_plane = g.in_plane(), out_plane = g.out_plane(), hw = g.in[1] * g.in[2];
+  const int64_t taps_per_plane = std::max<int64_t>(1, out_plane * g.kernel[0] * g.kernel[1] * g.kernel[2]);
+  pool.parallel_for(g.planes, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float* g_out = dy + p * out_plane;
+      float* g_in = dx + p * in_plane;
+      int64_t o = 0;
+      for (const PoolTaps& td : taps.d)
+        for (const PoolTaps& th : taps.h)
+          for (const PoolTaps& tw : taps.w) {
+            const int64_t count = window_count(td, th, tw, count_include_pad);
+            const float share = count > 0 ? g_out[o] / static_cast<float>(count) : 0.f;  // count 0: no taps either
+            ++o;
+            for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
+              float* pd = g_in + (td.start + kd * g.dilation[0]) * hw;
+              for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
+                float* ph = pd + (th.start + kh * g.dilation[1]) * g.in[2] + tw.start;
+                for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) ph[kw * g.dilation[2]] += share;
+              }
+            }
+          }
+    }
+  }, std::max<int64_t>(1, kMinTapsPerChunk / taps_per_plane));
+}
+
+void global_average_pool_backward(float* dx, const float* dy, int64_t planes, int64_t spatial, ThreadPool& pool) {
+  if (spatial == 0) return;
+  pool.parallel_for(planes, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float share = dy[p] / static_cast<float>(spatial);
+      float* g_in = dx + p * spatial;
+      for (int64_t s = 0; s < spatial; ++s) g_in[s] += share;
+    }
+  }, std::max<int64_t>(1, kMinTapsPerChunk / spatial));
 }
 
 }  // namespace camrt

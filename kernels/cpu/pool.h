@@ -1,6 +1,6 @@
-// CPU pooling kernels (MaxPool, AveragePool, GlobalAveragePool) over N*C independent planes with up to
-// three spatial dims: a 1-D or 2-D pool is a 3-D pool whose leading spatial dims have size 1 (kernel 1,
-// stride 1, no pads). Window arithmetic lives in pool_taps so the backward kernels reuse it.
+// CPU pooling kernels (MaxPool, AveragePool, GlobalAveragePool), forward and backward, over N*C independent
+// planes with up to three spatial dims: a 1-D or 2-D pool is a 3-D pool whose leading spatial dims have size 1
+// (kernel 1, stride 1, no pads). Window arithmetic lives in pool_taps so forward and backward agree on it.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -65,5 +65,27 @@ void average_pool_forward(float* out,      // (planes, out[0], out[1], out[2])
 void global_average_pool_forward(float* out,      // (planes)
                                  const float* in,  // (planes, spatial)
                                  int64_t planes, int64_t spatial, ThreadPool& pool);
+
+// --- Backward: dx += d(sum(dy * y))/dx. Overlapping windows add into the same dx element, so the work is
+// split over planes only, never within a plane. ---
+
+// Each window's dy goes to one input tap: the first (window order d, h, w) whose value equals the forward
+// output, as PyTorch's argmax picks the first maximum on ties. A NaN output (NaN propagated) sends it to the
+// window's last NaN, PyTorch's choice too. Windows with no input tap send nothing.
+void max_pool_backward(float* dx,        // (planes, in[0], in[1], in[2])
+                       const float* dy,  // (planes, out[0], out[1], out[2])
+                       const float* in,  // (planes, in[0], in[1], in[2]): forward input
+                       const float* out, // (planes, out[0], out[1], out[2]): forward output
+                       const PoolGeometry& g, ThreadPool& pool);
+
+// Each window's dy / count goes to every input tap of the window (count as in the forward).
+void average_pool_backward(float* dx,        // (planes, in[0], in[1], in[2])
+                           const float* dy,  // (planes, out[0], out[1], out[2])
+                           const PoolGeometry& g, bool count_include_pad, ThreadPool& pool);
+
+// dy[p] / spatial goes to every element of plane p.
+void global_average_pool_backward(float* dx,        // (planes, spatial)
+                                  const float* dy,  // (planes)
+                                  int64_t planes, int64_t spatial, ThreadPool& pool);
 
 }  // namespace camrt

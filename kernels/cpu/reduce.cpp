@@ -1,6 +1,7 @@
 // CPU mean reduction over any axes. Adjacent dims that are all reduced or all kept are merged first,
 // so every case becomes one of two loops: the innermost merged group is reduced (sum contiguous runs,
 // e.g. the H*W of NCHW: the fast path) or kept (accumulate contiguous rows into a small block).
+// The backward merges the same way and walks dx row by row, each row owned by one worker.
 #include "kernels/cpu/reduce.h"
 
 #include <algorithm>
@@ -160,6 +161,65 @@ void reduce_mean_forward(float* out, const float* in, const std::vector<int64_t>
       for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<float>(acc[j] * inv_count);
     }
   }, min_chunk);
+}
+
+void reduce_mean_backward(float* dx, const float* dy, const std::vector<int64_t>& in_shape,
+                          const std::vector<int64_t>& axes, ThreadPool& pool) {
+  const int64_t rank = static_cast<int64_t>(in_shape.size());
+  std::vector<bool> reduced(in_shape.size(), false);
+  for (int64_t a : axes) {
+    CAMRT_CHECK(a >= 0 && a < rank, "reduce_mean_backward: axis " << a << " out of range for rank " << rank);
+    reduced[static_cast<size_t>(a)] = true;
+  }
+  int64_t numel = 1, count = 1;
+  for (int64_t d = 0; d < rank; ++d) {
+    numel *= in_shape[d];
+    if (reduced[d]) count *= in_shape[d];
+  }
+  if (numel == 0) return;  // count > 0 from here on
+  const float inv_count = static_cast<float>(1.0 / static_cast<double>(count));
+
+  // Merged runs as in the forward; dy_stride is the run's stride in dy (0 for a reduced run: broadcast).
+  struct Run {
+    int64_t size;
+    bool reduced;
+    int64_t dy_stride;
+  };
+  std::vector<Run> runs;
+  for (int64_t d = 0; d < rank; ++d) {
+    if (in_shape[d] == 1) continue;
+    if (!runs.empty() && runs.back().reduced == reduced[d])
+      runs.back().size *= in_shape[d];
+    else
+      runs.push_back({in_shape[d], reduced[d], 0});
+  }
+  if (runs.empty()) runs.push_back({1, false, 0});  // a single element
+  int64_t stride = 1;
+  for (size_t i = runs.size(); i-- > 0;) {
+    if (runs[i].reduced) continue;
+    runs[i].dy_stride = stride;
+    stride *= runs[i].size;
+  }
+  const Run inner = runs.back();
+  runs.pop_back();
+  const int64_t rows = numel / inner.size;
+  pool.parallel_for(rows, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      int64_t rest = row, dy_offset = 0;
+      for (size_t i = runs.size(); i-- > 0;) {
+        dy_offset += (rest % runs[i].size) * runs[i].dy_stride;
+        rest /= runs[i].size;
+      }
+      float* g_in = dx + row * inner.size;
+      if (inner.reduced) {  // the whole row is one output's window
+        const float share = dy[dy_offset] * inv_count;
+        for (int64_t j = 0; j < inner.size; ++j) g_in[j] += share;
+      } else {  // the row lines up with a row of dy
+        const float* g_out = dy + dy_offset;
+        for (int64_t j = 0; j < inner.size; ++j) g_in[j] += g_out[j] * inv_count;
+      }
+    }
+  }, std::max<int64_t>(1, kMinElementsPerChunk / inner.size));
 }
 
 }  // namespace camrt

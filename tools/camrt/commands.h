@@ -9,5 +9,6 @@ namespace camrt::cli {
 int run_convert(const std::vector<std::string>& argv);
 int run_inspect(const std::vector<std::string>& argv);
 int run_predict(const std::vector<std::string>& argv);
+int run_explain(const std::vector<std::string>& argv);
 
 }  // namespace camrt::cli

@@ -18,6 +18,7 @@ const char* kUsage =
     "  convert MODEL.onnx -o DIR     convert an ONNX model into DIR/model.json + DIR/model.safetensors\n"
     "  inspect DIR/model.json        list nodes, shapes, parameters, planned vs naive memory\n"
     "  predict DIR/model.json --input x.npy   run the network and print the top classes\n"
+    "  explain DIR/model.json IMAGE...        class activation maps (Grad-CAM and family) as PNG + .npy\n"
     "\n"
     "Run 'camrt <command> --help' for the options of a command; 'camrt --version' for the version.\n";
 
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
     if (command == "convert") return camrt::cli::run_convert(rest);
     if (command == "inspect") return camrt::cli::run_inspect(rest);
     if (command == "predict") return camrt::cli::run_predict(rest);
+    if (command == "explain") return camrt::cli::run_explain(rest);
     std::cerr << "camrt: unknown command '" << command << "'\n\n" << kUsage;
     return 2;
   } catch (const camrt::Error& e) {

@@ -16,6 +16,7 @@ target layer's activation/gradient and CAM maps hooks `model.get_submodule(targe
 
 import argparse
 import collections
+import copy
 import hashlib
 import json
 import os
@@ -52,6 +53,9 @@ class FixtureSpec:
     # the BatchNormalization nodes (inference form), so camrt's own BN handling/folding is tested.
     exporter_folds_bn: bool
     note: str
+    # Inputs the CAM golden data is written for (cam/<input>/): "input" = input.npy, "chelsea" = the
+    # photo. Chosen per model to keep tests/fixtures/models small (see tools/golden/README.md).
+    cam_inputs: Tuple[str, ...] = ("input", "chelsea")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +200,8 @@ FIXTURES: List[FixtureSpec] = [
     FixtureSpec("resnet18", build_resnet18, 64, 13, False, "BasicBlock [2,2,2,2], widths 8-64"),
     FixtureSpec("resnet50_style", build_resnet50_style, 64, 13, False,
                 "Bottleneck [2,1,1,1], widths 8-48"),
-    FixtureSpec("vgg11_bn", build_vgg11_bn, 128, 11, True, "config A / 8, pool 2x2, classifier 64"),
+    FixtureSpec("vgg11_bn", build_vgg11_bn, 128, 11, True, "config A / 8, pool 2x2, classifier 64",
+                cam_inputs=("chelsea",)),  # 128x128: CAM data for both inputs would be ~10 MB
     FixtureSpec("mobilenet_v2", build_mobilenet_v2, 64, 13, True, "width_mult 0.25"),
     FixtureSpec("mobilenet_v3_small", build_mobilenet_v3_small, 64, 17, False, "width_mult 0.25"),
     FixtureSpec("densenet121_style", build_densenet121_style, 64, 13, True,
@@ -367,10 +372,500 @@ def sha256(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# CAM golden data (cam-spec.md, /work/shared/docs/cam-spec.md is the contract these follow).
+# A and G come from the float32 model (what camrt runs); every formula after them is float64.
+# The same pipeline is also run on a float64 copy of the model: the difference between the two
+# is how much float32 rounding alone moves each final map, stored as a tolerance hint.
+# ---------------------------------------------------------------------------------------------
+
+CAM_METHODS = ["cam", "gradcam", "gradcam-neg", "hirescam", "gradcam-ew", "gradcampp", "smooth-gradcampp",
+               "xgradcam", "layercam", "eigencam", "eigengradcam", "normgrad", "scorecam", "ablationcam",
+               "guided-backprop", "guided-gradcam"]
+SMOOTH_SAMPLES = 8          # cam-spec: n = 8
+SMOOTH_SIGMA_FRACTION = 0.2  # cam-spec: sigma = 0.2 * (max x - min x) per image
+CAM_CHUNK = 128             # images per forward in Score-CAM / Ablation-CAM batches
+F64_SCORECAM_MAX_CHANNELS = 256  # float64 Score-CAM (the sensitivity estimate) only up to this K
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Tolerances on final normalized maps, from cam-spec.md "Numerical tolerances".
+SPEC_TOLERANCES = {
+    "cam": 1e-4, "gradcam": 1e-4, "gradcam-neg": 1e-4, "hirescam": 1e-4, "gradcam-ew": 1e-4,
+    "xgradcam": 1e-4, "layercam": 1e-4, "eigencam": 1e-4, "eigengradcam": 1e-4, "normgrad": 1e-4,
+    "gradcampp": 1e-3, "smooth-gradcampp": 1e-3, "scorecam": 1e-3, "ablationcam": 1e-3,
+}
+
+
+def run_hooked(model: nn.Module, target: nn.Module, x: torch.Tensor, replace: Callable) -> Tuple[torch.Tensor, Dict]:
+    """model(x) with the target module's output replaced by replace(output); returns (logits, store)
+    where store['out'] is the original output and store['a'] what the network continued with."""
+    store: Dict = {}
+
+    def hook(module, inputs, output):
+        store["out"] = output
+        store["a"] = replace(output)
+        return store["a"]
+
+    handle = target.register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return logits, store
+
+
+def activation_and_gradient(model: nn.Module, target: nn.Module, x: torch.Tensor, cls: torch.Tensor):
+    """A (B,K,h,w) and G = d(sum_b z_b,cls_b)/dA: the activation becomes a leaf the rest of the network
+    continues from, so the backward stops there. Images are independent in eval mode, so the
+    gradient of the sum is each image's own dy/dA."""
+    logits, store = run_hooked(model, target, x, lambda o: o.detach().clone().requires_grad_(True))
+    a = store["a"]
+    (g,) = torch.autograd.grad(logits.gather(1, cls[:, None]).sum(), a)
+    return logits.detach(), a.detach(), g.detach()
+
+
+def weighted_sum(w: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k A_k: w (B, K), A (B, K, h, w) -> (B, h, w)."""
+    return (w[:, :, None, None] * A).sum(1)
+
+
+def normalize_per_image(cam: torch.Tensor) -> torch.Tensor:
+    """cam-spec post-processing step 2: cam - min; cam / (max + 1e-7), per image. cam (B, H, W)."""
+    cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+    return cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-7)
+
+
+def postprocess(cam: torch.Tensor, hw: Tuple[int, int], relu: bool = True) -> torch.Tensor:
+    """cam-spec steps 1-4 for one layer: ReLU, normalize, half-pixel bilinear resize, then the layer
+    aggregation (ReLU, mean over the one layer, normalize again). cam (B, h, w) float64."""
+    if relu:
+        cam = cam.clamp_min(0)
+    cam = normalize_per_image(cam)
+    cam = nn.functional.interpolate(cam[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
+    cam = cam.clamp_min(0)  # step 4: ReLU, mean over one layer (identity), step 2 again
+    return normalize_per_image(cam)
+
+
+def eigen_projection(M: torch.Tensor) -> Tuple[torch.Tensor, List[List[float]]]:
+    """cam-spec Eigen-CAM on M (B, K, h, w): per image, (Z x K) with centred columns, projected on the
+    first right-singular vector; the sign makes sum_ij cam_ij * sum_k M_kij >= 0. Also returns the
+    first three singular values per image (a small gap s0 ~ s1 would make the direction unstable)."""
+    B, K, h, w = M.shape
+    cams, svals = [], []
+    for b in range(B):
+        rows = M[b].reshape(K, h * w).t()  # (Z, K)
+        centred = rows - rows.mean(dim=0, keepdim=True)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        cam = centred @ vh[0]
+        if float((cam * rows.sum(dim=1)).sum()) < 0:
+            cam = -cam
+        cams.append(cam.reshape(h, w))
+        svals.append([float(v) for v in s[:3]])
+    return torch.stack(cams), svals
+
+
+def gradcampp_weights(A: torch.Tensor, D1: torch.Tensor, D2: torch.Tensor, D3: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ channel weights (B, K): alpha = D2 / (2 D2 + S_k D3 + 1e-6), 0 where D2 == 0,
+    w_k = sum_ij alpha ReLU(D1). Plain Grad-CAM++ is D1 = G, D2 = G^2, D3 = G^3 (D2 == 0 iff G == 0)."""
+    S = A.sum(dim=(2, 3), keepdim=True)
+    alpha = D2 / (2 * D2 + S * D3 + 1e-6)
+    alpha = torch.where(D2 != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * D1.clamp_min(0)).sum(dim=(2, 3))
+
+
+class GuidedReLUFunction(torch.autograd.Function):
+    """ReLU whose backward passes dY only where the input > 0 and dY > 0 (Guided Backprop)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return dy * ((x > 0) & (dy > 0)).to(dy.dtype)
+
+
+class GuidedReLU(nn.Module):
+    def __init__(self, counter: List[int]):
+        super().__init__()
+        self.counter = counter  # shared: number of ReLU applications in one forward
+
+    def forward(self, x):
+        self.counter[0] += 1
+        return GuidedReLUFunction.apply(x)
+
+
+def guided_copy(model: nn.Module) -> Tuple[nn.Module, List[int], int]:
+    """A copy with every nn.ReLU module (exactly those export as ONNX Relu) replaced by GuidedReLU.
+    ReLU6 (Clip), Hardswish, SiLU stay as they are. Returns (copy, call counter, modules replaced)."""
+    guided = copy.deepcopy(model)
+    counter = [0]
+    replaced = 0
+    for parent in list(guided.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.ReLU:
+                setattr(parent, name, GuidedReLU(counter))
+                replaced += 1
+    return guided, counter, replaced
+
+
+def head_weight_if_gap_linear(graph: onnx.GraphProto, target_tensor: str):
+    """W (C, K) of the Gemm when the target tensor's only consumer is GlobalAveragePool -> Flatten ->
+    Gemm -> graph output (the only structure CAM is defined for); otherwise (None, reason)."""
+    consumers = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    inits = {t.name: t for t in graph.initializer}
+    chain, tensor = [], target_tensor
+    for expected in ("GlobalAveragePool", "Flatten", "Gemm"):
+        users = consumers.get(tensor, [])
+        if len(users) != 1 or users[0].op_type != expected:
+            found = "/".join(u.op_type for u in users) or "nothing"
+            return None, (f"target output feeds {found} after {' -> '.join(chain) or 'the target layer'}, "
+                          f"not GlobalAveragePool -> Flatten -> Gemm (one Linear)")
+        chain.append(expected)
+        tensor = users[0].output[0]
+    gemm = consumers[consumers[target_tensor][0].output[0]][0]
+    gemm = consumers[gemm.output[0]][0]
+    if tensor not in [o.name for o in graph.output]:
+        return None, "the Gemm after GlobalAveragePool is not the graph output (more layers follow)"
+    a = _attrs(gemm)
+    W = onnx.numpy_helper.to_array(inits[gemm.input[1]]).astype(np.float64)
+    if not a.get("transB", 0):
+        W = W.T
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
+        return None, "Gemm with transA or alpha != 1"
+    return torch.from_numpy(W), None
+
+
+def ablation_value(A: torch.Tensor) -> float:
+    """cam-spec: 0 if min A == 0, else min A - 1e7 (A as given: a batch, or one image)."""
+    m = float(A.min())
+    return 0.0 if m == 0.0 else m - 1e7
+
+
+def ablation_scores(model: nn.Module, target: nn.Module, x: torch.Tensor, A: torch.Tensor, cls: torch.Tensor,
+                    values: List[float]) -> torch.Tensor:
+    """y_k (B, K) of Ablation-CAM: the network continues from the target layer on A (B, K, h, w) with
+    channel k set to values[b]. The hook swaps the ablated copies in for the target's output, so the
+    layers after it run on them (the layers before run once on the image; their A is not used)."""
+    B, K = A.shape[:2]
+    out = torch.zeros(B, K, dtype=torch.float64)
+    with torch.no_grad():
+        for b in range(B):
+            for k0 in range(0, K, CAM_CHUNK):
+                ks = torch.arange(k0, min(K, k0 + CAM_CHUNK))
+                batch = A[b][None].repeat(len(ks), 1, 1, 1)
+                batch[torch.arange(len(ks)), ks] = values[b]
+                # The image goes in once; the hook hands the layers after the target a batch of len(ks).
+                logits_k, _ = run_hooked(model, target, x[b:b + 1], lambda o: batch)
+                out[b, ks] = logits_k[:, cls[b]].double()
+    return out
+
+
+def compute_cams(model: nn.Module, target_path: str, x: torch.Tensor, cls: torch.Tensor, noise: torch.Tensor,
+                 head_W, with_scorecam: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """Every method of cam-spec.md for the default target (class cls[b] per image) on x (B, 3, H, W),
+    in the model's dtype up to A and G, float64 after. Returns ({method or tensor name: tensor}, info)."""
+    model_dtype = next(model.parameters()).dtype
+    target = model.get_submodule(target_path)
+    x = x.to(model_dtype)
+    B, _, H, W = x.shape
+    hw = (H, W)
+    logits, A32, G32 = activation_and_gradient(model, target, x, cls)
+    A, G = A32.double(), G32.double()
+    K = A.shape[1]
+    y = logits.double().gather(1, cls[:, None])[:, 0]  # (B,)
+    out: Dict[str, torch.Tensor] = {"logits": logits, "activation": A32, "gradient": G32}
+    info: Dict = {}
+    raw: Dict[str, torch.Tensor] = {}  # maps before post-processing (B, h, w)
+
+    if head_W is not None:
+        raw["cam"] = weighted_sum(head_W[cls], A)
+    raw["gradcam"] = weighted_sum(G.mean(dim=(2, 3)), A)
+    raw["gradcam-neg"] = weighted_sum((-G).mean(dim=(2, 3)), A)
+    raw["hirescam"] = (G * A).sum(1)
+    raw["gradcam-ew"] = (G * A).clamp_min(0).sum(1)
+    raw["gradcampp"] = weighted_sum(gradcampp_weights(A, G, G * G, G * G * G), A)
+    raw["xgradcam"] = weighted_sum((G * A).sum(dim=(2, 3)) / (A.sum(dim=(2, 3)) + 1e-7), A)
+    raw["layercam"] = (G.clamp_min(0) * A).sum(1)
+    raw["eigencam"], info["eigencam_singular_values"] = eigen_projection(A)
+    raw["eigengradcam"], info["eigengradcam_singular_values"] = eigen_projection(G * A)
+    raw["normgrad"] = G.norm(dim=1) * A.norm(dim=1)
+
+    # Smooth Grad-CAM++: gradients on x + noise[s] (float32 sum, as camrt adds it); S_k and A clean.
+    # If G does not depend on the input at all (GAP + Linear heads: G = W_c / Z), every noise gives
+    # the same map; smooth_gradient_deviation == 0 records that (dump_cams then stores no noise).
+    D1 = torch.zeros_like(G); D2 = torch.zeros_like(G); D3 = torch.zeros_like(G)
+    info["smooth_gradient_deviation"] = 0.0
+    for s in range(noise.shape[0]):
+        _, _, Gs = activation_and_gradient(model, target, x + noise[s].to(model_dtype), cls)
+        Gs = Gs.double()
+        info["smooth_gradient_deviation"] = max(info["smooth_gradient_deviation"], max_abs(Gs, G))
+        D1 += Gs; D2 += Gs * Gs; D3 += Gs * Gs * Gs
+    n = noise.shape[0]
+    raw["smooth-gradcampp"] = weighted_sum(gradcampp_weights(A, D1 / n, D2 / n, D3 / n), A)
+
+    # Score-CAM: masks from the align_corners=True upsampled channels, scores = target logits.
+    # (with_scorecam=False: skipped, K full forwards per image are slow for the float64 copy.)
+    if with_scorecam:
+        with torch.no_grad():
+            U = nn.functional.interpolate(A, size=hw, mode="bilinear", align_corners=True)  # (B, K, H, W)
+            lo = U.amin(dim=(2, 3), keepdim=True); hi = U.amax(dim=(2, 3), keepdim=True)
+            masks = (U - lo) / (hi - lo + 1e-8)
+            scores = torch.zeros(B, K, dtype=torch.float64)
+            for b in range(B):
+                for k0 in range(0, K, CAM_CHUNK):
+                    m = masks[b, k0:k0 + CAM_CHUNK]
+                    xin = (x[b].double()[None] * m[:, None]).to(model_dtype)
+                    scores[b, k0:k0 + len(m)] = model(xin)[:, cls[b]].double()
+        raw["scorecam"] = weighted_sum(torch.softmax(scores, dim=1), A)
+        info["scorecam_scores_range"] = [[float(scores[b].min()), float(scores[b].max())] for b in range(B)]
+
+    # cam-spec's "min A" read literally: A is the (B, K, h, w) batch tensor (see dump_cams).
+    values = [ablation_value(A32)] * B
+    ablated_scores = ablation_scores(model, target, x, A32, cls, values)
+    raw["ablationcam"] = weighted_sum((y[:, None] - ablated_scores) / y[:, None], A)
+    info["ablation_values"] = values
+    out["ablation_scores"] = ablated_scores
+
+    for method, cam in raw.items():
+        out[method] = postprocess(cam, hw, relu=(method != "normgrad"))
+        # How often step 1's ReLU leaves nothing: an all-zero map is a weak test.
+        info.setdefault("raw_positive_fraction", {})[method] = [float((cam[b] > 0).double().mean()) for b in range(B)]
+
+    # Guided Backprop on a copy with guided ReLUs; Guided Grad-CAM = it times the final Grad-CAM map.
+    guided, counter, replaced = guided_copy(model)
+    xg = x.clone().requires_grad_(True)
+    glogits = guided(xg)
+    (gb,) = torch.autograd.grad(glogits.gather(1, cls[:, None]).sum(), xg)
+    out["guided-backprop"] = gb.detach()
+    out["guided-gradcam"] = gb.detach().double() * out["gradcam"][:, None]
+    info["guided_relu_modules"] = replaced
+    info["guided_relu_calls"] = counter[0]
+    return out, info
+
+
+def preprocess_chelsea(size: int) -> torch.Tensor:
+    """skimage.data.chelsea() (300x451 RGB) through torchvision's ImageNet eval transform:
+    Resize(round(size*256/224)) (PIL bilinear, shorter side), CenterCrop(size), ToTensor,
+    Normalize(ImageNet mean/std) -> (1, 3, size, size) float32."""
+    import skimage.data  # Debian python3-skimage; only needed here
+    from PIL import Image
+    import torchvision.transforms as T
+    tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return tf(Image.fromarray(skimage.data.chelsea()))[None].contiguous()
+
+
+def smooth_noise(x: torch.Tensor, seed: int) -> Tuple[torch.Tensor, List[float]]:
+    """(n, B, 3, H, W) float32 additive noise N(0, sigma_b^2), sigma_b = 0.2 (max x_b - min x_b)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(SMOOTH_SAMPLES, *x.shape, generator=gen, dtype=torch.float32)
+    sigma = torch.stack([SMOOTH_SIGMA_FRACTION * (x[b].max() - x[b].min()) for b in range(x.shape[0])])
+    return z * sigma[None, :, None, None, None], [float(s) for s in sigma]
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+def cross_checks(model: nn.Module, target_path: str, x: torch.Tensor, cls: torch.Tensor,
+                 res: Dict[str, torch.Tensor], head_W) -> Dict:
+    """Independent ways to the same numbers, on the float32 model unless stated; each value is a max abs
+    difference (raises if any is out of bounds, so a wrong formula cannot be written silently)."""
+    target = model.get_submodule(target_path)
+    B, _, H, W = x.shape
+    A, G = res["activation"].double(), res["gradient"].double()
+    K, Z = A.shape[1], A.shape[2] * A.shape[3]
+    checks: Dict = {}
+    # 1. Grad-CAM weights as the gradient w.r.t. a per-channel shift of A (autograd through a broadcast
+    #    parameter: sum_ij G_kij without forming G), one image at a time (no batch coupling). Compared
+    #    as weights (relative to the largest); the map built from them with the saved A is reported too
+    #    (both paths are float32 sums in different orders, and a map that is a sum of K terms with
+    #    cancellation can magnify that; no bound on it).
+    weights = []
+    for b in range(B):
+        shift = torch.zeros(1, K, dtype=torch.float32, requires_grad=True)
+        logits, _ = run_hooked(model, target, x[b:b + 1], lambda o: o.detach() + shift[:, :, None, None])
+        (gs,) = torch.autograd.grad(logits[0, cls[b]], shift)
+        weights.append(gs[0].double() / Z)
+    weights = torch.stack(weights)
+    checks["gradcam_weights_via_channel_shift_rel"] = max_abs(weights, G.mean(dim=(2, 3))) / float(weights.abs().max())
+    checks["gradcam_map_via_channel_shift"] = max_abs(postprocess(weighted_sum(weights, A), (H, W)), res["gradcam"])
+    # 2. The same weights by central differences on a float64 copy, for 8 channels.
+    m64 = copy.deepcopy(model).double()
+    t64 = m64.get_submodule(target_path)
+    _, A64, G64 = activation_and_gradient(m64, t64, x.double(), cls)
+    h, worst = 1e-4, 0.0
+    for b in range(B):
+        for k in range(0, K, max(1, K // 8)):
+            ys = []
+            for sgn in (1.0, -1.0):
+                def bump(o, b=b, k=k, sgn=sgn):
+                    o = o.detach().clone(); o[:, k] += sgn * h; return o
+                lg, _ = run_hooked(m64, t64, x[b:b + 1].double(), bump)
+                ys.append(float(lg[0, cls[b]]))
+            fd = (ys[0] - ys[1]) / (2 * h)
+            worst = max(worst, abs(fd - float(G64[b, k].sum())) / max(1e-3, abs(float(G64[b, k].sum()))))
+    checks["gradcam_weight_central_difference_f64_rel"] = worst
+    # 3. Gradient of the batch sum vs one backward per image.
+    single = torch.cat([activation_and_gradient(model, target, x[b:b + 1], cls[b:b + 1])[2] for b in range(B)])
+    checks["gradient_batch_vs_single_rel"] = max_abs(single, G) / float(G.abs().max())
+    # 4. Eigen-CAM direction from numpy's SVD (another LAPACK path), compared up to sign before
+    #    post-processing; and from the top eigenvector of the covariance (eigh).
+    worst_np, worst_eigh = 0.0, 0.0
+    for b in range(B):
+        rows = A[b].reshape(K, -1).t().numpy()
+        c = rows - rows.mean(axis=0, keepdims=True)
+        v = np.linalg.svd(c, full_matrices=False)[2][0]
+        evals, evecs = np.linalg.eigh(c.T @ c)
+        for other, slot in ((c @ v, "np"), (c @ evecs[:, -1], "eigh")):
+            if float((other * rows.sum(axis=1)).sum()) < 0:
+                other = -other
+            ref = postprocess(torch.from_numpy(other.reshape(1, A.shape[2], A.shape[3])), (H, W))[0]
+            d = max_abs(ref, res["eigencam"][b])
+            worst_np, worst_eigh = (max(worst_np, d), worst_eigh) if slot == "np" else (worst_np, max(worst_eigh, d))
+    checks["eigencam_numpy_svd"] = worst_np
+    checks["eigencam_covariance_eigh"] = worst_eigh
+    # 5. Where the head is GAP + Linear, dy/dA_kij = W_ck / Z exactly: Grad-CAM == HiResCAM == CAM, and
+    #    the ablated score is known in closed form: y_k = y - W_ck (mean A_k - v).
+    if head_W is not None:
+        Wc = head_W[cls]  # (B, K)
+        checks["gradient_vs_W_over_Z"] = max_abs(G, (Wc / Z)[:, :, None, None].expand_as(G))
+        checks["gradcam_vs_cam"] = max_abs(res["gradcam"], res["cam"])
+        checks["hirescam_vs_cam"] = max_abs(res["hirescam"], res["cam"])
+        y = res["logits"].double().gather(1, cls[:, None])
+        v = torch.tensor([float(vv) for vv in res["_info"]["ablation_values"]], dtype=torch.float64)[:, None]
+        closed = y - Wc * (A.mean(dim=(2, 3)) - v)
+        checks["ablation_scores_closed_form_rel"] = max_abs(closed, res["ablation_scores"]) / float(closed.abs().max())
+    # 6. Sanity of the batched-forward methods: finite, in [0, 1], not constant.
+    for m in ("scorecam", "ablationcam", "smooth-gradcampp"):
+        mp = res[m]
+        if not torch.isfinite(mp).all() or float(mp.min()) < 0 or float(mp.max()) > 1:
+            raise RuntimeError(f"{m}: map not finite or outside [0, 1]")
+        checks[f"{m}_per_image_range"] = [float(mp[b].max() - mp[b].min()) for b in range(B)]
+    bounds = {"gradcam_weights_via_channel_shift_rel": 1e-5, "gradcam_weight_central_difference_f64_rel": 1e-6,
+              "gradient_batch_vs_single_rel": 1e-5, "eigencam_numpy_svd": 1e-8, "eigencam_covariance_eigh": 1e-6,
+              "gradient_vs_W_over_Z": 1e-6, "gradcam_vs_cam": 1e-6, "hirescam_vs_cam": 1e-6,
+              "ablation_scores_closed_form_rel": 1e-5}
+    for key, bound in bounds.items():
+        if key in checks and not checks[key] <= bound:
+            raise RuntimeError(f"cross-check {key} = {checks[key]:.3g} exceeds {bound:g}")
+    return checks
+
+
+def dump_cams(spec: FixtureSpec, model: nn.Module, target_path: str, x_input: torch.Tensor,
+              onnx_model: onnx.ModelProto, target_tensor: str, out_dir: str, inputs: List[str]) -> Dict:
+    """Writes cam/<input>/... and cam/meta.json for the inputs named ('input': input.npy, 'chelsea')."""
+    model = copy.deepcopy(model).eval()  # nothing done here may touch the exported model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head_W, cam_skip_reason = head_weight_if_gap_linear(onnx_model.graph, target_tensor)
+    relu_nodes = sum(1 for n in onnx_model.graph.node if n.op_type == "Relu")
+    meta: Dict = {
+        "name": spec.name, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": np.__version__, "seed": SEED, "generated_by": "tools/golden/make_golden.py",
+        "target_module": target_path, "target_layer": find_target_node(onnx_model.graph, target_path).name,
+        "target_tensor": target_tensor, "methods": [m for m in CAM_METHODS if m != "cam" or head_W is not None],
+        "skipped": {} if head_W is not None else {"cam": cam_skip_reason},
+        "spec_tolerances_max_abs": {m: t for m, t in SPEC_TOLERANCES.items() if m != "cam" or head_W is not None},
+        "inputs": {},
+    }
+    for index, name in enumerate(inputs):
+        if name == "input":
+            x = x_input
+            source = {"file": "input.npy", "what": "seeded standard normal (the fixture's input.npy)"}
+        else:
+            x = preprocess_chelsea(spec.input_hw)
+            source = {"file": f"cam/{name}/input.npy", "what": "skimage.data.chelsea() 300x451, torchvision "
+                      f"Resize({round(spec.input_hw * 256 / 224)}) (PIL bilinear) + CenterCrop({spec.input_hw}) + "
+                      "ToTensor + Normalize(ImageNet mean/std)"}
+        with torch.no_grad():
+            cls = model(x).argmax(dim=1)
+        noise_seed = SEED + 10 + index
+        noise, sigma = smooth_noise(x, noise_seed)
+        res, info = compute_cams(model, target_path, x, cls, noise, head_W)
+        res["_info"] = info
+        # The spec's "min A" read literally: A is the (B, K, h, w) batch; the per-image reading
+        # (pytorch-grad-cam's, which ablates one image at a time) is computed for comparison.
+        per_image_values = [ablation_value(res["activation"][b]) for b in range(x.shape[0])]
+        per_image_diff = 0.0
+        if per_image_values != info["ablation_values"]:
+            y = res["logits"].double().gather(1, cls[:, None])
+            per_image_w = (y - ablation_scores(model, model.get_submodule(target_path), x, res["activation"], cls,
+                                               per_image_values)) / y
+            per_image_map = postprocess(weighted_sum(per_image_w, res["activation"].double()), tuple(x.shape[2:]))
+            per_image_diff = max_abs(per_image_map, res["ablationcam"])
+        checks = cross_checks(model, target_path, x, cls, res, head_W)
+        # The same pipeline on a float64 copy: how far float32 rounding alone moves each final map.
+        # Score-CAM's K float64 forwards per image are too slow on CPU for wide layers (mobilenet_v2: 1280).
+        scorecam64 = res["activation"].shape[1] <= F64_SCORECAM_MAX_CHANNELS
+        res64, _ = compute_cams(copy.deepcopy(model).double(), target_path, x, cls, noise, head_W, scorecam64)
+        sensitivity = {}
+        for m in CAM_METHODS:
+            if m in res and m in res64:
+                d = max_abs(res[m], res64[m])
+                if m in ("guided-backprop", "guided-gradcam"):
+                    d /= float(res64[m].abs().max())
+                sensitivity[m] = d
+        guided_calls = info["guided_relu_calls"]
+        if guided_calls != relu_nodes:
+            raise RuntimeError(f"{spec.name}: {guided_calls} guided ReLU calls but {relu_nodes} ONNX Relu nodes")
+
+        cam_dir = os.path.join(out_dir, "cam", name)
+        os.makedirs(cam_dir, exist_ok=True)
+        if name != "input":
+            np.save(os.path.join(cam_dir, "input.npy"), x.numpy().astype(np.float32))
+            np.save(os.path.join(cam_dir, "logits.npy"), res["logits"].numpy().astype(np.float32))
+        np.save(os.path.join(cam_dir, "activation.npy"), res["activation"].numpy().astype(np.float32))
+        np.save(os.path.join(cam_dir, "gradient.npy"), res["gradient"].numpy().astype(np.float32))
+        np.save(os.path.join(cam_dir, "target.npy"), cls.numpy().astype(np.int64))
+        noise_matters = info["smooth_gradient_deviation"] > 0.0
+        if noise_matters:
+            np.save(os.path.join(cam_dir, "smooth_noise.npy"), noise.numpy().astype(np.float32))
+        for m in meta["methods"]:
+            np.save(os.path.join(cam_dir, f"{m}.npy"), res[m].numpy().astype(np.float32))
+        B = x.shape[0]
+        meta["inputs"][name] = {
+            **source,
+            "shape": list(x.shape),
+            "targets": [int(c) for c in cls],
+            "target_logits": [float(res["logits"][b, cls[b]]) for b in range(B)],
+            "smooth_noise": {
+                "file": f"cam/{name}/smooth_noise.npy" if noise_matters else None,
+                "seed": noise_seed, "samples": SMOOTH_SAMPLES, "sigma": sigma,
+                "generator": "torch.randn(n, B, 3, H, W, generator=seed) * sigma_b in float32; x_s = x + noise[s] in float32",
+                "max_abs_gradient_change_under_noise": info["smooth_gradient_deviation"],
+                "note": ("the noise used, (n, B, 3, H, W) float32" if noise_matters else
+                         "not stored: G is exactly the same for every noisy input (the head after the target layer is "
+                         "GlobalAveragePool + one Linear, so G = W_c / Z), hence smooth-gradcampp == gradcampp for any "
+                         "noise and any seed")},
+            "ablation_value": info["ablation_values"],
+            "ablation_per_image_reading": {
+                "values": per_image_values, "max_abs_diff_vs_saved": per_image_diff},
+            "eigencam_singular_values": info["eigencam_singular_values"],
+            "eigengradcam_singular_values": info["eigengradcam_singular_values"],
+            "scorecam_score_range": info["scorecam_scores_range"],
+            "raw_positive_fraction": info["raw_positive_fraction"],
+            "guided_relu": {"modules_replaced": info["guided_relu_modules"], "calls": guided_calls,
+                            "onnx_relu_nodes": relu_nodes},
+            "cross_checks": checks,
+            "f32_vs_f64_model_max_abs": sensitivity,
+        }
+    with open(os.path.join(out_dir, "cam", "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
 # One fixture
 # ---------------------------------------------------------------------------------------------
 
-def dump_fixture(spec: FixtureSpec, out_root: str) -> Dict:
+def dump_fixture(spec: FixtureSpec, out_root: str, cam_inputs: List[str]) -> Dict:
     torch.manual_seed(SEED)
     model, target = spec.build()
     model.eval()
@@ -453,6 +948,10 @@ def dump_fixture(spec: FixtureSpec, out_root: str) -> Dict:
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
+    # After everything above is written: the CAM data works on a copy and its own generators, so it
+    # cannot change model.onnx, input.npy, logits.npy or meta.json.
+    if cam_inputs:
+        dump_cams(spec, model, target, x, onnx_model, target_tensor, out_dir, cam_inputs)
     return meta
 
 
@@ -460,6 +959,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=DEFAULT_OUT, help="fixture root (default: tests/fixtures/models)")
     parser.add_argument("--only", nargs="*", help="names of fixtures to regenerate (default: all)")
+    parser.add_argument("--no-cams", action="store_true", help="skip the CAM golden data (cam/), ~10x faster")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -477,15 +977,19 @@ def main() -> int:
     print(f"{'fixture':24s} {'opset':>5s} {'input':>16s} {'params':>8s} {'onnx KiB':>9s} "
           f"{'max|logit|':>10s} {'f64 err':>8s}  target_layer -> shape")
     for spec in specs:
-        meta = dump_fixture(spec, args.out)
+        meta = dump_fixture(spec, args.out, [] if args.no_cams else list(spec.cam_inputs))
         out_dir = os.path.join(args.out, spec.name)
-        sizes = {f: os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
+        sizes = {os.path.relpath(os.path.join(d, f), out_dir): os.path.getsize(os.path.join(d, f))
+                 for d, _, files in os.walk(out_dir) for f in files}
         total_bytes += sum(sizes.values())
+        cam_bytes = sum(v for k, v in sizes.items() if k.startswith("cam" + os.sep))
         print(f"{spec.name:24s} {spec.opset:5d} {str(tuple(meta['input_shape'])):>16s} "
               f"{meta['num_parameters']:8d} {sizes['model.onnx'] / 1024:9.1f} "
               f"{meta['max_abs_logit']:10.4f} {meta['onnx_f64_vs_torch_rel_err']['logits']:8.1e}  {meta['target_layer']} -> {meta['target_shape']}")
         for f in ("input.npy", "logits.npy"):
             print(f"    {f:12s} {sizes[f]:8d} B  sha256 {sha256(os.path.join(out_dir, f))[:16]}")
+        if cam_bytes:
+            print(f"    cam/         {cam_bytes:8d} B  inputs {', '.join(spec.cam_inputs)}")
     print(f"total {total_bytes / 1024 / 1024:.2f} MiB in {args.out}")
     return 0
 

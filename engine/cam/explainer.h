@@ -1,0 +1,73 @@
+// Explainer: every CAM method of docs/cam-spec.md on top of the executor. One plan runs the forward pass and
+// the backward pass down to the explained layer(s) only (Guided Backprop alone gets a plan down to the input);
+// Score-CAM runs batched forwards of masked inputs through a second plan; Ablation-CAM continues the network
+// from the explained layer through a tail plan, never recomputing the layers before it. All methods requested
+// together share the forward and backward passes. The arithmetic is in kernels/cpu/cam.h.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/executor.h"
+
+namespace camrt {
+
+// Method names as in the spec (CLI --method, file names).
+const std::vector<std::string>& cam_method_names();
+bool is_cam_method(const std::string& name);
+
+struct ExplainOptions {
+  std::vector<std::string> methods = {"gradcam"};
+  // Layers to explain: node or tensor names; empty or {"auto"}: the model's default explanation layer.
+  std::vector<std::string> layers;
+  // "" or "predicted": argmax class; "C": class index; "softmax:C": softmax probability of C (or
+  // "softmax" for the predicted class); "topK": one map per each of the K highest classes.
+  std::string target;
+  bool aug_smooth = false;       // spec post-processing step 5
+  bool eigen_smooth = false;     // spec post-processing step 6
+  bool layercam_tanh = false;    // LayerCAM paper option for shallow layers
+  bool scorecam_paper = false;   // --scorecam=paper weighting
+  int64_t smooth_samples = 8;    // Smooth Grad-CAM++ noisy copies
+  uint64_t seed = 0;             // Smooth Grad-CAM++ noise generator
+  int64_t chunk = 16;            // batch size of Score-CAM / Ablation-CAM extra forwards
+  // Tests only: the Smooth Grad-CAM++ noise (n, B, C, H, W) to use instead of the generator's.
+  std::shared_ptr<const HostTensor> smooth_noise;
+};
+
+struct MethodResult {
+  std::string method;
+  HostTensor maps;  // (T, B, H, W) in [0, 1]; guided-backprop and guided-gradcam: (T, B, C, H, W) raw values
+};
+
+struct Explanation {
+  HostTensor logits;                           // (B, classes)
+  std::vector<std::vector<int64_t>> classes;   // [target][image] class explained
+  std::vector<std::string> layers;             // node names of the explained layers
+  std::vector<MethodResult> results;           // in the order of ExplainOptions::methods
+  std::map<std::string, double> timings_ms;    // stage -> milliseconds (forward, backward, per method)
+};
+
+class Explainer {
+ public:
+  // Plans for batch images of the model's input shape. Throws for unknown methods/layers or a target the
+  // model cannot have (e.g. class out of range is checked at run time).
+  Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool);
+  ~Explainer();
+
+  // input: (B, C, H, W) float32, preprocessed.
+  Explanation run(const HostTensor& input);
+
+  const ExplainOptions& options() const { return options_; }
+  const std::vector<std::string>& layer_names() const { return layer_names_; }
+  // Planned bytes of the main plan (activations kept for the backward included).
+  const PlanStats& main_plan_stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  ExplainOptions options_;
+  std::vector<std::string> layer_names_;
+};
+
+}  // namespace camrt
