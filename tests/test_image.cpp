@@ -15,6 +15,7 @@
 #include "engine/error.h"
 #include "engine/image/colormap.h"
 #include "engine/image/image.h"
+#include "kernels/cpu/cam.h"
 #include "engine/image/png.h"
 #include "engine/npy.h"
 
@@ -313,7 +314,8 @@ TEST_CASE("preprocess without a size change is a plain crop and normalization") 
       }
 }
 
-TEST_CASE("resize_bilinear matches torch.nn.functional.interpolate") {
+TEST_CASE("bilinear_resize matches torch.nn.functional.interpolate") {
+  ThreadPool resize_pool(2);
   // Same float32 index/weight arithmetic and evaluation order as ATen; inputs ~N(0, 1), so 1e-6 is a few ulps.
   for (const std::string name : {"up", "down", "row", "mixed"}) {
     const HostTensor in = load_f32("interp_" + name + "_in.npy");
@@ -325,8 +327,8 @@ TEST_CASE("resize_bilinear matches torch.nn.functional.interpolate") {
       REQUIRE(expected.shape.size() == 3);
       REQUIRE(expected.shape[0] == in.shape[0]);
       std::vector<float> got(size_t(expected.numel()));
-      resize_bilinear(got.data(), in.f32(), in.shape[0], in.shape[1], in.shape[2], expected.shape[1],
-                      expected.shape[2], align_corners);
+      bilinear_resize(got.data(), in.f32(), in.shape[0], in.shape[1], in.shape[2], expected.shape[1],
+                      expected.shape[2], align_corners, resize_pool);
       float max_diff = 0.f;
       for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::fabs(got[i] - expected.f32()[i]));
       CHECK(max_diff <= 1e-6f);
@@ -334,18 +336,19 @@ TEST_CASE("resize_bilinear matches torch.nn.functional.interpolate") {
   }
 }
 
-TEST_CASE("resize_bilinear keeps constants and, with align_corners, the corners") {
+TEST_CASE("bilinear_resize keeps constants and, with align_corners, the corners") {
+  ThreadPool resize_pool(2);
   std::vector<float> in(2 * 3 * 4);
   for (size_t i = 0; i < in.size(); ++i) in[i] = i < 12 ? 0.25f : float(i) * 0.5f;
   std::vector<float> out(2 * 7 * 9);
-  resize_bilinear(out.data(), in.data(), 2, 3, 4, 7, 9, true);
+  bilinear_resize(out.data(), in.data(), 2, 3, 4, 7, 9, true, resize_pool);
   for (size_t i = 0; i < 63; ++i) CHECK(out[i] == 0.25f);
   const float* p = out.data() + 63;  // second plane: corners are exactly the input corners
   CHECK(p[0] == in[12]);
   CHECK(p[8] == in[15]);
   CHECK(p[54] == in[20]);
   CHECK(p[62] == in[23]);
-  CHECK_THROWS_AS(resize_bilinear(out.data(), in.data(), 1, 0, 4, 7, 9, false), Error);
+  CHECK_THROWS_AS(bilinear_resize(out.data(), in.data(), 1, 0, 4, 7, 9, false, resize_pool), Error);
 }
 
 TEST_CASE("colormap tables equal OpenCV's applyColorMap") {

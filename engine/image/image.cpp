@@ -27,7 +27,6 @@ const char* format_name(const uint8_t* data, size_t size) {
   if (size >= 8 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0) return "PNG";
   if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return "JPEG";
   if (size >= 2 && data[0] == 'B' && data[1] == 'M') return "BMP";
-  if (size >= 4 && std::memcmp(data, "GIF8", 4) == 0) return "GIF";
   return "image";
 }
 
@@ -288,59 +287,5 @@ void preprocess_image(float* out, const Image& image, int64_t resize, int64_t cr
   normalize_image(out, resize_and_crop(image, resize, crop), mean, std);
 }
 
-void resize_bilinear(float* out, const float* in, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
-                     int64_t out_w, bool align_corners) {
-  CAMRT_CHECK(planes >= 0 && in_h > 0 && in_w > 0 && out_h > 0 && out_w > 0,
-              "resize_bilinear: bad sizes " << planes << "x" << in_h << "x" << in_w << " -> " << out_h << "x" << out_w);
-  // ATen's compute_source_index_and_lambda, per axis: source indices and weights in float32.
-  struct Tap {
-    int64_t i0, i1;
-    float l0, l1;
-  };
-  auto taps = [align_corners](int64_t in_size, int64_t out_size) {
-    std::vector<Tap> t(static_cast<size_t>(out_size));
-    float scale;
-    if (align_corners)
-      scale = out_size > 1 ? float(in_size - 1) / float(out_size - 1) : 0.f;
-    else
-      scale = float(in_size) / float(out_size);
-    for (int64_t o = 0; o < out_size; ++o) {
-      if (in_size == out_size) {
-        t[size_t(o)] = {o, o, 1.f, 0.f};
-        continue;
-      }
-      float src;
-      if (align_corners) {
-        src = scale * float(o);
-      } else {
-        // float * double in ATen: the product is formed in double and rounded once to float
-        src = float(double(scale) * (double(o) + 0.5) - 0.5);
-        if (src < 0.f) src = 0.f;
-      }
-      const int64_t i0 = int64_t(src);
-      const int64_t i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
-      const float l1 = std::min(std::max(src - float(i0), 0.f), 1.f);
-      t[size_t(o)] = {i0, i1, 1.f - l1, l1};
-    }
-    return t;
-  };
-  const std::vector<Tap> ty = taps(in_h, out_h), tx = taps(in_w, out_w);
-  for (int64_t p = 0; p < planes; ++p) {
-    const float* src = in + p * in_h * in_w;
-    float* dst = out + p * out_h * out_w;
-    for (int64_t y = 0; y < out_h; ++y) {
-      const Tap& a = ty[size_t(y)];
-      const float* r0 = src + a.i0 * in_w;
-      const float* r1 = src + a.i1 * in_w;
-      for (int64_t x = 0; x < out_w; ++x) {
-        const Tap& b = tx[size_t(x)];
-        // ATen's evaluation order: rows interpolated along x first, then blended along y
-        const float top = r0[b.i0] * b.l0 + r0[b.i1] * b.l1;
-        const float bottom = r1[b.i0] * b.l0 + r1[b.i1] * b.l1;
-        dst[y * out_w + x] = top * a.l0 + bottom * a.l1;
-      }
-    }
-  }
-}
 
 }  // namespace camrt

@@ -22,8 +22,8 @@ struct Image {
 constexpr int64_t kMaxImageSide = 16384;
 constexpr int64_t kMaxImagePixels = int64_t(1) << 28;
 
-// Decodes PNG, JPEG (baseline and progressive), BMP and whatever else stb_image reads (GIF first frame, TGA,
-// PSD, PNM, HDR) into 8-bit RGB, matching PIL's Image.open(f).convert("RGB") as torchvision users get it:
+// Decodes PNG, JPEG (baseline and progressive) and BMP (the formats engine/image/stb_impl.cpp enables) into
+// 8-bit RGB, matching PIL's Image.open(f).convert("RGB") as torchvision users get it:
 // grayscale is replicated to three channels, palettes are expanded, alpha is DROPPED (not composited), 16-bit
 // samples keep their high byte. One divergence: PIL clamps 16-bit grayscale to 255 in convert("RGB"); camrt
 // takes the high byte there too. EXIF orientation is ignored, as PIL's open does. JPEG pixels may differ from
@@ -58,11 +58,7 @@ void preprocess_image(float* out, const Image& image, int64_t resize, int64_t cr
 // The last two steps only, for an image already resized and cropped: out (3, h, w).
 void normalize_image(float* out, const Image& image, const float mean[3], const float std[3]);
 
-// Bilinear resize of float maps, PyTorch's F.interpolate(mode="bilinear") without antialias (float32 source
-// coordinates as ATen computes them). align_corners=false: half-pixel centres, the same as OpenCV INTER_LINEAR
-// when upsampling (CAM upsampling, cam-spec step 3). align_corners=true: corner pixels aligned (Score-CAM masks).
-// out (planes, out_h, out_w), in (planes, in_h, in_w).
-void resize_bilinear(float* out, const float* in, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
-                     int64_t out_w, bool align_corners);
+// Bilinear resize of float maps (CAM upsampling, Score-CAM masks) lives with the CAM kernels:
+// camrt::bilinear_resize in kernels/cpu/cam.h.
 
 }  // namespace camrt

@@ -1,5 +1,6 @@
-// Conv (ONNX): attribute parsing, shape inference (explicit pads or auto_pad) and the CPU forward for 1-D and
-// 2-D convolutions; a 1-D conv runs as a 2-D conv with H = 1. The arithmetic is kernels/cpu/conv.cpp.
+// Conv (ONNX): attribute parsing, shape inference (explicit pads or auto_pad), the CPU forward and the CPU
+// backward (input gradient only) for 1-D and 2-D convolutions; a 1-D conv runs as a 2-D conv with H = 1.
+// The arithmetic is kernels/cpu/conv.cpp.
 // camrt extension: attribute "activation" ("relu" | "clip", with "activation_min"/"activation_max") fuses the
 // following activation into the conv's output pass; the executor sets it when it fuses Conv+Relu/Clip.
 #include <algorithm>
@@ -78,7 +79,64 @@ class ConvOp : public Op {
                    ctx.workspace_bytes, *ctx.pool);
   }
 
+  // dx = conv_transpose(dy, W) reads W only; a fused activation also reads the output Y, which says where dy
+  // passes (relu: y > 0; clip: min < y < max). X and B are never read.
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false),
+                        std::vector<bool>(num_outputs, act_.kind != FusedActivation::kNone)};
+    if (inputs.size() > 1) needs.inputs[1] = true;
+    return needs;
+  }
+
+  // The masked dy (fused activation only) first, then the kernel's column matrix and GEMM buffers.
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    const Conv2dShape s = geometry(inputs.at(0).shape, inputs.at(1).shape);
+    return masked_dy_bytes(s) + conv2d_backward_data_workspace_bytes(s, ctx.pool ? ctx.pool->num_threads() : 1);
+  }
+
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    CAMRT_CHECK(ctx.device == Device::CPU, where() << ": only the CPU backward is implemented");
+    CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
+    for (size_t i = 1; i < dinputs.size(); ++i)
+      CAMRT_CHECK(dinputs[i] == nullptr, where() << ": no gradient for " << (i == 1 ? "weight W" : "bias B") << " '"
+                                                 << (i < node_.inputs.size() ? node_.inputs[i] : std::string())
+                                                 << "': camrt computes activation gradients only");
+    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    CAMRT_CHECK(inputs.size() >= 2 && inputs[0] && inputs[1], where() << ": backward needs X and W");
+    const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
+    const Tensor& dy = *doutputs[0];
+    Tensor& dx = *dinputs[0];
+    CAMRT_CHECK(dx.dtype == DType::F32 && dx.shape == inputs[0]->shape,
+                where() << ": input gradient " << shape_str(dx.shape) << " does not match X " << shape_str(inputs[0]->shape));
+    const int64_t out_numel = s.batch * s.out_channels * s.out_h() * s.out_w();
+    CAMRT_CHECK(dy.dtype == DType::F32 && dy.shape.size() == inputs[0]->shape.size() && dy.numel() == out_numel,
+                where() << ": output gradient " << shape_str(dy.shape) << " does not match the conv's output");
+    const float* g = dy.f32();
+    size_t used = 0;
+    if (act_.kind != FusedActivation::kNone) {
+      // dy through the fused activation's derivative (from Y: backward_needs flagged it), into the workspace.
+      CAMRT_CHECK(outputs.size() == 1 && outputs[0] && outputs[0]->numel() == out_numel,
+                  where() << ": backward of the fused activation needs the forward output Y");
+      used = masked_dy_bytes(s);
+      CAMRT_CHECK(ctx.workspace && ctx.workspace_bytes >= used,
+                  where() << ": backward workspace of " << ctx.workspace_bytes << " bytes, need at least " << used);
+      float* masked = static_cast<float*>(ctx.workspace);
+      conv2d_activation_backward(masked, dy.f32(), outputs[0]->f32(), out_numel, act_, ctx.guided_relu, *ctx.pool);
+      g = masked;
+    }
+    void* ws = ctx.workspace ? static_cast<unsigned char*>(ctx.workspace) + used : nullptr;
+    conv2d_backward_data(dx.f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.pool);
+  }
+
  private:
+  // Workspace bytes for dy masked by the fused activation (64-byte multiple, so what follows stays aligned).
+  size_t masked_dy_bytes(const Conv2dShape& s) const {
+    if (act_.kind == FusedActivation::kNone) return 0;
+    const size_t floats = size_t(s.batch * s.out_channels * s.out_h() * s.out_w());
+    return (floats * sizeof(float) + 63) / 64 * 64;
+  }
+
   std::string where() const { return "node '" + node_.name + "' (" + node_.op + ")"; }
 
   // Checks X and W against each other and the attributes, and returns the kernel's view of the conv.

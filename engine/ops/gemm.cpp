@@ -1,6 +1,7 @@
-// Gemm and MatMul (ONNX): shape inference and CPU forward on top of kernels/cpu/gemm. Gemm's optional C
+// Gemm and MatMul (ONNX): shape inference, CPU forward and backward on top of kernels/cpu/gemm. Gemm's optional C
 // broadcasts to (M, N); a per-column or per-row C with beta = 1 (a Linear layer's bias) rides the GEMM
 // epilogue instead of a separate pass. MatMul follows numpy: 1-D operands are promoted and batch dims broadcast.
+// Backward: dA, dB (when not constants) and Gemm's dC, each as accumulating GEMMs or a reduction.
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -85,6 +86,93 @@ class GemmOp : public Op {
          ctx.workspace, ctx.workspace_bytes, *ctx.pool);
   }
 
+  // dA reads B and dB reads A; dC reads nothing. A constant operand never gets a gradient, so the other one is
+  // flagged only when that gradient can be asked for (B is usually a weight: A is then not kept).
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    if (inputs.size() >= 2) {
+      needs.inputs[0] = inputs[1].constant == nullptr;
+      needs.inputs[1] = inputs[0].constant == nullptr;
+    }
+    return needs;
+  }
+
+  // The larger of the dA and dB products' GEMM buffers, for the operands that are not constants.
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    const Sizes z = sizes(inputs.at(0).shape, inputs.at(1).shape);
+    const int threads = ctx.pool ? ctx.pool->num_threads() : 1;
+    size_t bytes = 0;
+    if (!inputs[0].constant)
+      bytes = std::max(bytes, trans_a_ ? gemm_workspace_bytes(z.k, z.m, z.n, threads) : gemm_workspace_bytes(z.m, z.k, z.n, threads));
+    if (!inputs[1].constant)
+      bytes = std::max(bytes, trans_b_ ? gemm_workspace_bytes(z.n, z.k, z.m, threads) : gemm_workspace_bytes(z.k, z.n, z.m, threads));
+    return bytes;
+  }
+
+  // Y = alpha * op(A) op(B) + beta * C:  d op(A) = alpha * dY op(B)^T,  d op(B) = alpha * op(A)^T dY,
+  // dC = beta * dY summed over the dims C broadcasts along. Every product accumulates (GEMM beta = 1).
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)outputs;
+    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
+    if (doutputs.empty() || !doutputs[0]) return;
+    Tensor* da = dinputs.size() > 0 ? dinputs[0] : nullptr;
+    Tensor* db = dinputs.size() > 1 ? dinputs[1] : nullptr;
+    Tensor* dc = dinputs.size() > 2 ? dinputs[2] : nullptr;
+    if (!da && !db && !dc) return;
+    const Tensor& a = *inputs.at(0);
+    const Tensor& b = *inputs.at(1);
+    const Sizes z = sizes(a.shape, b.shape);
+    const Tensor& dyt = *doutputs[0];
+    CAMRT_CHECK(dyt.dtype == DType::F32 && dyt.shape == (Shape{z.m, z.n}),
+                where_of(node_) << ": output gradient " << shape_str(dyt.shape) << ", expected (" << z.m << ", " << z.n << ")");
+    const float* dy = dyt.f32();  // (M, N)
+    const GemmEpilogue none;
+    const auto check_grad = [&](const Tensor* d, const Tensor& value, const char* name) {
+      CAMRT_CHECK(d->dtype == DType::F32 && d->shape == value.shape,
+                  where_of(node_) << ": gradient of " << name << " " << shape_str(d->shape) << " does not match "
+                                  << shape_str(value.shape));
+    };
+    if (da) {
+      check_grad(da, a, "A");
+      if (!trans_a_)  // dA (M, K) += alpha * dY (M, N) x op(B)^T (N, K)
+        gemm(da->f32(), z.k, dy, z.n, false, b.f32(), b.shape[1], !trans_b_, z.m, z.k, z.n, alpha_, 1.f, none,
+             ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+      else            // dA (K, M) += alpha * op(B) (K, N) x dY^T (N, M)
+        gemm(da->f32(), z.m, b.f32(), b.shape[1], trans_b_, dy, z.n, true, z.k, z.m, z.n, alpha_, 1.f, none,
+             ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+    }
+    if (db) {
+      check_grad(db, b, "B");
+      if (!trans_b_)  // dB (K, N) += alpha * op(A)^T (K, M) x dY (M, N)
+        gemm(db->f32(), z.n, a.f32(), a.shape[1], !trans_a_, dy, z.n, false, z.k, z.n, z.m, alpha_, 1.f, none,
+             ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+      else            // dB (N, K) += alpha * dY^T (N, M) x op(A) (M, K)
+        gemm(db->f32(), z.k, dy, z.n, true, a.f32(), a.shape[1], trans_a_, z.n, z.k, z.m, alpha_, 1.f, none,
+             ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+    }
+    if (dc && beta_ != 0.f) {  // beta = 0: forward ignores C, its gradient is 0
+      CAMRT_CHECK(inputs.size() > 2 && inputs[2], where_of(node_) << ": gradient requested for an omitted C");
+      check_grad(dc, *inputs[2], "C");
+      // C as (c_rows, c_cols) broadcast to (M, N), as in forward: (N,) and (1, N) are one row, (M, 1) one column.
+      const Shape& cs = inputs[2]->shape;
+      const int64_t c_rows = cs.size() == 2 ? cs[0] : 1, c_cols = cs.empty() ? 1 : cs.back();
+      float* g = dc->f32();
+      const double beta = beta_;
+      ctx.pool->parallel_for(c_rows * c_cols, [&](int64_t begin, int64_t end) {
+        for (int64_t idx = begin; idx < end; ++idx) {
+          const int64_t r = idx / c_cols, col = idx % c_cols;
+          const int64_t i0 = c_rows == 1 ? 0 : r, i1 = c_rows == 1 ? z.m : r + 1;
+          const int64_t j0 = c_cols == 1 ? 0 : col, j1 = c_cols == 1 ? z.n : col + 1;
+          double sum = 0;  // double: a scalar C sums all M * N gradients
+          for (int64_t i = i0; i < i1; ++i)
+            for (int64_t j = j0; j < j1; ++j) sum += dy[i * z.n + j];
+          g[idx] += static_cast<float>(beta * sum);
+        }
+      }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, z.m * z.n / std::max<int64_t>(1, c_rows * c_cols))));
+    }
+  }
+
  private:
   struct Sizes {
     int64_t m, n, k;
@@ -155,6 +243,87 @@ class MatMulOp : public Op {
       gemm(y + t * p.m * p.n, p.n, a + a_off, p.k, false, b + b_off, p.n, false, p.m, p.n, p.k, 1.f, 0.f, none,
            ctx.workspace, ctx.workspace_bytes, *ctx.pool);
       for (size_t d = p.batch_rank; d-- > 0;) {  // next batch index, last dim fastest
+        if (++index[d] < p.batch[d]) break;
+        index[d] = 0;
+      }
+    }
+  }
+
+  // dA reads B and dB reads A; a constant operand never gets a gradient, so the other is flagged only when
+  // that gradient can be asked for.
+  BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
+    BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    if (inputs.size() >= 2) {
+      needs.inputs[0] = inputs[1].constant == nullptr;
+      needs.inputs[1] = inputs[0].constant == nullptr;
+    }
+    return needs;
+  }
+
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    const Plan p = plan(inputs.at(0).shape, inputs.at(1).shape);
+    const int threads = ctx.pool ? ctx.pool->num_threads() : 1;
+    const int64_t rows = p.fold_a_batch ? p.m * p.batch_count : p.m;
+    size_t bytes = 0;
+    if (!inputs[0].constant) bytes = std::max(bytes, gemm_workspace_bytes(rows, p.k, p.n, threads));
+    if (!inputs[1].constant) bytes = std::max(bytes, gemm_workspace_bytes(p.k, p.n, rows, threads));
+    return bytes;
+  }
+
+  // Per batch index t: dA_t += dY_t B_t^T and dB_t += A_t^T dY_t (GEMM beta = 1). A broadcast operand's block
+  // is shared by several t, so its gradient sums over them by accumulating in turn; 1-D operands are their
+  // promoted (1, K) / (K, 1) matrices, which have the same layout.
+  void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
+                const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+    (void)outputs;
+    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
+    if (doutputs.empty() || !doutputs[0]) return;
+    Tensor* da = dinputs.size() > 0 ? dinputs[0] : nullptr;
+    Tensor* db = dinputs.size() > 1 ? dinputs[1] : nullptr;
+    if (!da && !db) return;
+    const Tensor& at = *inputs.at(0);
+    const Tensor& bt = *inputs.at(1);
+    const Plan p = plan(at.shape, bt.shape);
+    const Tensor& dyt = *doutputs[0];
+    CAMRT_CHECK(dyt.dtype == DType::F32 && dyt.numel() == p.batch_count * p.m * p.n,
+                where_of(node_) << ": output gradient " << shape_str(dyt.shape) << " does not match the product of A "
+                                << shape_str(at.shape) << " and B " << shape_str(bt.shape));
+    const auto check_grad = [&](const Tensor* d, const Tensor& value, const char* name) {
+      CAMRT_CHECK(!d || (d->dtype == DType::F32 && d->shape == value.shape),
+                  where_of(node_) << ": gradient of " << name << " " << shape_str(d->shape) << " does not match "
+                                  << shape_str(value.shape));
+    };
+    check_grad(da, at, "A");
+    check_grad(db, bt, "B");
+    const float* a = at.f32();
+    const float* b = bt.f32();
+    const float* dy = dyt.f32();
+    const GemmEpilogue none;
+    if (p.fold_a_batch) {
+      const int64_t rows = p.m * p.batch_count;  // A's batch rows stacked: (rows, K), B (K, N) shared
+      if (da)  // dA (rows, K) += dY (rows, N) x B^T
+        gemm(da->f32(), p.k, dy, p.n, false, b, p.n, true, rows, p.k, p.n, 1.f, 1.f, none, ctx.workspace,
+             ctx.workspace_bytes, *ctx.pool);
+      if (db)  // dB (K, N) += A^T (K, rows) x dY (rows, N): the sum over the batch is the GEMM's inner loop
+        gemm(db->f32(), p.n, a, p.k, true, dy, p.n, false, p.k, p.n, rows, 1.f, 1.f, none, ctx.workspace,
+             ctx.workspace_bytes, *ctx.pool);
+      return;
+    }
+    std::array<int64_t, kMaxBatchRank> index{};
+    for (int64_t t = 0; t < p.batch_count; ++t) {
+      int64_t a_off = 0, b_off = 0;
+      for (size_t d = 0; d < p.batch_rank; ++d) {
+        a_off += index[d] * p.a_stride[d];
+        b_off += index[d] * p.b_stride[d];
+      }
+      const float* dy_t = dy + t * p.m * p.n;
+      if (da)  // dA_t (M, K) += dY_t (M, N) x B_t^T
+        gemm(da->f32() + a_off, p.k, dy_t, p.n, false, b + b_off, p.n, true, p.m, p.k, p.n, 1.f, 1.f, none,
+             ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+      if (db)  // dB_t (K, N) += A_t^T (K, M) x dY_t (M, N)
+        gemm(db->f32() + b_off, p.n, a + a_off, p.k, true, dy_t, p.n, false, p.k, p.n, p.m, 1.f, 1.f, none,
+             ctx.workspace, ctx.workspace_bytes, *ctx.pool);
+      for (size_t d = p.batch_rank; d-- > 0;) {
         if (++index[d] < p.batch[d]) break;
         index[d] = 0;
       }

@@ -383,4 +383,169 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
   });
 }
 
+// ---------------- Backward: input gradient ----------------
+// dx = conv_transpose(dy, W). Dense and grouped convs: per image and group, col (Cg*KH*KW, OH*OW) =
+// W_g^T x dy_g on the threaded GEMM, then col2im adds every column back onto the input position it was read
+// from. 1x1 stride-1 unpadded convs need no col2im: dx_g += W_g^T x dy_g straight into dx (beta = 1), the
+// batch folded into the columns as in the forward. Depthwise convs scatter directly. Every dx element is
+// written by one thread only, so results do not depend on the thread count's scheduling.
+
+namespace {
+
+constexpr size_t kColAlign = 64;
+
+size_t col_buffer_bytes(const Conv2dShape& s) {
+  const int64_t k = (s.in_channels / s.groups) * s.kernel_h * s.kernel_w;
+  return (size_t(k * s.out_h() * s.out_w()) * sizeof(float) + kColAlign - 1) / kColAlign * kColAlign;
+}
+
+// dx += col2im(col) for one image and group: col row (c, kh, kw), column (oh, ow) adds onto
+// dx[c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw] when that lies inside the input (padding taps are dropped).
+// dx: (cg, in_h, in_w); col: (cg * kernel_h * kernel_w, out_h * out_w). Threaded over channels, each thread
+// owning its channels' planes.
+CAMRT_INLINE_LOOPS void col2im_add(float* dx, const float* col, int64_t cg, const Conv2dShape& s, ThreadPool& pool) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), plane = s.in_h * s.in_w, out_plane = oh_n * ow_n;
+  const int64_t taps = s.kernel_h * s.kernel_w, sw = s.stride_w;
+  pool.parallel_for(cg, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      float* x = dx + c * plane;
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+        int64_t oh_lo, oh_hi;  // output rows whose tap kh lies inside the input
+        valid_range(kh * s.dilation_h - s.pad_top, s.stride_h, s.in_h, oh_n, &oh_lo, &oh_hi);
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          const int64_t off_w = kw * s.dilation_w - s.pad_left;
+          int64_t lo, hi;
+          valid_range(off_w, sw, s.in_w, ow_n, &lo, &hi);
+          if (lo >= hi) continue;
+          const float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * out_plane;
+          for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+            const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
+            float* __restrict xr = x + ih * s.in_w + lo * sw + off_w;
+            const float* __restrict cr = row + oh * ow_n + lo;
+            if (sw == 1) {
+              for (int64_t t = 0; t < hi - lo; ++t) xr[t] += cr[t];
+            } else {
+              for (int64_t t = 0; t < hi - lo; ++t) xr[t * sw] += cr[t];
+            }
+          }
+        }
+      }
+    }
+  }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, out_plane * taps)));
+}
+
+// Depthwise (one input channel per group, `multiplier` output channels each), threaded over (image, input
+// channel): a task owns one dx plane and adds in every tap of the output channels that read it.
+CAMRT_INLINE_LOOPS void depthwise_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s,
+                                                ThreadPool& pool) {
+  const int64_t oh_n = s.out_h(), ow_n = s.out_w(), multiplier = s.out_channels / s.groups;
+  const int64_t plane = s.in_h * s.in_w, out_plane = oh_n * ow_n, taps = s.kernel_h * s.kernel_w, sw = s.stride_w;
+  pool.parallel_for(s.batch * s.in_channels, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t n = idx / s.in_channels, ic = idx % s.in_channels;
+      float* x = dx + idx * plane;
+      for (int64_t m = 0; m < multiplier; ++m) {
+        const int64_t oc = ic * multiplier + m;
+        const float* g = dy + (n * s.out_channels + oc) * out_plane;
+        const float* w = weight + oc * taps;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          int64_t oh_lo, oh_hi;
+          valid_range(kh * s.dilation_h - s.pad_top, s.stride_h, s.in_h, oh_n, &oh_lo, &oh_hi);
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const int64_t off_w = kw * s.dilation_w - s.pad_left;
+            int64_t lo, hi;
+            valid_range(off_w, sw, s.in_w, ow_n, &lo, &hi);
+            if (lo >= hi) continue;
+            const float wv = w[kh * s.kernel_w + kw];
+            for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+              const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
+              float* __restrict xr = x + ih * s.in_w + lo * sw + off_w;
+              const float* __restrict gr = g + oh * ow_n + lo;
+              if (sw == 1) {
+                for (int64_t t = 0; t < hi - lo; ++t) xr[t] += wv * gr[t];
+              } else {
+                for (int64_t t = 0; t < hi - lo; ++t) xr[t * sw] += wv * gr[t];
+              }
+            }
+          }
+        }
+      }
+    }
+  }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, multiplier * out_plane * taps)));
+}
+
+}  // namespace
+
+size_t conv2d_backward_data_workspace_bytes(const Conv2dShape& s, int num_threads) {
+  if (is_depthwise(s) || s.batch == 0) return 0;
+  const int64_t cg = s.in_channels / s.groups, mg = s.out_channels / s.groups;
+  if (is_pointwise(s)) return gemm_workspace_bytes(cg, s.batch * s.in_h * s.in_w, mg, num_threads);
+  const int64_t k = cg * s.kernel_h * s.kernel_w;
+  return kColAlign + col_buffer_bytes(s) + gemm_workspace_bytes(k, s.out_h() * s.out_w(), mg, num_threads);
+}
+
+void conv2d_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s, void* workspace,
+                          size_t workspace_bytes, ThreadPool& pool) {
+  {
+    const std::string error = conv2d_shape_error(s);
+    CAMRT_CHECK(error.empty(), "conv2d_backward_data: " << error);
+  }
+  if (s.batch == 0) return;
+  if (is_depthwise(s)) {
+    depthwise_backward_data(dx, dy, weight, s, pool);
+    return;
+  }
+  const size_t need = conv2d_backward_data_workspace_bytes(s, pool.num_threads());
+  CAMRT_CHECK(workspace_bytes >= need && (workspace || need == 0),
+              "conv2d_backward_data: workspace of " << workspace_bytes << " bytes, need " << need);
+  const int64_t out_plane = s.out_h() * s.out_w(), plane = s.in_h * s.in_w;
+  const int64_t cg = s.in_channels / s.groups, mg = s.out_channels / s.groups;
+  const int64_t k = cg * s.kernel_h * s.kernel_w;
+  const GemmEpilogue none;
+  if (is_pointwise(s)) {
+    // dx_g (cg, batch * plane) += W_g^T (cg, mg) x dy_g (mg, batch * plane), one segment per image on both sides.
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const GemmOutput c{dx + g * cg * plane, plane, plane, s.in_channels * plane};
+      const GemmMatrixB b(dy + g * mg * plane, plane, false, plane, s.out_channels * plane);
+      gemm_packed(c, weight + g * mg * cg, cg, true, b, cg, s.batch * plane, mg, 1.f, 1.f, none, workspace,
+                  workspace_bytes, pool);
+    }
+    return;
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(workspace);
+  float* col = reinterpret_cast<float*>((base + kColAlign - 1) / kColAlign * kColAlign);
+  unsigned char* gemm_ws = reinterpret_cast<unsigned char*>(col) + col_buffer_bytes(s);
+  const size_t gemm_ws_bytes = workspace_bytes - size_t(gemm_ws - static_cast<unsigned char*>(workspace));
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      // col (k, out_plane) = W_g^T (k, mg) x dy_{n,g} (mg, out_plane); W_g is stored (mg, k), hence trans_a.
+      gemm(col, out_plane, weight + g * mg * k, k, true, dy + (n * s.out_channels + g * mg) * out_plane, out_plane,
+           false, k, out_plane, mg, 1.f, 0.f, none, gemm_ws, gemm_ws_bytes, pool);
+      col2im_add(dx + (n * s.in_channels + g * cg) * plane, col, cg, s, pool);
+    }
+  }
+}
+
+void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,
+                                bool guided_relu, ThreadPool& pool) {
+  pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+    switch (act.kind) {
+      case FusedActivation::kRelu:
+        if (guided_relu) {
+          for (int64_t i = begin; i < end; ++i) masked[i] = y[i] > 0.f && dy[i] > 0.f ? dy[i] : 0.f;
+        } else {
+          for (int64_t i = begin; i < end; ++i) masked[i] = y[i] > 0.f ? dy[i] : 0.f;
+        }
+        break;
+      case FusedActivation::kClip:
+        for (int64_t i = begin; i < end; ++i) masked[i] = y[i] > act.min && y[i] < act.max ? dy[i] : 0.f;
+        break;
+      default:
+        if (masked != dy)
+          for (int64_t i = begin; i < end; ++i) masked[i] = dy[i];
+        break;
+    }
+  }, 16384);
+}
+
 }  // namespace camrt

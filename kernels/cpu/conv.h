@@ -39,4 +39,25 @@ size_t conv2d_workspace_bytes(const Conv2dShape& s, int num_threads);
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
                     const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool);
 
+// --- Backward (input gradient only; weight and bias gradients are never computed) ---
+
+// Scratch bytes conv2d_backward_data needs on a pool of num_threads: none for depthwise convs, the GEMM's
+// packing buffers for 1x1 stride-1 unpadded convs, else one image-group column matrix (Cg*KH*KW, OH*OW)
+// plus the GEMM's packing buffers.
+size_t conv2d_backward_data_workspace_bytes(const Conv2dShape& s, int num_threads);
+
+// dx += conv_transpose(dy, weight): the gradient of conv2d_forward's pre-activation output w.r.t. its input
+// (mask dy with conv2d_activation_backward first when the conv has a fused activation).
+// dx: (batch, in_channels, in_h, in_w); dy: (batch, out_channels, out_h, out_w);
+// weight: (out_channels, in_channels / groups, kernel_h, kernel_w).
+// workspace must hold conv2d_backward_data_workspace_bytes(s, pool.num_threads()) bytes.
+void conv2d_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s, void* workspace,
+                          size_t workspace_bytes, ThreadPool& pool);
+
+// masked = dy where the fused activation's derivative is 1, else 0, decided from the conv's output y:
+// relu: y > 0 (0 at the kink, as PyTorch), and also dy > 0 when guided_relu (Guided Backprop); clip:
+// min < y < max strictly (PyTorch's hardtanh_backward); kNone: a copy. masked, dy, y: (n,); masked may alias dy.
+void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,
+                                bool guided_relu, ThreadPool& pool);
+
 }  // namespace camrt

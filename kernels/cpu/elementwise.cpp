@@ -221,22 +221,35 @@ inline double scale_at(Scale scale, const float* x, int64_t j) {
   return 0.0;
 }
 
-// The plan's dims split for one operand: `outer` holds every dim but the last, each with its size and the
-// output, O and X strides; a dim with X stride 0 is summed out (reduced), any other is kept.
+// Most plan dims the backward walks; a plan has at most one dim per output dim, and merging leaves a CNN
+// broadcast with 1 to 4. Fixed arrays keep the launch free of heap allocation.
+constexpr size_t kMaxPlanRank = 16;
+
+// One group of the plan's outer dims (all but the last) for one operand, in row-major order, each with its size
+// and its output, O and X strides: either the dims X keeps (X stride != 0) or the dims summed out (X stride 0).
 struct OuterDims {
-  std::vector<int64_t> size, out_stride, o_stride, x_stride;
+  int64_t size[kMaxPlanRank], out_stride[kMaxPlanRank], o_stride[kMaxPlanRank], x_stride[kMaxPlanRank];
+  size_t rank = 0;
   int64_t count = 1;  // product of sizes
-  void add(int64_t n, int64_t out, int64_t o, int64_t x) {
-    size.push_back(n);
-    out_stride.push_back(out);
-    o_stride.push_back(o);
-    x_stride.push_back(x);
+  // Prepends a dim (callers walk from the innermost dim outwards).
+  void add_outer(int64_t n, int64_t out, int64_t o, int64_t x) {
+    for (size_t k = rank; k-- > 0;) {
+      size[k + 1] = size[k];
+      out_stride[k + 1] = out_stride[k];
+      o_stride[k + 1] = o_stride[k];
+      x_stride[k + 1] = x_stride[k];
+    }
+    size[0] = n;
+    out_stride[0] = out;
+    o_stride[0] = o;
+    x_stride[0] = x;
+    ++rank;
     count *= n;
   }
   // Offsets of the multi-index number `index` (row-major over these dims).
   void offsets(int64_t index, int64_t* out, int64_t* o, int64_t* x) const {
     *out = *o = *x = 0;
-    for (size_t k = size.size(); k-- > 0;) {
+    for (size_t k = rank; k-- > 0;) {
       const int64_t i = index % size[k];
       index /= size[k];
       *out += i * out_stride[k];
@@ -249,8 +262,8 @@ struct OuterDims {
 // Calls fn(out_offset, o_offset) for every combination of the reduced dims, advancing offsets incrementally.
 template <typename Fn>
 inline void for_each_reduced(const OuterDims& r, Fn&& fn) {
-  const size_t rank = r.size.size();
-  int64_t index[16] = {};  // plan rank <= output rank; a CNN tensor never has 16 non-mergeable dims
+  const size_t rank = r.rank;
+  int64_t index[kMaxPlanRank] = {};
   int64_t out = 0, o = 0;
   for (int64_t step = 0; step < r.count; ++step) {
     fn(out, o);
@@ -393,23 +406,17 @@ void operand_grad(const GradJob& job, const BroadcastPlan& plan, ThreadPool& poo
   const std::vector<int64_t>& sx = *job.sx;
   const std::vector<int64_t>& so = *job.so;
   const size_t last = dims.size() - 1;
-  CAMRT_CHECK(dims.size() <= 16, "binary backward: broadcast of rank " << dims.size() << " is not supported");
+  CAMRT_CHECK(dims.size() <= kMaxPlanRank, "binary backward: a broadcast over " << dims.size()
+                                                                             << " non-mergeable dims is not supported");
   OuterDims kept, reduced;
   int64_t out_stride = dims[last];  // contiguous output strides, innermost first
   for (size_t k = last; k-- > 0;) {
     if (sx[k] == 0) {
-      reduced.add(dims[k], out_stride, so[k], 0);
+      reduced.add_outer(dims[k], out_stride, so[k], 0);
     } else {
-      kept.add(dims[k], out_stride, so[k], sx[k]);
+      kept.add_outer(dims[k], out_stride, so[k], sx[k]);
     }
     out_stride *= dims[k];
-  }
-  // add() appended innermost first; offsets() and for_each_reduced() want row-major order.
-  for (OuterDims* d : {&kept, &reduced}) {
-    std::reverse(d->size.begin(), d->size.end());
-    std::reverse(d->out_stride.begin(), d->out_stride.end());
-    std::reverse(d->o_stride.begin(), d->o_stride.end());
-    std::reverse(d->x_stride.begin(), d->x_stride.end());
   }
   const bool varies = T == Term::Other || T == Term::InvOther ? so[last] != 0 : false;
   if (sx[last] == 0) {

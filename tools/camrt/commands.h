@@ -10,5 +10,6 @@ int run_convert(const std::vector<std::string>& argv);
 int run_inspect(const std::vector<std::string>& argv);
 int run_predict(const std::vector<std::string>& argv);
 int run_explain(const std::vector<std::string>& argv);
+int run_bench(const std::vector<std::string>& argv);
 
 }  // namespace camrt::cli

@@ -19,6 +19,7 @@ const char* kUsage =
     "  inspect DIR/model.json        list nodes, shapes, parameters, planned vs naive memory\n"
     "  predict DIR/model.json --input x.npy   run the network and print the top classes\n"
     "  explain DIR/model.json IMAGE...        class activation maps (Grad-CAM and family) as PNG + .npy\n"
+    "  bench DIR/model.json [--batch 1,8]     latency percentiles as JSON lines\n"
     "\n"
     "Run 'camrt <command> --help' for the options of a command; 'camrt --version' for the version.\n";
 
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
     if (command == "inspect") return camrt::cli::run_inspect(rest);
     if (command == "predict") return camrt::cli::run_predict(rest);
     if (command == "explain") return camrt::cli::run_explain(rest);
+    if (command == "bench") return camrt::cli::run_bench(rest);
     std::cerr << "camrt: unknown command '" << command << "'\n\n" << kUsage;
     return 2;
   } catch (const camrt::Error& e) {

@@ -1,17 +1,21 @@
 #!/usr/bin/python3
 """Golden fixtures for camrt's whole-model tests: small, seeded torchvision CNNs exported to ONNX,
-with an input batch and PyTorch's logits for it, under tests/fixtures/models/<name>/.
-Every file here is generated; regenerate with `/usr/bin/python3 tools/golden/make_golden.py`, never edit.
+with an input batch, PyTorch's logits and the CAM reference data (cam-spec.md) for it, under
+tests/fixtures/models/<name>/. Every file here is generated; regenerate with
+`/usr/bin/python3 tools/golden/make_golden.py`, never edit.
 
 Layout of one fixture directory:
   model.onnx   torch.onnx.export, input "input" (batch, 3, H, W), output "logits" (batch, classes)
   input.npy    float32 (2, 3, H, W), seeded standard normal
   logits.npy   float32 (2, classes), PyTorch's eval-mode output for input.npy
   meta.json    versions, seed, opset, shapes, and the explanation layer (PyTorch module and ONNX node)
+  cam/meta.json, cam/<input>/...  target-layer activation and gradient, target classes and the final
+               map of every CAM method for input.npy ("input") and/or a real photo ("chelsea");
+               see dump_cams and tools/golden/README.md
 
 Each model comes from a builder returning (model, target module path); the main loop makes the
-BatchNorm statistics non-trivial, exports, checks and writes. A later extension that dumps the
-target layer's activation/gradient and CAM maps hooks `model.get_submodule(target)` in `dump_fixture`.
+BatchNorm statistics non-trivial, exports, checks and writes, then dump_cams works on a copy of the
+model (so the CAM data cannot change the files before it).
 """
 
 import argparse
@@ -385,6 +389,7 @@ SMOOTH_SAMPLES = 8          # cam-spec: n = 8
 SMOOTH_SIGMA_FRACTION = 0.2  # cam-spec: sigma = 0.2 * (max x - min x) per image
 CAM_CHUNK = 128             # images per forward in Score-CAM / Ablation-CAM batches
 F64_SCORECAM_MAX_CHANNELS = 256  # float64 Score-CAM (the sensitivity estimate) only up to this K
+CAM_INPUT_NAMES = ("input", "chelsea")  # input.npy; skimage.data.chelsea()
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Tolerances on final normalized maps, from cam-spec.md "Numerical tolerances".
@@ -392,6 +397,40 @@ SPEC_TOLERANCES = {
     "cam": 1e-4, "gradcam": 1e-4, "gradcam-neg": 1e-4, "hirescam": 1e-4, "gradcam-ew": 1e-4,
     "xgradcam": 1e-4, "layercam": 1e-4, "eigencam": 1e-4, "eigengradcam": 1e-4, "normgrad": 1e-4,
     "gradcampp": 1e-3, "smooth-gradcampp": 1e-3, "scorecam": 1e-3, "ablationcam": 1e-3,
+}
+
+
+CAM_CONVENTIONS = {
+    "target": "class = argmax of the float32 logits per image (target.npy); y = that logit. The same class is "
+              "used for every noisy sample of smooth-gradcampp and every Score-CAM / Ablation-CAM forward",
+    "A_and_G": "activation.npy = forward-hook output of target_module (float32 model); gradient.npy = d(sum_b y_b)/dA "
+               "(float32); every formula after them in float64, maps saved as float32",
+    "postprocess": "steps 1-4 of cam-spec for one layer: ReLU (not normgrad), per image x - min, / (max + 1e-7), "
+                   "bilinear align_corners=False to (H_in, W_in), ReLU, x - min, / (max + 1e-7)",
+    "ablationcam": "cam-spec's `min A` read literally: A is the (B, K, h, w) tensor of the batch, so one ablation value "
+                   "for the whole batch (0 if min A == 0 else min A - 1e7). inputs.*.ablation_per_image_reading gives "
+                   "the per-image reading (pytorch-grad-cam's) and how much the map would change (0 here: the minimum is 0 "
+                   "in every image after ReLU/ReLU6, and for HardSwish / SiLU (mobilenet_v3_small, "
+                   "efficientnet_b0_style) the per-image minima differ by < 1e-5, far below float32's spacing of 1 at "
+                   "1e7: both readings give the same float32 value, ablation_value_float32). The network continues from the target layer on A^(k) (a forward hook replaces "
+                   "the target's output with the K ablated copies; the float32 A^(k), value rounded to float32)",
+    "scorecam": "masks from A upsampled with align_corners=True, (U - min) / (max - min + 1e-8) per image and channel in "
+                "float64; x * M_k cast to float32 for the forward; w = softmax over k of the float32 target logits",
+    "eigencam": "torch.linalg.svd in float64 of the centred (Z x K) matrix; sign: flip if sum_ij cam_ij * sum_k A_kij < 0",
+    "eigengradcam": "Eigen-CAM applied to M = G * A (elementwise), the sign reference being sum_k M_kij = "
+                    "sum_k G_kij A_kij (the rule with A replaced by M, as for --eigen-smooth)",
+    "smooth-gradcampp": "n = 8 samples x_s = x + noise[s] in float32, noise = torch.randn(8, B, 3, H, W) * sigma_b with "
+                        "sigma_b = 0.2 (max x_b - min x_b) in float32; D1..D3 in float64; S_k and A from the clean input",
+    "guided-backprop": "every nn.ReLU module (exactly the ONNX Relu nodes; call count checked against them) replaced by "
+                       "a ReLU whose backward passes dY where input > 0 and dY > 0. ReLU6 (ONNX Clip), Hardswish, "
+                       "Hardsigmoid, SiLU are left alone: mobilenet_v2 and efficientnet_b0_style have no Relu, so "
+                       "their guided-backprop is the plain input gradient. Output (B, 3, H, W) raw float32",
+    "guided-gradcam": "guided-backprop * final gradcam map (broadcast over the 3 channels), float64 product saved as float32",
+    "cam": "only where the target output feeds exactly GlobalAveragePool -> Flatten -> Gemm -> graph output; W = that "
+           "Gemm's weight (C x K), no bias",
+    "gap_linear_heads": "for resnet18, resnet50_style, mobilenet_v2, densenet121_style, efficientnet_b0_style the "
+                        "gradient is W_c / Z at every position, so gradcam == hirescam == cam and smooth-gradcampp == "
+                        "gradcampp there (checked); vgg11_bn and mobilenet_v3_small are the fixtures that tell these apart",
 }
 
 
@@ -447,8 +486,9 @@ def postprocess(cam: torch.Tensor, hw: Tuple[int, int], relu: bool = True) -> to
 
 def eigen_projection(M: torch.Tensor) -> Tuple[torch.Tensor, List[List[float]]]:
     """cam-spec Eigen-CAM on M (B, K, h, w): per image, (Z x K) with centred columns, projected on the
-    first right-singular vector; the sign makes sum_ij cam_ij * sum_k M_kij >= 0. Also returns the
-    first three singular values per image (a small gap s0 ~ s1 would make the direction unstable)."""
+    first right-singular vector; the sign makes sum_ij cam_ij * sum_k M_kij >= 0. Also returns per image
+    the first three singular values (a small gap s0 ~ s1 would make the direction unstable) and the
+    cosine between cam and sum_k M_k (the sign rule's margin)."""
     B, K, h, w = M.shape
     cams, svals = [], []
     for b in range(B):
@@ -456,10 +496,12 @@ def eigen_projection(M: torch.Tensor) -> Tuple[torch.Tensor, List[List[float]]]:
         centred = rows - rows.mean(dim=0, keepdim=True)
         _, s, vh = torch.linalg.svd(centred, full_matrices=False)
         cam = centred @ vh[0]
-        if float((cam * rows.sum(dim=1)).sum()) < 0:
+        reference = rows.sum(dim=1)  # sum_k M_kij
+        if float((cam * reference).sum()) < 0:
             cam = -cam
         cams.append(cam.reshape(h, w))
-        svals.append([float(v) for v in s[:3]])
+        # Cosine between cam and the sign reference: near 0, float32 noise could flip the sign.
+        svals.append([float(v) for v in s[:3]] + [float((cam * reference).sum() / (cam.norm() * reference.norm()))])
     return torch.stack(cams), svals
 
 
@@ -673,7 +715,7 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def cross_checks(model: nn.Module, target_path: str, x: torch.Tensor, cls: torch.Tensor,
-                 res: Dict[str, torch.Tensor], head_W) -> Dict:
+                 res: Dict[str, torch.Tensor], head_W, ablation_values: List[float]) -> Dict:
     """Independent ways to the same numbers, on the float32 model unless stated; each value is a max abs
     difference (raises if any is out of bounds, so a wrong formula cannot be written silently)."""
     target = model.get_submodule(target_path)
@@ -738,10 +780,20 @@ def cross_checks(model: nn.Module, target_path: str, x: torch.Tensor, cls: torch
         checks["gradcam_vs_cam"] = max_abs(res["gradcam"], res["cam"])
         checks["hirescam_vs_cam"] = max_abs(res["hirescam"], res["cam"])
         y = res["logits"].double().gather(1, cls[:, None])
-        v = torch.tensor([float(vv) for vv in res["_info"]["ablation_values"]], dtype=torch.float64)[:, None]
+        v = torch.tensor(ablation_values, dtype=torch.float64)[:, None]
         closed = y - Wc * (A.mean(dim=(2, 3)) - v)
         checks["ablation_scores_closed_form_rel"] = max_abs(closed, res["ablation_scores"]) / float(closed.abs().max())
-    # 6. Sanity of the batched-forward methods: finite, in [0, 1], not constant.
+    # 6. Guided Backprop the classic way: backward hooks that clamp each ReLU module's input gradient
+    #    at 0 (ReLU's own backward already zeroes where the input <= 0), on a copy without in-place ReLUs.
+    hooked = copy.deepcopy(model)
+    for m in hooked.modules():
+        if type(m) is nn.ReLU:
+            m.inplace = False
+            m.register_full_backward_hook(lambda mod, gin, gout: (gin[0].clamp_min(0),))
+    xg = x.clone().requires_grad_(True)
+    (gb,) = torch.autograd.grad(hooked(xg).gather(1, cls[:, None]).sum(), xg)
+    checks["guided_backprop_via_backward_hooks_rel"] = max_abs(gb, res["guided-backprop"]) / float(gb.abs().max())
+    # 7. Sanity of the batched-forward methods: finite, in [0, 1], not constant.
     for m in ("scorecam", "ablationcam", "smooth-gradcampp"):
         mp = res[m]
         if not torch.isfinite(mp).all() or float(mp.min()) < 0 or float(mp.max()) > 1:
@@ -750,7 +802,7 @@ def cross_checks(model: nn.Module, target_path: str, x: torch.Tensor, cls: torch
     bounds = {"gradcam_weights_via_channel_shift_rel": 1e-5, "gradcam_weight_central_difference_f64_rel": 1e-6,
               "gradient_batch_vs_single_rel": 1e-5, "eigencam_numpy_svd": 1e-8, "eigencam_covariance_eigh": 1e-6,
               "gradient_vs_W_over_Z": 1e-6, "gradcam_vs_cam": 1e-6, "hirescam_vs_cam": 1e-6,
-              "ablation_scores_closed_form_rel": 1e-5}
+              "ablation_scores_closed_form_rel": 1e-5, "guided_backprop_via_backward_hooks_rel": 1e-6}
     for key, bound in bounds.items():
         if key in checks and not checks[key] <= bound:
             raise RuntimeError(f"cross-check {key} = {checks[key]:.3g} exceeds {bound:g}")
@@ -772,9 +824,15 @@ def dump_cams(spec: FixtureSpec, model: nn.Module, target_path: str, x_input: to
         "target_tensor": target_tensor, "methods": [m for m in CAM_METHODS if m != "cam" or head_W is not None],
         "skipped": {} if head_W is not None else {"cam": cam_skip_reason},
         "spec_tolerances_max_abs": {m: t for m, t in SPEC_TOLERANCES.items() if m != "cam" or head_W is not None},
+        "suggested_tolerances_not_in_spec": {
+            "guided-backprop": "max |diff| / max |ref| <= 1e-4 (raw gradient; float32-vs-float64 model: <= 2e-5 here)",
+            "guided-gradcam": "max |diff| / max |ref| <= 1e-4 (same reason)",
+            "activation": "max |diff| / max |ref| <= 1e-4 (as the logits test)",
+            "gradient": "max |diff| / max |ref| <= 1e-4"},
+        "conventions": CAM_CONVENTIONS,
         "inputs": {},
     }
-    for index, name in enumerate(inputs):
+    for name in inputs:
         if name == "input":
             x = x_input
             source = {"file": "input.npy", "what": "seeded standard normal (the fixture's input.npy)"}
@@ -785,10 +843,9 @@ def dump_cams(spec: FixtureSpec, model: nn.Module, target_path: str, x_input: to
                       "ToTensor + Normalize(ImageNet mean/std)"}
         with torch.no_grad():
             cls = model(x).argmax(dim=1)
-        noise_seed = SEED + 10 + index
+        noise_seed = SEED + 10 + CAM_INPUT_NAMES.index(name)  # per input, the same in every fixture
         noise, sigma = smooth_noise(x, noise_seed)
         res, info = compute_cams(model, target_path, x, cls, noise, head_W)
-        res["_info"] = info
         # The spec's "min A" read literally: A is the (B, K, h, w) batch; the per-image reading
         # (pytorch-grad-cam's, which ablates one image at a time) is computed for comparison.
         per_image_values = [ablation_value(res["activation"][b]) for b in range(x.shape[0])]
@@ -799,7 +856,7 @@ def dump_cams(spec: FixtureSpec, model: nn.Module, target_path: str, x_input: to
                                                per_image_values)) / y
             per_image_map = postprocess(weighted_sum(per_image_w, res["activation"].double()), tuple(x.shape[2:]))
             per_image_diff = max_abs(per_image_map, res["ablationcam"])
-        checks = cross_checks(model, target_path, x, cls, res, head_W)
+        checks = cross_checks(model, target_path, x, cls, res, head_W, info["ablation_values"])
         # The same pipeline on a float64 copy: how far float32 rounding alone moves each final map.
         # Score-CAM's K float64 forwards per image are too slow on CPU for wide layers (mobilenet_v2: 1280).
         scorecam64 = res["activation"].shape[1] <= F64_SCORECAM_MAX_CHANNELS
@@ -844,10 +901,11 @@ def dump_cams(spec: FixtureSpec, model: nn.Module, target_path: str, x_input: to
                          "GlobalAveragePool + one Linear, so G = W_c / Z), hence smooth-gradcampp == gradcampp for any "
                          "noise and any seed")},
             "ablation_value": info["ablation_values"],
+            "ablation_value_float32": [float(np.float32(v)) for v in info["ablation_values"]],
             "ablation_per_image_reading": {
                 "values": per_image_values, "max_abs_diff_vs_saved": per_image_diff},
-            "eigencam_singular_values": info["eigencam_singular_values"],
-            "eigengradcam_singular_values": info["eigengradcam_singular_values"],
+            "eigencam_singular_values_and_sign_cosine": info["eigencam_singular_values"],
+            "eigengradcam_singular_values_and_sign_cosine": info["eigengradcam_singular_values"],
             "scorecam_score_range": info["scorecam_scores_range"],
             "raw_positive_fraction": info["raw_positive_fraction"],
             "guided_relu": {"modules_replaced": info["guided_relu_modules"], "calls": guided_calls,

@@ -1,0 +1,57 @@
+// The embedding API (engine/camrt.h): a thin owner of the model, graph, plans and thread pool.
+#include "engine/camrt.h"
+
+#include <filesystem>
+
+namespace camrt {
+
+const char* version() { return CAMRT_VERSION; }
+
+Session::Session(const std::string& model_json, int64_t batch, ExplainOptions options, int num_threads)
+    : options_(std::move(options)) {
+  CAMRT_CHECK(batch >= 1, "Session: batch must be at least 1");
+  model_ = std::make_shared<const Model>(load_model(model_json));
+  graph_ = std::make_unique<Graph>(model_, std::filesystem::path(model_json).filename().string());
+  CAMRT_CHECK(graph_->input_ids().size() == 1, model_json << ": a Session needs a model with one input");
+  pool_ = std::make_unique<ThreadPool>(num_threads);
+  input_name_ = graph_->values()[graph_->input_ids()[0]].name;
+  const auto shapes = graph_->input_shapes_for_batch(batch);
+  input_shape_ = shapes.at(input_name_);
+  predictor_ = std::make_unique<Executor>(*graph_, shapes, *pool_);
+  if (!options_.methods.empty()) explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_);
+  input_ = HostTensor(DType::F32, input_shape_);
+}
+
+Session::~Session() = default;
+
+const Model& Session::model() const { return *model_; }
+const Graph& Session::graph() const { return *graph_; }
+
+Tensor Session::predict(const float* input) {
+  Tensor in = predictor_->input(input_name_);
+  std::memcpy(in.data, input, in.nbytes());
+  predictor_->forward();
+  return predictor_->value(graph_->output_ids()[0]);
+}
+
+const Explanation& Session::explain(const float* input) {
+  CAMRT_CHECK(explainer_, "Session: no CAM methods were given in the options");
+  if (input != input_.f32()) std::memcpy(input_.bytes.data(), input, input_.bytes.size());
+  explanation_ = explainer_->run(input_);
+  return explanation_;
+}
+
+const Explanation& Session::explain_images(const std::vector<std::string>& paths) {
+  CAMRT_CHECK(static_cast<int64_t>(paths.size()) == input_shape_[0],
+              "Session: planned for " << input_shape_[0] << " images per call, got " << paths.size());
+  CAMRT_CHECK(input_shape_[1] == 3, "Session: image inputs need a 3-channel model");
+  CAMRT_CHECK(input_shape_[2] == input_shape_[3], "Session: image inputs need a square model input");
+  const Preprocess& pre = model_->preprocess;
+  const int64_t crop = input_shape_[2];
+  const int64_t resize = std::max(crop, pre.resize * crop / std::max<int64_t>(pre.crop, 1));
+  for (size_t i = 0; i < paths.size(); ++i)
+    preprocess_image(input_.f32() + i * 3 * crop * crop, read_image(paths[i]), resize, crop, pre.mean.data(), pre.std.data());
+  return explain(input_.f32());
+}
+
+}  // namespace camrt

@@ -1,0 +1,62 @@
+// camrt's public C++ API for embedding: load a model, create a Session for a batch size and a set of CAM
+// methods (planned once, no allocation per call in the executor), run predict/explain on float buffers or
+// image files, and read logits and maps in place. Everything throws camrt::Error with a one-line message.
+//
+//   camrt::Session session("models/resnet50/model.json", /*batch=*/1, {/*methods=*/{"gradcam"}});
+//   const camrt::Explanation& ex = session.explain_images({"cat.jpg"});
+//   const float* map = ex.results[0].maps.f32();   // (targets, batch, H, W) in [0, 1]
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/cam/explainer.h"
+#include "engine/error.h"
+#include "engine/executor.h"
+#include "engine/image/image.h"
+#include "engine/tensor.h"
+#include "weights/model.h"
+
+namespace camrt {
+
+// The library's version, e.g. "0.1.0".
+const char* version();
+
+class Session {
+ public:
+  // Loads model_json (and its safetensors). batch: images per call. num_threads <= 0: all cores.
+  Session(const std::string& model_json, int64_t batch, ExplainOptions options = {}, int num_threads = 0);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const Model& model() const;
+  const Graph& graph() const;
+  // (batch, C, H, W) of the input this session was planned for.
+  const Shape& input_shape() const { return input_shape_; }
+
+  // Logits (batch, classes) for a preprocessed float NCHW buffer of batch*C*H*W floats. The view stays valid
+  // until the next call on this session.
+  Tensor predict(const float* input);
+  // Every method of the session's options on a preprocessed buffer; the result is owned by the session and
+  // valid until the next call.
+  const Explanation& explain(const float* input);
+  // Decodes and preprocesses (the model's resize/crop/mean/std) exactly `batch` image files, then explains.
+  const Explanation& explain_images(const std::vector<std::string>& paths);
+  // The preprocessed input of the last explain_images call (batch, C, H, W).
+  const HostTensor& last_input() const { return input_; }
+
+ private:
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<Graph> graph_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Executor> predictor_;
+  std::unique_ptr<Explainer> explainer_;
+  ExplainOptions options_;
+  Shape input_shape_;
+  std::string input_name_;
+  HostTensor input_;
+  Explanation explanation_;
+};
+
+}  // namespace camrt

@@ -1,0 +1,125 @@
+// camrt bench: latency of a forward pass and of explanations, as JSON lines that line up with the PyTorch
+// baselines (../shared/bench/torch_baseline.py): one line per (batch, scenario) with percentiles, per-image
+// time, throughput and planned peak memory. Warm-up runs are excluded; inputs are seeded random tensors.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "engine/cam/explainer.h"
+#include "tools/camrt/args.h"
+#include "tools/camrt/commands.h"
+
+namespace camrt::cli {
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> parts;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) parts.push_back(item);
+  return parts;
+}
+
+double percentile(std::vector<double> sorted, double q) {
+  std::sort(sorted.begin(), sorted.end());
+  const double pos = q * (sorted.size() - 1);
+  const size_t lo = static_cast<size_t>(pos), hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (pos - lo) * (sorted[hi] - sorted[lo]);
+}
+
+}  // namespace
+
+int run_bench(const std::vector<std::string>& argv) {
+  Args args("bench", "camrt bench MODEL.json [--batch 1,8] [--method forward,gradcam] [--iters N]",
+            "Times forward passes and explanations on seeded random inputs and prints one JSON line per\n"
+            "scenario: model, batch, scenario, median_ms, min_ms, p90_ms, p99_ms, max_ms, per_image_ms,\n"
+            "images_per_s, peak_mib (planned arena + workspace + weights), precision, device.");
+  args.option("batch", "LIST", "comma-separated batch sizes", "1,8")
+      .option("method", "LIST", "forward and/or CAM methods", "forward,gradcam")
+      .option("iters", "N", "timed iterations per scenario", "20")
+      .option("warmup", "N", "untimed iterations first", "3")
+      .option("precision", "P", "fp32 (the CPU backend computes in fp32)", "fp32")
+      .option("threads", "N", "CPU threads (0 = all cores)", "0")
+      .option("name", "NAME", "model name in the JSON (default: the model's directory name)");
+  if (!args.parse(argv)) return 0;
+  CAMRT_CHECK(args.positionals().size() == 1, "camrt bench: expected one model.json (see camrt bench --help)");
+  CAMRT_CHECK(args.get("precision") == "fp32", "--precision " << args.get("precision") << ": the CPU backend runs fp32 only");
+  const std::string path = args.positionals()[0];
+  auto model = std::make_shared<const Model>(load_model(path));
+  Graph graph(model, std::filesystem::path(path).filename().string());
+  const std::string name = args.has("name") ? args.get("name") : std::filesystem::absolute(path).parent_path().filename().string();
+  const int64_t iters = args.get_int("iters"), warmup = args.get_int("warmup");
+  CAMRT_CHECK(iters >= 1 && warmup >= 0, "--iters must be at least 1");
+  ThreadPool pool(static_cast<int>(args.get_int("threads")));
+  const std::string device = "cpu x" + std::to_string(pool.num_threads());
+  const std::string input_name = graph.values()[graph.input_ids()[0]].name;
+
+  for (const std::string& batch_text : split_list(args.get("batch"))) {
+    int64_t batch = 0;
+    try {
+      batch = std::stoll(batch_text);
+    } catch (...) {
+    }
+    CAMRT_CHECK(batch >= 1, "--batch: '" << batch_text << "' is not a positive integer");
+    const auto shapes = graph.input_shapes_for_batch(batch);
+    HostTensor x(DType::F32, shapes.at(input_name));
+    std::mt19937 rng(0);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] = normal(rng);
+
+    for (const std::string& scenario : split_list(args.get("method"))) {
+      std::function<void()> run;
+      size_t planned_bytes = 0;
+      std::unique_ptr<Executor> executor;
+      std::unique_ptr<Explainer> explainer;
+      if (scenario == "forward") {
+        executor = std::make_unique<Executor>(graph, shapes, pool);
+        executor->set_input(input_name, x);
+        planned_bytes = executor->stats().arena_bytes + executor->stats().workspace_bytes + executor->stats().weight_bytes;
+        run = [&] { executor->forward(); };
+      } else {
+        CAMRT_CHECK(is_cam_method(scenario), "--method '" << scenario << "': expected forward or a CAM method");
+        ExplainOptions options;
+        options.methods = {scenario};
+        explainer = std::make_unique<Explainer>(graph, batch, options, pool);
+        const PlanStats& s = explainer->main_plan_stats();
+        planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
+        run = [&] { explainer->run(x); };
+      }
+      for (int64_t i = 0; i < warmup; ++i) run();
+      std::vector<double> times;
+      for (int64_t i = 0; i < iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        run();
+        times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        if (iters >= 10 && (i + 1) % 10 == 0) std::fprintf(stderr, "  %s batch %lld: %lld/%lld\r", scenario.c_str(), static_cast<long long>(batch), static_cast<long long>(i + 1), static_cast<long long>(iters));
+      }
+      const double median = percentile(times, 0.5);
+      nlohmann::json row = {{"model", name},
+                            {"batch", batch},
+                            {"scenario", "camrt_" + scenario + "_fp32"},
+                            {"median_ms", median},
+                            {"min_ms", *std::min_element(times.begin(), times.end())},
+                            {"p90_ms", percentile(times, 0.9)},
+                            {"p99_ms", percentile(times, 0.99)},
+                            {"max_ms", *std::max_element(times.begin(), times.end())},
+                            {"per_image_ms", median / batch},
+                            {"images_per_s", 1000.0 * batch / median},
+                            {"peak_mib", static_cast<double>(planned_bytes) / (1024.0 * 1024.0)},
+                            {"precision", "fp32"},
+                            {"device", device},
+                            {"iters", iters}};
+      if (iters >= 10) std::fprintf(stderr, "%*s\r", 40, "");
+      std::cout << row.dump() << std::endl;
+    }
+  }
+  return 0;
+}
+
+}  // namespace camrt::cli
