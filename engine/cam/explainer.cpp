@@ -63,8 +63,8 @@ HostTensor copy_of(const Tensor& t) {
 
 // How the explained score y is read from the output: a logit, or a softmax probability.
 struct TargetRule {
-  enum Kind { Predicted, Class, TopK } kind = Predicted;
-  int64_t value = 0;  // class for Class, k for TopK
+  enum Kind { Predicted, Class, TopK, Region, Similarity } kind = Predicted;
+  int64_t value = 0;  // class for Class and Region, k for TopK
   bool softmax = false;
 };
 
@@ -92,6 +92,17 @@ TargetRule parse_target(const std::string& text) {
     return static_cast<int64_t>(v);
   };
   if (rest.empty() || rest == "predicted") return rule;
+  if (rest == "similarity") {
+    CAMRT_CHECK(!rule.softmax, "--target '" << text << "': softmax does not apply to similarity");
+    rule.kind = TargetRule::Similarity;
+    return rule;
+  }
+  if (rest.rfind("region:", 0) == 0) {
+    CAMRT_CHECK(!rule.softmax, "--target '" << text << "': softmax does not apply to a region");
+    rule.kind = TargetRule::Region;
+    rule.value = parse_int(rest.substr(7));
+    return rule;
+  }
   if (rest.rfind("top", 0) == 0) {
     rule.kind = TargetRule::TopK;
     rule.value = parse_int(rest.substr(3));
@@ -125,7 +136,10 @@ struct Explainer::Impl {
   ThreadPool& pool;
   ExplainOptions options;
   TargetRule rule;
-  int64_t batch = 0, channels = 0, height = 0, width = 0, classes = 0;
+  int64_t batch = 0, channels = 0, height = 0, width = 0;
+  int64_t classes = 0;        // output channels (dim 1)
+  int64_t out_per_image = 0;  // output elements per image
+  int64_t out_spatial = 1;    // output positions per channel (segmentation outputs)
   std::string input_name;
   std::vector<int> layer_ids;          // value ids of the explained tensors
   std::vector<std::string> layer_tensors;
@@ -137,10 +151,23 @@ struct Explainer::Impl {
 
   // d(score)/d(output) for target t: one-hot on the logit, or the softmax derivative p_c (delta_cj - p_j).
   std::vector<float> seed_for(const float* logits, const std::vector<int64_t>& cls) const {
-    std::vector<float> seed(static_cast<size_t>(batch * classes), 0.f);
+    std::vector<float> seed(static_cast<size_t>(batch * out_per_image), 0.f);
     for (int64_t b = 0; b < batch; ++b) {
-      const float* z = logits + b * classes;
-      float* s = seed.data() + b * classes;
+      const float* z = logits + b * out_per_image;
+      float* s = seed.data() + b * out_per_image;
+      if (rule.kind == TargetRule::Region) {  // y = sum_ij m_ij O_cij
+        const float* m = options.region_mask->f32();
+        for (int64_t i = 0; i < out_spatial; ++i) s[cls[b] * out_spatial + i] = m[i];
+        continue;
+      }
+      if (rule.kind == TargetRule::Similarity) {  // y = cos(e, v): dy/de = v/(|e||v|) - cos e/|e|^2
+        const float* v = options.concept_vector->f32();
+        double ee = 0, vv = 0, ev = 0;
+        for (int64_t j = 0; j < out_per_image; ++j) ee += double(z[j]) * z[j], vv += double(v[j]) * v[j], ev += double(z[j]) * v[j];
+        const double ne = std::sqrt(ee), nv = std::sqrt(vv), cosine = ev / (ne * nv);
+        for (int64_t j = 0; j < out_per_image; ++j) s[j] = static_cast<float>(v[j] / (ne * nv) - cosine * z[j] / ee);
+        continue;
+      }
       if (!rule.softmax) {
         s[cls[b]] = 1.f;
         continue;
@@ -162,6 +189,18 @@ struct Explainer::Impl {
 
   // The explained score of one output row: logit z_c, or softmax(z)_c.
   float score_of(const float* z, int64_t c) const {
+    if (rule.kind == TargetRule::Region) {
+      const float* m = options.region_mask->f32();
+      double y = 0;
+      for (int64_t i = 0; i < out_spatial; ++i) y += double(m[i]) * z[c * out_spatial + i];
+      return static_cast<float>(y);
+    }
+    if (rule.kind == TargetRule::Similarity) {
+      const float* v = options.concept_vector->f32();
+      double ee = 0, vv = 0, ev = 0;
+      for (int64_t j = 0; j < out_per_image; ++j) ee += double(z[j]) * z[j], vv += double(v[j]) * v[j], ev += double(z[j]) * v[j];
+      return static_cast<float>(ev / std::sqrt(ee * vv));
+    }
     if (!rule.softmax) return z[c];
     return static_cast<float>(softmax(z)[c]);
   }
@@ -170,6 +209,11 @@ struct Explainer::Impl {
     std::vector<std::vector<int64_t>> targets;
     const int64_t count = rule.kind == TargetRule::TopK ? std::min(rule.value, classes) : 1;
     targets.assign(static_cast<size_t>(count), std::vector<int64_t>(static_cast<size_t>(batch)));
+    if (rule.kind == TargetRule::Region || rule.kind == TargetRule::Similarity) {
+      CAMRT_CHECK(rule.value < classes, "--target region class " << rule.value << " is out of range: the output has " << classes << " channels");
+      for (auto& t : targets) std::fill(t.begin(), t.end(), rule.value);
+      return targets;
+    }
     for (int64_t b = 0; b < batch; ++b) {
       const float* z = logits + b * classes;
       std::vector<int64_t> order(static_cast<size_t>(classes));
@@ -302,7 +346,7 @@ struct Explainer::Impl {
         score->forward();
         const Tensor out = score->value(graph.output_ids()[0]);
         for (int64_t i = 0; i < n; ++i) {
-          const float* z = out.f32() + i * classes;
+          const float* z = out.f32() + i * out_per_image;
           scores[b * K + k0 + i] = options.scorecam_paper ? static_cast<float>(softmax(z)[cls[b]]) : score_of(z, cls[b]);
         }
       }
@@ -321,14 +365,14 @@ struct Explainer::Impl {
     Tensor in = tail.input(layer_tensors[layer]);
     const int64_t per_copy = K * h * w;
     for (int64_t b = 0; b < batch; ++b) {
-      y[b] = score_of(last_logits + b * classes, cls[b]);
+      y[b] = score_of(last_logits + b * out_per_image, cls[b]);
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
         const int64_t n = std::min(chunk, K - k0);
         ablation_batch(in.f32(), A.f32() + b * per_copy, values[b], k0, n, K, h, w, pool);
         if (n < chunk) std::memset(in.f32() + n * per_copy, 0, static_cast<size_t>((chunk - n) * per_copy) * sizeof(float));
         tail.forward();
         const Tensor out = tail.value(graph.output_ids()[0]);
-        for (int64_t i = 0; i < n; ++i) y_ablated[b * K + k0 + i] = score_of(out.f32() + i * classes, cls[b]);
+        for (int64_t i = 0; i < n; ++i) y_ablated[b * K + k0 + i] = score_of(out.f32() + i * out_per_image, cls[b]);
       }
     }
     ablation_weights(weights.data(), y.data(), y_ablated.data(), batch, K);
@@ -502,9 +546,23 @@ Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, 
                                                                    << "' has shape " << shape_str(s) << "; CAM methods need a (B, K, h, w) activation");
   }
   const Shape& out_shape = m.main->descs()[graph.output_ids()[0]].shape;
-  CAMRT_CHECK(out_shape.size() == 2 && out_shape[0] == batch,
-              graph.source_name() << ": explain needs a (B, classes) output, got " << shape_str(out_shape));
+  const bool region = m.rule.kind == TargetRule::Region, similarity = m.rule.kind == TargetRule::Similarity;
+  CAMRT_CHECK(out_shape.size() >= 2 && out_shape[0] == batch && (region || out_shape.size() == 2),
+              graph.source_name() << ": explain needs a (B, classes) output" << (region ? " or a (B, C, ...) segmentation output" : "")
+                                  << ", got " << shape_str(out_shape));
   m.classes = out_shape[1];
+  m.out_per_image = checked_numel(out_shape) / batch;
+  m.out_spatial = m.out_per_image / m.classes;
+  if (region) {
+    CAMRT_CHECK(options_.region_mask && options_.region_mask->dtype == DType::F32 && options_.region_mask->numel() == m.out_spatial,
+                "--target region needs a float32 mask with " << m.out_spatial << " values (the output's spatial size "
+                                                             << shape_str(Shape(out_shape.begin() + 2, out_shape.end())) << ")");
+  }
+  if (similarity) {
+    CAMRT_CHECK(options_.concept_vector && options_.concept_vector->dtype == DType::F32 && options_.concept_vector->numel() == m.out_per_image,
+                "--target similarity needs a float32 concept vector with " << m.out_per_image << " values (the embedding size)");
+  }
+  CAMRT_CHECK(!options_.scorecam_paper || (!region && !similarity), "--scorecam paper needs a classification output");
   if (m.any_guided) {
     PlanOptions guided_options;
     guided_options.grad_targets = {m.input_name};

@@ -22,8 +22,12 @@ struct ExplainOptions {
   // Layers to explain: node or tensor names; empty or {"auto"}: the model's default explanation layer.
   std::vector<std::string> layers;
   // "" or "predicted": argmax class; "C": class index; "softmax:C": softmax probability of C (or
-  // "softmax" for the predicted class); "topK": one map per each of the K highest classes.
+  // "softmax" for the predicted class); "topK": one map per each of the K highest classes;
+  // "region:C": segmentation output O (B, C, ...), y = sum_ij m_ij O_cij with region_mask m;
+  // "similarity": embedding output e (B, D), y = cos(e, v) with concept_vector v.
   std::string target;
+  std::shared_ptr<const HostTensor> region_mask;     // (output spatial dims), float32
+  std::shared_ptr<const HostTensor> concept_vector;  // (D,), float32
   bool aug_smooth = false;       // spec post-processing step 5
   bool eigen_smooth = false;     // spec post-processing step 6
   bool layercam_tanh = false;    // LayerCAM paper option for shallow layers

@@ -73,11 +73,13 @@ class Im2colPacker : public GemmBPacker {
   }
 
  private:
-  // The columns of a panel form segments along output rows (one input row per tap). NR > 0: each segment's
-  // in-bounds taps are copied as one fixed-width row of NR floats (a few vector moves), then its out-of-bounds
-  // columns (padding) are zeroed. Segments are written left to right, so a copy's spill past its own end is
-  // overwritten by the next segment, or lands in the next panel row (written later, in order) or in the slack
-  // past the block that GemmBPacker provides.
+  // The columns of a panel form segments along output rows (one input row per tap). The block is packed
+  // k-row by k-row across a group of panels, so consecutive reads walk along input rows (what the hardware
+  // prefetcher follows) rather than hopping between channel planes. NR > 0: each segment's in-bounds taps are
+  // copied as one fixed-width row of NR floats (a few vector moves), then its out-of-bounds columns (padding) are
+  // zeroed. Segments of a panel row are written left to right, so a copy's spill past its own end is
+  // overwritten by the next segment or lands in the panel's next row (written later); in a panel's last row
+  // the last segment copies exactly, since its spill would land in the next panel, already written.
   template <int NR>
   CAMRT_INLINE_LOOPS void pack_panels(float* dst, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                                       int64_t runtime_nr = NR) const {
@@ -86,40 +88,49 @@ class Im2colPacker : public GemmBPacker {
     const int64_t sw = s_.stride_w;
     const bool fast = NR > 0 && sw <= 2;  // the strides the fixed-width copies handle
     struct Segment {
+      float* panel;      // the panel's row 0
       int64_t col, len;  // first panel column and length
       int64_t ow;        // output column of the first
       int64_t ih0;       // input row of tap kh = 0
       int64_t base;      // offset of (image, channel0, row 0, column ow * sw - pad_left)
+      bool last;         // last segment of its panel
     };
-    for (int64_t jp = 0; jp < nc; jp += nr) {
-      float* d = dst + jp * kc;
-      const int64_t w = std::min(nr, nc - jp);
-      Segment segs[kMaxPanel];
+    constexpr int kMaxSegments = 256;
+    Segment segs[kMaxSegments];
+    for (int64_t group = 0; group < nc;) {
+      // Gather whole panels while their segments fit (a panel has at most nr <= kMaxPanel segments).
       int num_segs = 0;
-      for (int64_t q = 0; q < w;) {
-        const int64_t j = j0 + jp + q;
-        const int64_t image = j / out_plane, r = j % out_plane, oh = r / out_w_, ow = r % out_w_;
-        const int64_t len = std::min(w - q, out_w_ - ow);
-        segs[num_segs++] = Segment{q, len, ow, oh * s_.stride_h - s_.pad_top,
-                                   (image * s_.in_channels + channel0_) * plane + ow * sw - s_.pad_left};
-        q += len;
+      int64_t jp = group;
+      for (; jp < nc && num_segs + kMaxPanel <= kMaxSegments; jp += nr) {
+        const int64_t w = std::min(nr, nc - jp);
+        for (int64_t q = 0; q < w;) {
+          const int64_t j = j0 + jp + q;
+          const int64_t image = j / out_plane, r = j % out_plane, oh = r / out_w_, ow = r % out_w_;
+          const int64_t len = std::min(w - q, out_w_ - ow);
+          segs[num_segs++] = Segment{dst + jp * kc, q, len, ow, oh * s_.stride_h - s_.pad_top,
+                                     (image * s_.in_channels + channel0_) * plane + ow * sw - s_.pad_left,
+                                     q + len == w};
+          q += len;
+        }
       }
+      const int64_t group_end = jp;
       int64_t c = k0 / taps, kh = (k0 % taps) / s_.kernel_w, kw = k0 % s_.kernel_w;
       for (int64_t p = 0; p < kc; ++p) {
-        float* __restrict dp = d + p * nr;
         // Output columns [ow_lo, ow_hi) of any row have this tap inside the input row.
         int64_t ow_lo, ow_hi;
         valid_range(kw * s_.dilation_w - s_.pad_left, sw, s_.in_w, out_w_, &ow_lo, &ow_hi);
         const int64_t ih_off = kh * s_.dilation_h;
         const int64_t tap = c * plane + kw * s_.dilation_w;
+        const bool last_row = p == kc - 1;
         for (int g = 0; g < num_segs; ++g) {
           const Segment& seg = segs[g];
-          float* __restrict to = dp + seg.col;
+          float* __restrict to = seg.panel + p * nr + seg.col;
+          const bool may_spill = !(last_row && seg.last);
           const int64_t ih = seg.ih0 + ih_off;
           const int64_t lead = std::clamp(ow_lo - seg.ow, int64_t(0), seg.len);
           const int64_t end = std::clamp(ow_hi - seg.ow, lead, seg.len);
           if (ih < 0 || ih >= s_.in_h || lead == end) {  // the whole segment is padding
-            if (NR > 0) {
+            if (NR > 0 && may_spill) {
               for (int t = 0; t < NR; ++t) to[t] = 0.f;
             } else {
               for (int64_t t = 0; t < seg.len; ++t) to[t] = 0.f;
@@ -128,7 +139,7 @@ class Im2colPacker : public GemmBPacker {
           }
           const int64_t at = seg.base + tap + ih * s_.in_w + lead * sw;  // first in-bounds tap
           const float* __restrict from = in_ + at;
-          if (fast && at + NR * sw <= readable_) {
+          if (fast && may_spill && at + NR * sw <= readable_) {
             if (sw == 1) {
               std::memcpy(to + lead, from, sizeof(float) * size_t(NR > 0 ? NR : 1));
             } else {
@@ -143,7 +154,11 @@ class Im2colPacker : public GemmBPacker {
           for (int64_t t = 0; t < lead; ++t) to[t] = 0.f;
           for (int64_t t = end; t < seg.len; ++t) to[t] = 0.f;
         }
-        for (int64_t q = w; q < nr; ++q) dp[q] = 0.f;  // columns past N of a ragged last panel
+        // Columns past N of a ragged last panel.
+        if (group_end >= nc && nc % nr != 0) {
+          float* tail = dst + (nc - nc % nr) * kc + p * nr;
+          for (int64_t q = nc % nr; q < nr; ++q) tail[q] = 0.f;
+        }
         if (++kw == s_.kernel_w) {
           kw = 0;
           if (++kh == s_.kernel_h) {
@@ -152,6 +167,7 @@ class Im2colPacker : public GemmBPacker {
           }
         }
       }
+      group = group_end;
     }
   }
 

@@ -80,7 +80,9 @@ int run_explain(const std::vector<std::string>& argv) {
             "and NAME.METHOD.npy (float32 map in [0, 1] at input resolution) per input and method, and\n"
             "results.json (classes, probabilities, timings).\n\nmethods: " + method_list);
   args.option("method", "LIST", "comma-separated methods", "gradcam")
-      .option("target", "T", "class index, softmax:C, topK, or predicted", "predicted")
+      .option("target", "T", "class index, softmax:C, topK, predicted, region:C (with --mask) or similarity (with --concept)", "predicted")
+      .option("mask", "FILE.npy", "region target: float32 mask over the output's spatial positions")
+      .option("concept", "FILE.npy", "similarity target: float32 concept vector (embedding size)")
       .option("layer", "NAMES", "comma-separated node or tensor names, or auto", "auto")
       .option("out", "DIR", "output directory", "camrt-out")
       .option("batch", "N", "images per batch for directories", "8")
@@ -114,6 +116,8 @@ int run_explain(const std::vector<std::string>& argv) {
   for (const auto& m : options.methods) CAMRT_CHECK(is_cam_method(m), "--method '" << m << "': unknown (methods: " << method_list << ")");
   options.layers = split(args.get("layer"), ',');
   options.target = args.get("target");
+  if (args.has("mask")) options.region_mask = std::make_shared<HostTensor>(read_npy(args.get("mask")));
+  if (args.has("concept")) options.concept_vector = std::make_shared<HostTensor>(read_npy(args.get("concept")));
   options.aug_smooth = args.has("aug-smooth");
   options.eigen_smooth = args.has("eigen-smooth");
   options.layercam_tanh = args.has("layercam-tanh");
@@ -196,8 +200,15 @@ int run_explain(const std::vector<std::string>& argv) {
         }
       }
     }
-    const int64_t classes = ex.logits.shape[1];
-    for (int64_t b = 0; b < B; ++b) {
+    const int64_t classes = ex.logits.shape.size() == 2 ? ex.logits.shape[1] : 0;  // no top-k for other outputs
+    for (int64_t b = 0; b < B && classes == 0; ++b) {
+      nlohmann::json entry;
+      entry["name"] = names[b];
+      entry["targets"] = nlohmann::json::array();
+      for (size_t t = 0; t < T; ++t) entry["targets"].push_back(ex.classes[t][b]);
+      results["images"].push_back(entry);
+    }
+    for (int64_t b = 0; b < B && classes > 0; ++b) {
       const float* z = ex.logits.f32() + b * classes;
       const float max_z = *std::max_element(z, z + classes);
       double sum = 0;

@@ -1,0 +1,177 @@
+// The explain pipeline around the CAM kernels: targets (top-k, softmax, similarity), aug-smooth, several
+// layers, and the camrt explain command's files. Per-method numerics are in test_golden_cams.cpp.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/cam/explainer.h"
+#include "engine/image/image.h"
+#include "engine/npy.h"
+#include "weights/onnx/onnx_import.h"
+
+using namespace camrt;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kFixtures = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures";
+
+Graph fixture_graph(const std::string& name) {
+  return Graph(import_onnx((kFixtures / "models" / name / "model.onnx").string()), name);
+}
+
+double max_abs_diff(const HostTensor& a, const HostTensor& b) {
+  REQUIRE(a.numel() == b.numel());
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(double(a.f32()[i]) - double(b.f32()[i])));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("explain: top-k targets come from one forward and equal single-class runs") {
+  // mobilenet_v3_small: its gradient depends on the class in space (not a GAP+linear head), so maps differ.
+  Graph graph = fixture_graph("mobilenet_v3_small");
+  ThreadPool pool(2);
+  const HostTensor x = read_npy((kFixtures / "models/mobilenet_v3_small/input.npy").string());
+  ExplainOptions top;
+  top.methods = {"gradcam", "layercam"};
+  top.target = "top3";
+  Explainer explainer(graph, x.shape[0], top, pool);
+  const Explanation ex = explainer.run(x);
+  REQUIRE(ex.classes.size() == 3);
+  for (size_t t = 0; t < 3; ++t) {
+    ExplainOptions one = top;
+    one.target = std::to_string(ex.classes[t][0]);
+    if (ex.classes[t][0] != ex.classes[t][1]) continue;  // a fixed class applies to every image
+    const Explanation single = Explainer(graph, x.shape[0], one, pool).run(x);
+    for (size_t m = 0; m < top.methods.size(); ++m) {
+      const int64_t per_target = ex.results[m].maps.numel() / 3;
+      HostTensor slice(DType::F32, single.results[m].maps.shape);
+      std::memcpy(slice.f32(), ex.results[m].maps.f32() + t * per_target, per_target * sizeof(float));
+      CHECK(max_abs_diff(slice, single.results[m].maps) == 0.0);
+    }
+  }
+}
+
+TEST_CASE("explain: aug-smooth is the mean of the six flipped/scaled variants, flipped back") {
+  Graph graph = fixture_graph("vgg11_bn");
+  ThreadPool pool(2);
+  const HostTensor x = read_npy((kFixtures / "models/vgg11_bn/cam/chelsea/input.npy").string());
+  ExplainOptions options;
+  options.methods = {"gradcam"};
+  options.target = "0";  // a fixed class, so every variant explains the same score
+  ExplainOptions smooth = options;
+  smooth.aug_smooth = true;
+  const Explanation got = Explainer(graph, 1, smooth, pool).run(x);
+  const int64_t W = x.shape[3];
+  HostTensor expected(DType::F32, got.results[0].maps.shape);
+  Explainer plain(graph, 1, options, pool);
+  for (bool flip : {false, true})
+    for (float factor : {0.9f, 1.0f, 1.1f}) {
+      HostTensor v = x;
+      for (int64_t i = 0; i < v.numel(); ++i) v.f32()[i] *= factor;
+      if (flip)
+        for (int64_t r = 0; r < v.numel() / W; ++r) std::reverse(v.f32() + r * W, v.f32() + (r + 1) * W);
+      HostTensor map = plain.run(v).results[0].maps;
+      if (flip)
+        for (int64_t r = 0; r < map.numel() / W; ++r) std::reverse(map.f32() + r * W, map.f32() + (r + 1) * W);
+      for (int64_t i = 0; i < map.numel(); ++i) expected.f32()[i] += map.f32()[i] / 6.f;
+    }
+  // Same float operations in a different summation order: a few ulps of values in [0, 1].
+  CHECK(max_abs_diff(got.results[0].maps, expected) <= 1e-6);
+}
+
+TEST_CASE("explain: similarity target with the embedding itself as concept has zero gradient") {
+  // cos(e, v) is maximal at v = e, so dy/de = 0 and every gradient map is empty: a check of the seed formula.
+  Graph graph = fixture_graph("vgg11_bn");
+  ThreadPool pool(2);
+  const HostTensor x = read_npy((kFixtures / "models/vgg11_bn/cam/chelsea/input.npy").string());
+  ExplainOptions options;
+  options.methods = {"gradcam", "hirescam"};
+  options.target = "similarity";
+  auto logits = run_model(graph, {{graph.values()[graph.input_ids()[0]].name, x}}, pool);
+  options.concept_vector = std::make_shared<HostTensor>(logits.begin()->second);
+  options.concept_vector = std::make_shared<HostTensor>(HostTensor(DType::F32, {options.concept_vector->numel()}));
+  std::memcpy(const_cast<float*>(options.concept_vector->f32()), logits.begin()->second.f32(), logits.begin()->second.bytes.size());
+  const Explanation same = Explainer(graph, 1, options, pool).run(x);
+  // float32 rounding leaves |G| ~ 1e-9; after ReLU and normalization by (max + 1e-7) such noise stays below
+  // 1e-9 / 1e-7 = 1e-2, while a real map reaches 1.
+  for (const auto& r : same.results) {
+    CAPTURE(r.method);
+    CHECK(*std::max_element(r.maps.f32(), r.maps.f32() + r.maps.numel()) <= 1e-2f);
+  }
+  // A different concept vector gives a non-empty map.
+  auto other = std::make_shared<HostTensor>(DType::F32, Shape{options.concept_vector->numel()});
+  other->f32()[0] = 1.f;
+  options.concept_vector = other;
+  const Explanation diff = Explainer(graph, 1, options, pool).run(x);
+  CHECK(*std::max_element(diff.results[0].maps.f32(), diff.results[0].maps.f32() + diff.results[0].maps.numel()) > 0.5f);
+}
+
+TEST_CASE("explain: unknown method, bad layer, bad target are clear errors") {
+  Graph graph = fixture_graph("resnet18");
+  ThreadPool pool(1);
+  ExplainOptions options;
+  options.methods = {"gradcamm"};
+  CHECK_THROWS_WITH_AS(Explainer(graph, 1, options, pool), doctest::Contains("unknown CAM method 'gradcamm'"), Error);
+  options.methods = {"gradcam"};
+  options.layers = {"/no/such/Relu"};
+  CHECK_THROWS_WITH_AS(Explainer(graph, 1, options, pool), doctest::Contains("'/no/such/Relu'"), Error);
+  options.layers = {};
+  options.target = "top0";
+  CHECK_THROWS_AS(Explainer(graph, 1, options, pool), Error);
+  options.target = "softmax:x";
+  CHECK_THROWS_AS(Explainer(graph, 1, options, pool), Error);
+  options.target = "region:1";  // a classifier has no spatial output and no mask was given
+  CHECK_THROWS_AS(Explainer(graph, 1, options, pool), Error);
+}
+
+TEST_CASE("cli: explain writes overlays, maps and results.json for images, directories and top-k") {
+  const fs::path dir = fs::temp_directory_path() / ("camrt_explain_cli_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "photos");
+  fs::copy(kFixtures / "image/chelsea.jpg", dir / "photos/cat.jpg");
+  fs::copy(kFixtures / "image/chelsea.jpg", dir / "photos/cat2.jpg");
+  auto run = [&](const std::string& args) {
+    const std::string cmd = std::string(CAMRT_CLI_PATH) + " " + args + " >" + (dir / "out.txt").string() + " 2>" + (dir / "err.txt").string();
+    const int status = std::system(cmd.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  REQUIRE(run("convert " + (kFixtures / "models/resnet18/model.onnx").string() + " -o " + (dir / "m").string()) == 0);
+  REQUIRE(run("explain " + (dir / "m/model.json").string() + " " + (dir / "photos").string() +
+              " --method gradcam,eigencam,guided-backprop --target top2 --batch 2 --out " + (dir / "out").string()) == 0);
+  std::ifstream in(dir / "out/results.json");
+  const nlohmann::json results = nlohmann::json::parse(in);
+  REQUIRE(results["images"].size() == 2);
+  for (const auto& image : results["images"]) {
+    REQUIRE(image["targets"].size() == 2);
+    for (const auto& c : image["targets"]) {
+      const std::string stem = (dir / "out" / image["name"].get<std::string>()).string() + ".";
+      const std::string cls = std::to_string(c.get<int64_t>());
+      for (const std::string method : {"gradcam", "eigencam"}) {
+        const HostTensor map = read_npy(stem + method + "." + cls + ".npy");
+        CHECK(map.shape == Shape{64, 64});
+        const auto [lo, hi] = std::minmax_element(map.f32(), map.f32() + map.numel());
+        CHECK(*lo >= 0.f);
+        CHECK(*hi <= 1.f);
+        const Image png = read_image(stem + method + "." + cls + ".png");
+        CHECK(png.width == 64);
+      }
+      CHECK(read_npy(stem + "guided-backprop." + cls + ".npy").shape == Shape{3, 64, 64});
+    }
+  }
+  CHECK(results["timing_ms"].contains("forward"));
+  // Errors: one line, exit code 1.
+  CHECK(run("explain " + (dir / "m/model.json").string() + " " + (dir / "photos/cat.jpg").string() + " --method nope") == 1);
+  std::ofstream(dir / "broken.jpg") << "not an image";
+  CHECK(run("explain " + (dir / "m/model.json").string() + " " + (dir / "broken.jpg").string() + " --out " + (dir / "o2").string()) == 1);
+  fs::remove_all(dir);
+}
