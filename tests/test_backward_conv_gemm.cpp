@@ -380,7 +380,8 @@ TEST_CASE("Conv input gradient matches PyTorch autograd (stride 2, pad 1, groups
 }
 
 TEST_CASE("Conv input gradient matches naive loops on larger threaded shapes (with guided fused relu)") {
-  // Channel counts large enough that the GEMMs block over K and M and col2im / depthwise split over both workers.
+  // Channel counts large enough that the GEMMs block over K and M and col2im / depthwise split over both workers;
+  // 4 or more groups run concurrently on the 2 workers.
   const std::vector<ConvCase> cases = {
       {{2, 32, 15, 14}, {48, 32, 3, 3}, {{"pads", {1, 1, 1, 1}}}, true},
       {{3, 32, 13, 12}, {64, 8, 3, 3}, {{"group", 4}, {"strides", {2, 2}}, {"pads", {1, 0, 1, 1}}}, false},
@@ -391,6 +392,11 @@ TEST_CASE("Conv input gradient matches naive loops on larger threaded shapes (wi
       {{3, 32, 7, 9}, {48, 8, 1, 1}, {{"group", 4}}, false},
       {{2, 24, 11, 11}, {40, 24, 1, 1}, {{"strides", {2, 2}}}, true},
       {{2, 32, 50}, {40, 32, 5}, {{"pads", {2, 2}}, {"strides", {3}}}, true},
+      // Image chunking of the backward GEMM (about 512 columns each): 300-pixel maps go 2 + 1 images, with groups
+      // running concurrently too; a 624-pixel map goes one image at a time.
+      {{3, 8, 20, 15}, {12, 8, 3, 3}, {{"pads", {1, 1, 1, 1}}}, true},
+      {{3, 32, 20, 15}, {32, 4, 3, 3}, {{"group", 8}, {"pads", {1, 1, 1, 1}}}, false},
+      {{2, 4, 26, 24}, {8, 4, 3, 3}, {{"pads", {1, 1, 1, 1}}}, true},
   };
   uint32_t seed = 500;
   for (ConvCase c : cases) {

@@ -47,7 +47,7 @@ inline float activate(float x, const FusedActivation& act) {
   }
 }
 
-// Widest GEMM panel the packer supports (the widest micro-kernel has 48 columns).
+// Widest GEMM panel the packer supports (the micro-kernels use 8 to 32 columns).
 constexpr int64_t kMaxPanel = 64;
 
 // B = im2col(in_g) for one group, batch folded into columns: row k = (c, kh, kw), column j = (n, oh, ow),
@@ -78,8 +78,8 @@ class Im2colPacker : public GemmBPacker {
   // prefetcher follows) rather than hopping between channel planes. NR > 0: each segment's in-bounds taps are
   // copied as one fixed-width row of NR floats (a few vector moves), then its out-of-bounds columns (padding) are
   // zeroed. Segments of a panel row are written left to right, so a copy's spill past its own end is
-  // overwritten by the next segment or lands in the panel's next row (written later); in a panel's last row
-  // the last segment copies exactly, since its spill would land in the next panel, already written.
+  // overwritten by the next segment or lands in the panel's next row (written later); the panels' last rows
+  // copy exactly, since a spill from there would land in the next panel, already written.
   template <int NR>
   CAMRT_INLINE_LOOPS void pack_panels(float* dst, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                                       int64_t runtime_nr = NR) const {
@@ -93,7 +93,6 @@ class Im2colPacker : public GemmBPacker {
       int64_t ow;        // output column of the first
       int64_t ih0;       // input row of tap kh = 0
       int64_t base;      // offset of (image, channel0, row 0, column ow * sw - pad_left)
-      bool last;         // last segment of its panel
     };
     constexpr int kMaxSegments = 256;
     Segment segs[kMaxSegments];
@@ -108,8 +107,7 @@ class Im2colPacker : public GemmBPacker {
           const int64_t image = j / out_plane, r = j % out_plane, oh = r / out_w_, ow = r % out_w_;
           const int64_t len = std::min(w - q, out_w_ - ow);
           segs[num_segs++] = Segment{dst + jp * kc, q, len, ow, oh * s_.stride_h - s_.pad_top,
-                                     (image * s_.in_channels + channel0_) * plane + ow * sw - s_.pad_left,
-                                     q + len == w};
+                                     (image * s_.in_channels + channel0_) * plane + ow * sw - s_.pad_left};
           q += len;
         }
       }
@@ -121,16 +119,15 @@ class Im2colPacker : public GemmBPacker {
         valid_range(kw * s_.dilation_w - s_.pad_left, sw, s_.in_w, out_w_, &ow_lo, &ow_hi);
         const int64_t ih_off = kh * s_.dilation_h;
         const int64_t tap = c * plane + kw * s_.dilation_w;
-        const bool last_row = p == kc - 1;
+        const bool last_row = p == kc - 1;  // exact copies only
         for (int g = 0; g < num_segs; ++g) {
           const Segment& seg = segs[g];
           float* __restrict to = seg.panel + p * nr + seg.col;
-          const bool may_spill = !(last_row && seg.last);
           const int64_t ih = seg.ih0 + ih_off;
           const int64_t lead = std::clamp(ow_lo - seg.ow, int64_t(0), seg.len);
           const int64_t end = std::clamp(ow_hi - seg.ow, lead, seg.len);
           if (ih < 0 || ih >= s_.in_h || lead == end) {  // the whole segment is padding
-            if (NR > 0 && may_spill) {
+            if (NR > 0 && !last_row) {
               for (int t = 0; t < NR; ++t) to[t] = 0.f;
             } else {
               for (int64_t t = 0; t < seg.len; ++t) to[t] = 0.f;
@@ -139,7 +136,7 @@ class Im2colPacker : public GemmBPacker {
           }
           const int64_t at = seg.base + tap + ih * s_.in_w + lead * sw;  // first in-bounds tap
           const float* __restrict from = in_ + at;
-          if (fast && may_spill && at + NR * sw <= readable_) {
+          if (fast && !last_row && at + NR * sw <= readable_) {
             if (sw == 1) {
               std::memcpy(to + lead, from, sizeof(float) * size_t(NR > 0 ? NR : 1));
             } else {
@@ -400,31 +397,57 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
 }
 
 // ---------------- Backward: input gradient ----------------
-// dx = conv_transpose(dy, W). Dense and grouped convs: per image and group, col (Cg*KH*KW, OH*OW) =
-// W_g^T x dy_g on the threaded GEMM, then col2im adds every column back onto the input position it was read
-// from. 1x1 stride-1 unpadded convs need no col2im: dx_g += W_g^T x dy_g straight into dx (beta = 1), the
-// batch folded into the columns as in the forward. Depthwise convs scatter directly. Every dx element is
-// written by one thread only, so results do not depend on the thread count's scheduling.
+// dx = conv_transpose(dy, W). Dense and grouped convs: per group and chunk of images, col (Cg*KH*KW,
+// images*OH*OW) = W_g^T x dy_g on the GEMM, then col2im adds every column back onto the input position it was
+// read from. Small feature maps fold several images into one GEMM (as the forward folds the batch) so late
+// 7x7 layers still give wide GEMMs; many small groups run concurrently, one single-threaded GEMM each, as in
+// the forward. 1x1 stride-1 unpadded convs need no col2im: dx_g += W_g^T x dy_g straight into dx (beta = 1),
+// the whole batch in the columns. Depthwise convs scatter directly. Every dx element is written by one thread
+// only, in a fixed order, so results do not depend on scheduling.
 
 namespace {
 
 constexpr size_t kColAlign = 64;
+// Columns worth of images one backward GEMM takes: enough width for the micro-kernel's tiles and the pool's
+// threads (7x7 maps: 11 images), while large maps (>= 512 pixels) stay one image at a time to bound the buffer.
+constexpr int64_t kFoldColumns = 512;
 
-size_t col_buffer_bytes(const Conv2dShape& s) {
-  const int64_t k = (s.in_channels / s.groups) * s.kernel_h * s.kernel_w;
-  return (size_t(k * s.out_h() * s.out_w()) * sizeof(float) + kColAlign - 1) / kColAlign * kColAlign;
+size_t round_up_align(size_t bytes) { return (bytes + kColAlign - 1) / kColAlign * kColAlign; }
+
+struct BackwardPlan {
+  int64_t images = 1;     // images per GEMM
+  int slots = 1;          // groups running at once, each in its own workspace slot (1: one after another)
+  size_t col_bytes = 0;   // column buffer per slot (64-byte multiple)
+  size_t gemm_bytes = 0;  // GEMM workspace per slot (64-byte multiple)
+};
+
+BackwardPlan backward_plan(const Conv2dShape& s, int num_threads) {
+  BackwardPlan p;
+  const int64_t out_plane = s.out_h() * s.out_w();
+  const int64_t k = (s.in_channels / s.groups) * s.kernel_h * s.kernel_w, mg = s.out_channels / s.groups;
+  p.images = std::clamp<int64_t>((kFoldColumns + out_plane - 1) / out_plane, 1, std::max<int64_t>(1, s.batch));
+  const bool parallel = groups_in_parallel(s, num_threads);
+  p.slots = parallel ? num_threads : 1;
+  const int gemm_threads = parallel ? 1 : num_threads;
+  const int64_t rest = s.batch % p.images;  // the last, smaller chunk
+  p.col_bytes = round_up_align(size_t(k * p.images * out_plane) * sizeof(float));
+  p.gemm_bytes = round_up_align(std::max(gemm_workspace_bytes(k, p.images * out_plane, mg, gemm_threads),
+                                         gemm_workspace_bytes(k, std::max<int64_t>(rest, 1) * out_plane, mg, gemm_threads)));
+  return p;
 }
 
-// dx += col2im(col) for one image and group: col row (c, kh, kw), column (oh, ow) adds onto
-// dx[c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw] when that lies inside the input (padding taps are dropped).
-// dx: (cg, in_h, in_w); col: (cg * kernel_h * kernel_w, out_h * out_w). Threaded over channels, each thread
-// owning its channels' planes.
-CAMRT_INLINE_LOOPS void col2im_add(float* dx, const float* col, int64_t cg, const Conv2dShape& s, ThreadPool& pool) {
+// dx += col2im(col) for `images` images of one group: col row (c, kh, kw), column (i, oh, ow) adds onto
+// dx[i, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw] when that lies inside the input (padding taps are dropped).
+// dx: the group's first channel of the chunk's first image, images `in_channels` planes apart;
+// col: (cg * kernel_h * kernel_w, images * out_h * out_w). Threaded over (image, channel) planes.
+CAMRT_INLINE_LOOPS void col2im_add(float* dx, const float* col, int64_t images, int64_t cg, const Conv2dShape& s,
+                                   ThreadPool& pool) {
   const int64_t oh_n = s.out_h(), ow_n = s.out_w(), plane = s.in_h * s.in_w, out_plane = oh_n * ow_n;
-  const int64_t taps = s.kernel_h * s.kernel_w, sw = s.stride_w;
-  pool.parallel_for(cg, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      float* x = dx + c * plane;
+  const int64_t taps = s.kernel_h * s.kernel_w, sw = s.stride_w, cols = images * out_plane;
+  pool.parallel_for(images * cg, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / cg, c = task % cg;
+      float* x = dx + (i * s.in_channels + c) * plane;
       for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
         int64_t oh_lo, oh_hi;  // output rows whose tap kh lies inside the input
         valid_range(kh * s.dilation_h - s.pad_top, s.stride_h, s.in_h, oh_n, &oh_lo, &oh_hi);
@@ -433,7 +456,7 @@ CAMRT_INLINE_LOOPS void col2im_add(float* dx, const float* col, int64_t cg, cons
           int64_t lo, hi;
           valid_range(off_w, sw, s.in_w, ow_n, &lo, &hi);
           if (lo >= hi) continue;
-          const float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * out_plane;
+          const float* row = col + ((c * s.kernel_h + kh) * s.kernel_w + kw) * cols + i * out_plane;
           for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
             const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
             float* __restrict xr = x + ih * s.in_w + lo * sw + off_w;
@@ -496,8 +519,8 @@ size_t conv2d_backward_data_workspace_bytes(const Conv2dShape& s, int num_thread
   if (is_depthwise(s) || s.batch == 0) return 0;
   const int64_t cg = s.in_channels / s.groups, mg = s.out_channels / s.groups;
   if (is_pointwise(s)) return gemm_workspace_bytes(cg, s.batch * s.in_h * s.in_w, mg, num_threads);
-  const int64_t k = cg * s.kernel_h * s.kernel_w;
-  return kColAlign + col_buffer_bytes(s) + gemm_workspace_bytes(k, s.out_h() * s.out_w(), mg, num_threads);
+  const BackwardPlan p = backward_plan(s, num_threads);
+  return kColAlign + size_t(p.slots) * (p.col_bytes + p.gemm_bytes);
 }
 
 void conv2d_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s, void* workspace,
@@ -528,18 +551,42 @@ void conv2d_backward_data(float* dx, const float* dy, const float* weight, const
     }
     return;
   }
+  const BackwardPlan plan = backward_plan(s, pool.num_threads());
   const uintptr_t base = reinterpret_cast<uintptr_t>(workspace);
-  float* col = reinterpret_cast<float*>((base + kColAlign - 1) / kColAlign * kColAlign);
-  unsigned char* gemm_ws = reinterpret_cast<unsigned char*>(col) + col_buffer_bytes(s);
-  const size_t gemm_ws_bytes = workspace_bytes - size_t(gemm_ws - static_cast<unsigned char*>(workspace));
-  for (int64_t n = 0; n < s.batch; ++n) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      // col (k, out_plane) = W_g^T (k, mg) x dy_{n,g} (mg, out_plane); W_g is stored (mg, k), hence trans_a.
-      gemm(col, out_plane, weight + g * mg * k, k, true, dy + (n * s.out_channels + g * mg) * out_plane, out_plane,
-           false, k, out_plane, mg, 1.f, 0.f, none, gemm_ws, gemm_ws_bytes, pool);
-      col2im_add(dx + (n * s.in_channels + g * cg) * plane, col, cg, s, pool);
+  unsigned char* slots = reinterpret_cast<unsigned char*>((base + kColAlign - 1) / kColAlign * kColAlign);
+  const auto run_group = [&](int64_t g, unsigned char* slot, ThreadPool& gemm_pool) {
+    float* col = reinterpret_cast<float*>(slot);
+    for (int64_t n0 = 0; n0 < s.batch; n0 += plan.images) {
+      const int64_t images = std::min(plan.images, s.batch - n0);
+      // col (k, images * out_plane) = W_g^T (k, mg) x dy_g (mg, images * out_plane); W_g is stored (mg, k),
+      // hence trans_a; dy_g's columns are one segment per image.
+      const GemmMatrixB b(dy + (n0 * s.out_channels + g * mg) * out_plane, out_plane, false, out_plane,
+                          s.out_channels * out_plane);
+      gemm_packed(GemmOutput{col, images * out_plane}, weight + g * mg * k, k, true, b, k, images * out_plane, mg,
+                  1.f, 0.f, none, slot + plan.col_bytes, plan.gemm_bytes, gemm_pool);
+      col2im_add(dx + (n0 * s.in_channels + g * cg) * plane, col, images, cg, s, gemm_pool);
     }
+  };
+  if (plan.slots == 1) {
+    for (int64_t g = 0; g < s.groups; ++g) run_group(g, slots, pool);
+    return;
   }
+  // A chunk of groups claims a free slot; at most pool.num_threads() chunks run at once (as in the forward).
+  constexpr int kMaxSlots = 256;
+  CAMRT_CHECK(plan.slots <= kMaxSlots, "conv2d_backward_data: more than " << kMaxSlots << " threads");
+  std::atomic<bool> busy[kMaxSlots];
+  for (int i = 0; i < plan.slots; ++i) busy[i].store(false, std::memory_order_relaxed);
+  ThreadPool serial(1);  // runs each group's GEMM and col2im inline in the thread that took the group
+  pool.parallel_for(s.groups, [&](int64_t begin, int64_t end) {
+    int slot = 0;
+    for (;; slot = (slot + 1) % plan.slots) {
+      bool expected = false;
+      if (busy[slot].compare_exchange_strong(expected, true, std::memory_order_acquire)) break;
+    }
+    unsigned char* ws = slots + size_t(slot) * (plan.col_bytes + plan.gemm_bytes);
+    for (int64_t g = begin; g < end; ++g) run_group(g, ws, serial);
+    busy[slot].store(false, std::memory_order_release);
+  });
 }
 
 void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,

@@ -42,8 +42,8 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
 // --- Backward (input gradient only; weight and bias gradients are never computed) ---
 
 // Scratch bytes conv2d_backward_data needs on a pool of num_threads: none for depthwise convs, the GEMM's
-// packing buffers for 1x1 stride-1 unpadded convs, else one image-group column matrix (Cg*KH*KW, OH*OW)
-// plus the GEMM's packing buffers.
+// packing buffers for 1x1 stride-1 unpadded convs, else a column matrix (Cg*KH*KW, images*OH*OW) for a few
+// images of one group plus the GEMM's packing buffers (once per thread when groups run concurrently).
 size_t conv2d_backward_data_workspace_bytes(const Conv2dShape& s, int num_threads);
 
 // dx += conv_transpose(dy, weight): the gradient of conv2d_forward's pre-activation output w.r.t. its input
