@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # camrt's main job on a shipped model: installs missing Debian packages, builds, converts the bundled
-# ResNet-18-style fixture (tests/fixtures/models/resnet18, made by tools/golden/make_golden.py), shows its
-# plan, and predicts on its bundled input batch. Usage: tools/demo.sh [BUILD_DIR]
+# ResNet-18-style fixture (tests/fixtures/models/resnet18, made by tools/golden/make_golden.py; random
+# weights until a trained default model ships), shows its plan, predicts, and explains a photo. Usage: tools/demo.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -15,3 +15,7 @@ out=$build/demo/resnet18
 "$build/camrt" inspect "$out/model.json" --summary
 "$build/camrt" predict "$out/model.json" --input "$model/input.npy" --topk 3 --save-logits "$build/demo/logits.npy"
 echo "logits written to $build/demo/logits.npy"
+# Explain a real photo (skimage's chelsea cat, tests/fixtures/image) with three CAM methods.
+"$build/camrt" explain "$out/model.json" tests/fixtures/image/chelsea.jpg --method gradcam,scorecam,eigencam \
+  --out "$build/demo/maps"
+echo "heatmaps and maps written to $build/demo/maps"
