@@ -13,7 +13,6 @@ namespace camrt {
 
 namespace {
 
-std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
 
 // The input's tensor name for messages (the node may list fewer names than inputs in hand-built graphs).
 std::string input_name(const Node& node, size_t i) {

@@ -11,7 +11,6 @@ namespace camrt {
 
 namespace {
 
-std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
 
 std::string input_name(const Node& node, size_t i) {
   return i < node.inputs.size() ? node.inputs[i] : "#" + std::to_string(i);

@@ -98,6 +98,9 @@ class Op {
   Node node_;
 };
 
+// "node 'NAME' (OP)": how every message names a node.
+inline std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
+
 using OpFactory = std::unique_ptr<Op> (*)(const Node& node);
 
 // The op registry: one line per op type (engine/ops/registry.cpp). Returns nullptr if unknown.

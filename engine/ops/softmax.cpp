@@ -10,7 +10,6 @@ namespace camrt {
 
 namespace {
 
-std::string where(const Node& node) { return "node '" + node.name + "' (" + node.op + ")"; }
 
 class SoftmaxOp final : public Op {
  public:
