@@ -7,7 +7,8 @@ namespace camrt {
 
 const char* version() { return CAMRT_VERSION; }
 
-Session::Session(const std::string& model_json, int64_t batch, ExplainOptions options, int num_threads)
+Session::Session(const std::string& model_json, int64_t batch, ExplainOptions options, int num_threads, Device device,
+                 Precision precision)
     : options_(std::move(options)) {
   CAMRT_CHECK(batch >= 1, "Session: batch must be at least 1");
   model_ = std::make_shared<const Model>(load_model(model_json));
@@ -17,8 +18,13 @@ Session::Session(const std::string& model_json, int64_t batch, ExplainOptions op
   input_name_ = graph_->values()[graph_->input_ids()[0]].name;
   const auto shapes = graph_->input_shapes_for_batch(batch);
   input_shape_ = shapes.at(input_name_);
-  predictor_ = std::make_unique<Executor>(*graph_, shapes, *pool_);
-  if (!options_.methods.empty()) explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_);
+  PlanOptions plan;
+  if (device == Device::CUDA) {
+    cuda_ = std::make_unique<CudaRuntime>(0, precision);
+    plan.cuda = cuda_.get();
+  }
+  predictor_ = std::make_unique<Executor>(*graph_, shapes, *pool_, plan);
+  if (!options_.methods.empty()) explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
   input_ = HostTensor(DType::F32, input_shape_);
 }
 
@@ -28,10 +34,14 @@ const Model& Session::model() const { return *model_; }
 const Graph& Session::graph() const { return *graph_; }
 
 Tensor Session::predict(const float* input) {
-  Tensor in = predictor_->input(input_name_);
-  std::memcpy(in.data, input, in.nbytes());
+  predictor_->set_input(input_name_, input);
   predictor_->forward();
-  return predictor_->value(graph_->output_ids()[0]);
+  const int out = graph_->output_ids()[0];
+  if (predictor_->device() == Device::CPU) return predictor_->value(out);
+  const Tensor device_view = predictor_->value(out);
+  if (logits_.shape != device_view.shape) logits_ = HostTensor(device_view.dtype, device_view.shape);
+  predictor_->fetch(out, logits_.bytes.data());
+  return logits_.view();
 }
 
 const Explanation& Session::explain(const float* input) {

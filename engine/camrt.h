@@ -25,7 +25,9 @@ const char* version();
 class Session {
  public:
   // Loads model_json (and its safetensors). batch: images per call. num_threads <= 0: all cores.
-  Session(const std::string& model_json, int64_t batch, ExplainOptions options = {}, int num_threads = 0);
+  // device CUDA: plans, weights and every kernel on GPU 0 (precision applies to convolutions and GEMMs).
+  Session(const std::string& model_json, int64_t batch, ExplainOptions options = {}, int num_threads = 0,
+          Device device = Device::CPU, Precision precision = Precision::TF32);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -50,12 +52,14 @@ class Session {
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Graph> graph_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<CudaRuntime> cuda_;  // declared before the plans that use it, so it outlives them
   std::unique_ptr<Executor> predictor_;
   std::unique_ptr<Explainer> explainer_;
   ExplainOptions options_;
   Shape input_shape_;
   std::string input_name_;
   HostTensor input_;
+  HostTensor logits_;  // predict()'s host copy on the GPU
   Explanation explanation_;
 };
 

@@ -209,8 +209,9 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   }
 
   // --- Workspace, shared by every forward and backward step.
-  context_.device = Device::CPU;
+  context_.device = options.cuda ? Device::CUDA : Device::CPU;
   context_.pool = &pool_;
+  context_.cuda = options.cuda;
   auto input_descs = [&](const GraphNode& gn) {
     std::vector<TensorDesc> in;
     for (int id : gn.inputs) {
@@ -224,8 +225,21 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   for (int n : active) stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(input_descs(nodes[n]), context_));
   for (int n : backward_nodes)
     stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->backward_workspace_bytes(input_descs(nodes[n]), context_));
-  const size_t workspace_offset = (memory_plan_.arena_bytes + 63) / 64 * 64;
-  arena_ = Arena(workspace_offset + stats_.workspace_bytes, Device::CPU);
+  const size_t workspace_offset = (memory_plan_.arena_bytes + 255) / 256 * 256;
+  arena_ = Arena(workspace_offset + stats_.workspace_bytes, context_.device, options.cuda);
+  if (options.cuda) {
+    device_constants_ = options.device_constants ? options.device_constants
+                                                 : std::make_shared<const DeviceConstants>(graph_, *options.cuda);
+    // Staging: the largest of the plan inputs (together), output 0 and the seed.
+    size_t inputs_bytes = 0;
+    for (int id : input_ids_) inputs_bytes += value_bytes(id);
+    size_t outputs_bytes = 0;
+    for (int id : graph_.output_ids())
+      if (available[id]) outputs_bytes = std::max(outputs_bytes, value_bytes(id));
+    stats_.staging_bytes = std::max(inputs_bytes, outputs_bytes);
+    staging_ = static_cast<uint8_t*>(options.cuda->allocate_pinned(stats_.staging_bytes, "input/output staging"));
+    use_graphs_ = options.cuda_graphs;
+  }
   context_.workspace = stats_.workspace_bytes ? arena_.data() + workspace_offset : nullptr;
   context_.workspace_bytes = stats_.workspace_bytes;
 
@@ -236,10 +250,13 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     Tensor& view = views_[id];
     view.dtype = descs_[id].dtype;
     view.shape = descs_[id].shape;
-    if (values[id].constant) view.data = const_cast<uint8_t*>(values[id].constant->bytes.data());
+    view.device = context_.device;
+    if (values[id].constant && device_constants_) view.data = device_constants_->data(static_cast<int>(id));
+    else if (values[id].constant) view.data = const_cast<uint8_t*>(values[id].constant->bytes.data());
     else if (buffer_of_value_[id] >= 0) view.data = arena_.data() + memory_plan_.offsets[buffer_of_value_[id]];
     if (buffer_of_gradient_[id] >= 0) {
-      gradient_views_[id] = Tensor{arena_.data() + memory_plan_.offsets[buffer_of_gradient_[id]], DType::F32, descs_[id].shape};
+      gradient_views_[id] = Tensor{arena_.data() + memory_plan_.offsets[buffer_of_gradient_[id]], DType::F32,
+                                   descs_[id].shape, context_.device};
     }
   }
   for (int n : active) {
@@ -264,13 +281,53 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   }
 }
 
+Executor::~Executor() {
+  if (staging_) context_.cuda->release_pinned(staging_);
+}
+
 void Executor::set_input(const std::string& name, const HostTensor& data) {
   Tensor view = input(name);
   CAMRT_CHECK(data.shape == view.shape && data.dtype == view.dtype,
               graph_.source_name() << ": input '" << name << "' planned as " << dtype_name(view.dtype) << " "
                                    << shape_str(view.shape) << ", got " << dtype_name(data.dtype) << " "
                                    << shape_str(data.shape));
-  if (!data.bytes.empty()) std::memcpy(view.data, data.bytes.data(), data.bytes.size());
+  if (!data.bytes.empty()) set_input(name, data.bytes.data());
+}
+
+void Executor::set_input(const std::string& name, const void* host_data) {
+  Tensor view = input(name);
+  const size_t bytes = view.nbytes();
+  if (context_.device == Device::CPU) {
+    std::memcpy(view.data, host_data, bytes);
+    return;
+  }
+  // The staging buffer may still feed the previous call's transfer: wait, then queue this one.
+  context_.cuda->synchronize();
+  std::memcpy(staging_, host_data, bytes);
+  copy_to_device(*context_.cuda, view.data, staging_, bytes);
+}
+
+void Executor::fetch(int value_id, void* host, bool gradient) const {
+  const Tensor view = gradient ? gradient_views_.at(static_cast<size_t>(value_id)) : value(value_id);
+  CAMRT_CHECK(!gradient || view.data, graph_.source_name() << ": no gradient planned for '" << graph_.values()[value_id].name << "'");
+  const size_t bytes = view.nbytes();
+  if (context_.device == Device::CPU) {
+    std::memcpy(host, view.data, bytes);
+    return;
+  }
+  if (bytes <= stats_.staging_bytes) {  // pinned: a full-speed DMA, then a host copy
+    copy_to_host(*context_.cuda, staging_, view.data, bytes);
+    std::memcpy(host, staging_, bytes);
+  } else {
+    copy_to_host(*context_.cuda, host, view.data, bytes);
+  }
+}
+
+HostTensor Executor::fetch(int value_id) const {
+  const Tensor view = value(value_id);
+  HostTensor out(view.dtype, view.shape);
+  if (!out.bytes.empty()) fetch(value_id, out.bytes.data());
+  return out;
 }
 
 Tensor Executor::input(const std::string& name) {
@@ -289,7 +346,45 @@ namespace {
 }
 }  // namespace
 
+template <typename Steps>
+void Executor::run_maybe_captured(Replay& replay, Steps steps) {
+  if (!use_graphs_ || replay.failed) {
+    steps();
+    return;
+  }
+  if (replay.graph && replay.graph->captured()) {
+    replay.graph->launch();
+    return;
+  }
+  if (replay.runs++ == 0) {  // first call: eager, so cuDNN/cuBLAS finish their lazy setup outside a capture
+    steps();
+    return;
+  }
+  // Captured work is recorded, not run: launch it on success, run eagerly if the capture failed.
+  replay.graph = std::make_unique<StreamGraph>(*context_.cuda);
+  replay.graph->begin_capture();
+  try {
+    steps();
+  } catch (...) {
+    replay.graph->end_capture();
+    replay.graph.reset();
+    replay.failed = true;
+    throw;
+  }
+  if (replay.graph->end_capture()) {
+    replay.graph->launch();
+  } else {
+    replay.graph.reset();
+    replay.failed = true;
+    steps();
+  }
+}
+
 void Executor::forward() {
+  run_maybe_captured(replays_[0], [this] { run_forward_steps(); });
+}
+
+void Executor::run_forward_steps() {
   const auto& nodes = graph_.nodes();
   for (const Step& step : forward_steps_) {
     try {
@@ -311,11 +406,27 @@ void Executor::backward(const HostTensor& seed, bool guided) {
 void Executor::backward(const float* seed, bool guided) {
   CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
   const Tensor& d_output = gradient_views_[seed_value_];
-  std::memcpy(d_output.data, seed, d_output.nbytes());
-  const auto& nodes = graph_.nodes();
+  const bool gpu = context_.device == Device::CUDA;
+  if (gpu) {
+    context_.cuda->synchronize();  // staging may still feed an earlier transfer
+    std::memcpy(staging_, seed, d_output.nbytes());
+    copy_to_device(*context_.cuda, d_output.data, staging_, d_output.nbytes());
+  } else {
+    std::memcpy(d_output.data, seed, d_output.nbytes());
+  }
   context_.guided_relu = guided;
+  run_maybe_captured(replays_[guided ? 2 : 1], [this] { run_backward_steps(); });
+  context_.guided_relu = false;
+}
+
+void Executor::run_backward_steps() {
+  const bool gpu = context_.device == Device::CUDA;
+  const auto& nodes = graph_.nodes();
   for (const Step& step : backward_steps_) {
-    for (int id : step.zero_before) std::memset(gradient_views_[id].data, 0, gradient_views_[id].nbytes());
+    for (int id : step.zero_before) {
+      if (gpu) fill_zero(*context_.cuda, gradient_views_[id].data, gradient_views_[id].nbytes());
+      else std::memset(gradient_views_[id].data, 0, gradient_views_[id].nbytes());
+    }
     try {
       nodes[step.node].op->backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
     } catch (const Error& e) {
@@ -323,7 +434,6 @@ void Executor::backward(const float* seed, bool guided) {
       rethrow_with_node(e, graph_.source_name(), *nodes[step.node].node, " backward");
     }
   }
-  context_.guided_relu = false;
 }
 
 Tensor Executor::value(const std::string& tensor_name) const { return value(resolve(tensor_name)); }
@@ -345,19 +455,16 @@ Tensor Executor::gradient(const std::string& tensor_name) const {
 bool Executor::is_readable_after_forward(int value_id) const { return readable_after_[value_id]; }
 
 std::map<std::string, HostTensor> run_model(const Graph& graph, const std::map<std::string, HostTensor>& inputs,
-                                            ThreadPool& pool) {
+                                            ThreadPool& pool, CudaRuntime* cuda) {
   std::map<std::string, Shape> shapes;
   for (const auto& [name, tensor] : inputs) shapes[name] = tensor.shape;
-  Executor executor(graph, shapes, pool);
+  PlanOptions options;
+  options.cuda = cuda;
+  Executor executor(graph, shapes, pool, options);
   for (const auto& [name, tensor] : inputs) executor.set_input(name, tensor);
   executor.forward();
   std::map<std::string, HostTensor> outputs;
-  for (int id : graph.output_ids()) {
-    const Tensor view = executor.value(id);
-    HostTensor out(view.dtype, view.shape);
-    if (!out.bytes.empty()) std::memcpy(out.bytes.data(), view.data, out.bytes.size());
-    outputs[graph.values()[id].name] = std::move(out);
-  }
+  for (int id : graph.output_ids()) outputs[graph.values()[id].name] = executor.fetch(id);
   return outputs;
 }
 

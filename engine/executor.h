@@ -10,11 +10,13 @@
 // plan's input (Ablation-CAM continues the network from the explained layer this way).
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/graph.h"
 #include "engine/memory/arena.h"
+#include "engine/memory/device_constants.h"
 #include "engine/memory/planner.h"
 
 namespace camrt {
@@ -30,6 +32,13 @@ struct PlanOptions {
   // If set, a tensor (or node name) that becomes the plan's only input: only nodes downstream of it run.
   // input_shapes still name the graph inputs (shapes are inferred for the whole graph).
   std::string start_from;
+  // Run on the GPU of this runtime: arena and workspace in device memory, ops on its stream. Null: the CPU.
+  CudaRuntime* cuda = nullptr;
+  // The graph's constants on that GPU, shared by all plans of the graph; uploaded by the executor if null.
+  std::shared_ptr<const DeviceConstants> device_constants;
+  // GPU: capture forward() and backward() in CUDA graphs on their second call (the first warms up cuDNN/cuBLAS)
+  // and replay them afterwards. Work that cannot be captured keeps running eagerly.
+  bool cuda_graphs = true;
 };
 
 struct PlanStats {
@@ -37,6 +46,7 @@ struct PlanStats {
   size_t naive_bytes = 0;      // one buffer per tensor, no reuse
   size_t workspace_bytes = 0;  // shared scratch for ops (im2col, ...)
   size_t weight_bytes = 0;     // constants, stored once per graph
+  size_t staging_bytes = 0;    // pinned host memory for input/output transfers (GPU plans)
   int64_t in_place_count = 0;  // outputs that reuse their input's buffer
   int64_t forward_nodes = 0;   // nodes run by forward()
   int64_t backward_nodes = 0;  // nodes run by backward()
@@ -50,7 +60,10 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
+  ~Executor();
   const Graph& graph() const { return graph_; }
+  Device device() const { return context_.device; }
+  CudaRuntime* cuda() const { return context_.cuda; }
   const std::vector<TensorDesc>& descs() const { return descs_; }
   const PlanStats& stats() const { return stats_; }
   const MemoryPlan& memory_plan() const { return memory_plan_; }
@@ -58,11 +71,13 @@ class Executor {
   // The plan's input value ids: the graph inputs, or the start_from tensor.
   const std::vector<int>& input_ids() const { return input_ids_; }
 
-  // Copies data into an input's buffer; shape and dtype must match the plan.
+  // Copies host data into an input's buffer; shape and dtype must match the plan. On the GPU the copy goes
+  // through pinned staging and is queued on the stream (it waits for the previous call's work first).
   void set_input(const std::string& name, const HostTensor& data);
-  // A writable view of an input's buffer, to fill in place.
+  void set_input(const std::string& name, const void* host_data);
+  // A writable view of an input's buffer, to fill in place (device memory in a GPU plan).
   Tensor input(const std::string& name);
-  // Runs the planned nodes in order on the CPU workers.
+  // Runs the planned nodes in order (CPU workers, or queued on the GPU stream without waiting).
   void forward();
   // Runs the backward pass after forward(): seed (shape of graph output 0) is d(score)/d(output).
   // guided: Guided Backprop (ReLU backward passes only positive gradients). May be called several times
@@ -70,9 +85,14 @@ class Executor {
   void backward(const HostTensor& seed, bool guided = false);
   // Same, reading the seed from a float buffer with output 0's element count.
   void backward(const float* seed, bool guided = false);
-  // A view of a value after forward(): inputs, graph outputs, constants and kept values.
+  // A view of a value after forward(): inputs, graph outputs, constants and kept values. In a GPU plan the
+  // view's data is device memory (Tensor::device says so); fetch() copies to the host.
   Tensor value(const std::string& tensor_name) const;
   Tensor value(int value_id) const;
+  // Copies a readable value (or, with gradient = true, a grad target's gradient) to host memory of its size;
+  // waits for the GPU.
+  void fetch(int value_id, void* host, bool gradient = false) const;
+  HostTensor fetch(int value_id) const;
   // The gradient of a grad target after backward().
   Tensor gradient(const std::string& tensor_name) const;
   bool is_readable_after_forward(int value_id) const;
@@ -105,13 +125,29 @@ class Executor {
   PlanStats stats_;
   Arena arena_;
   Context context_;
+  std::shared_ptr<const DeviceConstants> device_constants_;
+  uint8_t* staging_ = nullptr;  // pinned host memory (GPU plans)
+  // CUDA graphs: [0] forward, [1] backward, [2] guided backward; runs counted to capture on the second.
+  struct Replay {
+    std::unique_ptr<StreamGraph> graph;
+    int64_t runs = 0;
+    bool failed = false;
+  };
+  bool use_graphs_ = false;
+  Replay replays_[3];
+  void run_forward_steps();
+  void run_backward_steps();
+  // Runs `steps` eagerly, or through the replay's graph once it is captured.
+  template <typename Steps>
+  void run_maybe_captured(Replay& replay, Steps steps);
   std::vector<Tensor> views_;           // per value id
   std::vector<Tensor> gradient_views_;  // per value id
   std::vector<Step> forward_steps_, backward_steps_;
 };
 
 // Convenience for tools and tests: plans for the given inputs, runs one forward, returns the graph outputs by name.
+// cuda: run on that GPU instead of the CPU.
 std::map<std::string, HostTensor> run_model(const Graph& graph, const std::map<std::string, HostTensor>& inputs,
-                                            ThreadPool& pool);
+                                            ThreadPool& pool, CudaRuntime* cuda = nullptr);
 
 }  // namespace camrt

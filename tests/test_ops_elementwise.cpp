@@ -92,7 +92,10 @@ std::vector<HostTensor> run(const Node& node, const std::vector<const HostTensor
   }
   std::vector<Tensor*> out_ptrs;
   for (Tensor& v : out_views) out_ptrs.push_back(&v);
-  Context ctx{Device::CPU, &pool, workspace, workspace_bytes};
+  Context ctx;
+  ctx.pool = &pool;
+  ctx.workspace = workspace;
+  ctx.workspace_bytes = workspace_bytes;
   op->forward(ctx, in_ptrs, out_ptrs);
   if (in_place) std::memcpy(outs[0].bytes.data(), inputs[0]->bytes.data(), outs[0].bytes.size());
   return outs;

@@ -3,12 +3,16 @@
 #include "engine/cam/explainer.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <random>
 #include <set>
 
 #include "kernels/cpu/cam.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/cam.h"
+#endif
 
 namespace camrt {
 
@@ -55,11 +59,6 @@ bool variant_of(const std::string& method, GradCamVariant* v) {
   return true;
 }
 
-HostTensor copy_of(const Tensor& t) {
-  HostTensor out(t.dtype, t.shape);
-  if (!out.bytes.empty()) std::memcpy(out.bytes.data(), t.data, out.bytes.size());
-  return out;
-}
 
 // How the explained score y is read from the output: a logit, or a softmax probability.
 struct TargetRule {
@@ -131,9 +130,150 @@ bool is_cam_method(const std::string& name) {
   return false;
 }
 
+namespace {
+
+// The CAM kernels on the plan's device: every call below goes to kernels/cpu (threads) or kernels/cuda (the
+// runtime's stream) with the same arguments, so the orchestration in Explainer::Impl is written once. Pointers
+// are on that device; scratch comes from the Impl's buffers, never from an allocation per call.
+struct CamKernels {
+  Device device = Device::CPU;
+  ThreadPool* pool = nullptr;
+  CudaRuntime* cuda = nullptr;
+  bool gpu() const { return device == Device::CUDA; }
+#if CAMRT_WITH_CUDA
+  cudaStream_t stream() const { return cuda->stream(); }
+#define CAMRT_CAM_DISPATCH(cpu_call, gpu_call) \
+  do {                                         \
+    if (gpu()) {                               \
+      cuda::gpu_call;                          \
+    } else {                                   \
+      cpu_call;                                \
+    }                                          \
+  } while (0)
+#else
+#define CAMRT_CAM_DISPATCH(cpu_call, gpu_call) cpu_call
+#endif
+
+  void grad_cam(float* cam, const float* A, const float* G, int64_t B, int64_t K, int64_t h, int64_t w, GradCamVariant v,
+                [[maybe_unused]] void* scratch, [[maybe_unused]] size_t scratch_bytes) const {
+    CAMRT_CAM_DISPATCH(grad_cam_forward(cam, A, G, B, K, h, w, v, *pool),
+                       grad_cam_forward(cam, A, G, B, K, h, w, v, scratch, scratch_bytes, stream()));
+  }
+  void grad_cam_terms(float* out, const float* A, const float* G, int64_t B, int64_t K, int64_t h, int64_t w,
+                      GradCamVariant v, [[maybe_unused]] void* scratch,
+                      [[maybe_unused]] size_t scratch_bytes) const {
+    CAMRT_CAM_DISPATCH(grad_cam_weighted_activations(out, A, G, B, K, h, w, v, *pool),
+                       grad_cam_weighted_activations(out, A, G, B, K, h, w, v, scratch, scratch_bytes, stream()));
+  }
+  void channel_sum(float* cam, const float* weights, const float* A, int64_t B, int64_t K, int64_t h, int64_t w) const {
+    CAMRT_CAM_DISPATCH(weighted_channel_sum(cam, weights, A, B, K, h, w, *pool),
+                       weighted_channel_sum(cam, weights, A, B, K, h, w, stream()));
+  }
+  void scale(float* out, const float* A, const float* weights, int64_t B, int64_t K, int64_t h, int64_t w) const {
+    CAMRT_CAM_DISPATCH(scale_channels(out, A, weights, B, K, h, w, *pool),
+                       scale_channels(out, A, weights, B, K, h, w, stream()));
+  }
+  void product(float* out, const float* a, const float* b, int64_t n) const {
+    CAMRT_CAM_DISPATCH(elementwise_product(out, a, b, n, *pool), elementwise_product(out, a, b, n, stream()));
+  }
+  void smooth_accumulate(float* D1, float* D2, float* D3, const float* G, int64_t n) const {
+    CAMRT_CAM_DISPATCH(smooth_gradcampp_accumulate(D1, D2, D3, G, n, *pool),
+                       smooth_gradcampp_accumulate(D1, D2, D3, G, n, stream()));
+  }
+  void smooth_weights(float* weights, const float* A, const float* D1, const float* D2, const float* D3, int64_t B,
+                      int64_t K, int64_t h, int64_t w) const {
+    CAMRT_CAM_DISPATCH(smooth_gradcampp_channel_weights(weights, A, D1, D2, D3, B, K, h, w, *pool),
+                       smooth_gradcampp_channel_weights(weights, A, D1, D2, D3, B, K, h, w, stream()));
+  }
+  void normgrad(float* cam, const float* A, const float* G, int64_t B, int64_t K, int64_t h, int64_t w) const {
+    CAMRT_CAM_DISPATCH(normgrad_forward(cam, A, G, B, K, h, w, *pool), normgrad_forward(cam, A, G, B, K, h, w, stream()));
+  }
+  void eigen(float* cam, const float* A, int64_t B, int64_t K, int64_t h, int64_t w, void* scratch,
+             [[maybe_unused]] size_t scratch_bytes) const {
+    CAMRT_CAM_DISPATCH(eigen_cam_forward(cam, A, B, K, h, w, *pool, static_cast<float*>(scratch)),
+                       eigen_cam_forward(cam, A, B, K, h, w, scratch, scratch_bytes, stream()));
+  }
+  size_t eigen_scratch_bytes([[maybe_unused]] int64_t B, int64_t K, int64_t h, int64_t w) const {
+#if CAMRT_WITH_CUDA
+    if (gpu()) return cuda::eigen_cam_scratch_bytes(B, K, h, w);
+#endif
+    return eigen_cam_scratch_floats(K, h, w, pool->num_threads()) * sizeof(float);
+  }
+  size_t grad_cam_scratch(int64_t B, int64_t K, GradCamVariant v) const {
+#if CAMRT_WITH_CUDA
+    if (gpu()) return cuda::grad_cam_scratch_bytes(B, K, v);
+#endif
+    (void)B, (void)K, (void)v;
+    return 0;
+  }
+  void cam(float* out, const float* fc, const int64_t* classes, const float* A, int64_t B, int64_t K, int64_t h,
+           int64_t w, int64_t num_classes) const {
+    CAMRT_CAM_DISPATCH(class_activation_map(out, fc, classes, A, B, K, h, w, num_classes, *pool),
+                       class_activation_map(out, fc, classes, A, B, K, h, w, num_classes, stream()));
+  }
+  void masks(float* out, const float* A, int64_t B, int64_t K, int64_t h, int64_t w, int64_t H, int64_t W) const {
+    CAMRT_CAM_DISPATCH(scorecam_masks(out, A, B, K, h, w, H, W, *pool), scorecam_masks(out, A, B, K, h, w, H, W, stream()));
+  }
+  void mask_input(float* out, const float* x, const float* m, int64_t n, int64_t C, int64_t H, int64_t W) const {
+    CAMRT_CAM_DISPATCH(apply_mask(out, x, m, n, C, H, W, *pool), apply_mask(out, x, m, n, C, H, W, stream()));
+  }
+  void constant_channels(uint8_t* is_constant, const float* A, int64_t B, int64_t K, int64_t h, int64_t w) const {
+    CAMRT_CAM_DISPATCH(scorecam_constant_channels(is_constant, A, B, K, h, w, *pool),
+                       scorecam_constant_channels(is_constant, A, B, K, h, w, stream()));
+  }
+  // values: (B) on the device; the CPU path reads it directly, the GPU kernel reads it on the device.
+  void ablation_min_values(float* values, const float* A, int64_t B, int64_t K, int64_t h, int64_t w) const {
+    CAMRT_CAM_DISPATCH(ablation_values(values, A, B, K, h, w, *pool), ablation_values(values, A, B, K, h, w, stream()));
+  }
+  void ablated_copies(float* out, const float* A_image, const float* value, int64_t k0, int64_t n, int64_t K, int64_t h,
+                      int64_t w) const {
+    CAMRT_CAM_DISPATCH(ablation_batch(out, A_image, *value, k0, n, K, h, w, *pool),
+                       ablation_batch(out, A_image, value, k0, n, K, h, w, stream()));
+  }
+  void postprocess(float* out, float* cam, int64_t B, int64_t h, int64_t w, int64_t H, int64_t W, bool relu) const {
+    CAMRT_CAM_DISPATCH(postprocess_layer(out, cam, B, h, w, H, W, relu, *pool),
+                       postprocess_layer(out, cam, B, h, w, H, W, relu, stream()));
+  }
+  void aggregate(float* out, const float* per_layer, int64_t L, int64_t B, int64_t H, int64_t W) const {
+    CAMRT_CAM_DISPATCH(aggregate_layers(out, per_layer, L, B, H, W, *pool), aggregate_layers(out, per_layer, L, B, H, W, stream()));
+  }
+  void tanh_scale(float* maps, int64_t count, int64_t hw) const {
+    CAMRT_CAM_DISPATCH(layercam_tanh_scale(maps, count, hw, *pool), layercam_tanh_scale(maps, count, hw, stream()));
+  }
+  void guided(float* out, const float* g, const float* cam, int64_t B, int64_t C, int64_t H, int64_t W) const {
+    CAMRT_CAM_DISPATCH(guided_gradcam(out, g, cam, B, C, H, W, *pool), guided_gradcam(out, g, cam, B, C, H, W, stream()));
+  }
+#undef CAMRT_CAM_DISPATCH
+
+  // Copies between buffers of this device, and between the host and this device.
+  void copy(void* dst, const void* src, size_t bytes) const {
+    if (gpu()) copy_on_device(*cuda, dst, src, bytes);
+    else if (bytes && dst != src) std::memcpy(dst, src, bytes);
+  }
+  void upload(void* dst, const void* host, size_t bytes) const {
+    if (gpu()) copy_to_device(*cuda, dst, host, bytes);
+    else if (bytes) std::memcpy(dst, host, bytes);
+  }
+  void download(void* host, const void* src, size_t bytes) const {
+    if (gpu()) copy_to_host(*cuda, host, src, bytes);
+    else if (bytes) std::memcpy(host, src, bytes);
+  }
+  void zero(void* dst, size_t bytes) const {
+    if (gpu()) fill_zero(*cuda, dst, bytes);
+    else if (bytes) std::memset(dst, 0, bytes);
+  }
+  // Timings are host clocks: on the GPU they wait for the queued work first.
+  void wait() const {
+    if (gpu()) cuda->synchronize();
+  }
+};
+
+}  // namespace
+
 struct Explainer::Impl {
   const Graph& graph;
   ThreadPool& pool;
+  CamKernels k;
   ExplainOptions options;
   TargetRule rule;
   int64_t batch = 0, channels = 0, height = 0, width = 0;
@@ -143,11 +283,36 @@ struct Explainer::Impl {
   std::string input_name;
   std::vector<int> layer_ids;          // value ids of the explained tensors
   std::vector<std::string> layer_tensors;
+  std::vector<Shape> layer_shapes;     // (B, K, h, w) per layer
   bool any_gradient = false, any_guided = false, any_score = false, any_ablation = false;
   std::unique_ptr<Executor> main, guided, score;
   std::vector<std::unique_ptr<Executor>> tails;  // per layer, for Ablation-CAM
 
   Impl(const Graph& g, ThreadPool& p) : graph(g), pool(p) {}
+
+  // Working buffers on the plan's device, by name: allocated on first use, reused by every later call of the
+  // same shapes (the steady state allocates nothing).
+  std::map<std::string, Arena> buffers;
+  template <typename T = float>
+  T* buffer(const std::string& name, int64_t count) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    Arena& arena = buffers[name];
+    if (arena.bytes() < bytes) arena = Arena(bytes, k.device, k.cuda);
+    return reinterpret_cast<T*>(arena.data());
+  }
+  // Host-side buffers (logits of chunks, scores, weights computed on the host), reused the same way.
+  std::map<std::string, std::vector<float>> host_buffers;
+  std::vector<float>& host_buffer(const std::string& name, int64_t count) {
+    auto& v = host_buffers[name];
+    if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
+    return v;
+  }
+  // A copy of an executor's value (or gradient) into a named buffer of this device.
+  float* keep_copy(const std::string& name, const Tensor& view) {
+    float* dst = buffer(name, view.numel());
+    k.copy(dst, view.data, view.nbytes());
+    return dst;
+  }
 
   // d(score)/d(output) for target t: one-hot on the logit, or the softmax derivative p_c (delta_cj - p_j).
   std::vector<float> seed_for(const float* logits, const std::vector<int64_t>& cls) const {
@@ -231,57 +396,67 @@ struct Explainer::Impl {
     return targets;
   }
 
-  // Per layer and target: raw maps (B, h, w) of one method before post-processing.
-  void raw_map(std::vector<float>& cam, const std::string& method, size_t layer, const HostTensor& A, const HostTensor* G,
-               const std::vector<int64_t>& cls, const HostTensor& x, const std::vector<HostTensor>* smooth_d) {
-    const int64_t K = A.shape[1], h = A.shape[2], w = A.shape[3];
-    const int64_t B = batch;
-    cam.assign(static_cast<size_t>(B * h * w), 0.f);
-    std::vector<float> weights(static_cast<size_t>(B * K));
-    GradCamVariant variant;
+  // Per layer and target: raw maps (B, h, w) of one method before post-processing, on the plan's device.
+  // A, G: the layer's activation and gradient (B, K, h, w); x: the input on the device; smooth: D1..D3 means.
+  void raw_map(float* cam, const std::string& method, size_t layer, const float* A, const float* G,
+               const std::vector<int64_t>& cls, const HostTensor& x, const float* x_device, float* const* smooth) {
+    const Shape& shape = layer_shapes[layer];
+    const int64_t B = batch, K = shape[1], h = shape[2], w = shape[3];
+    float* weights = buffer("weights", B * K);
     auto project = [&](const float* weighted) {  // --eigen-smooth: Eigen-CAM projection of weighted activations
-      eigen_cam_forward(cam.data(), weighted, B, K, h, w, pool, nullptr);
+      const size_t bytes = k.eigen_scratch_bytes(B, K, h, w);
+      k.eigen(cam, weighted, B, K, h, w, buffer<uint8_t>("eigen scratch", static_cast<int64_t>(bytes)), bytes);
     };
     auto from_channel_weights = [&]() {
       if (options.eigen_smooth) {
-        std::vector<float> scaled(static_cast<size_t>(A.numel()));
-        scale_channels(scaled.data(), A.f32(), weights.data(), B, K, h, w, pool);
-        project(scaled.data());
+        float* scaled = buffer("weighted", B * K * h * w);
+        k.scale(scaled, A, weights, B, K, h, w);
+        project(scaled);
       } else {
-        weighted_channel_sum(cam.data(), weights.data(), A.f32(), B, K, h, w, pool);
+        k.channel_sum(cam, weights, A, B, K, h, w);
       }
     };
+    GradCamVariant variant;
     if (variant_of(method, &variant)) {
+      const size_t bytes = k.grad_cam_scratch(B, K, variant);
+      uint8_t* scratch = buffer<uint8_t>("grad-cam scratch", static_cast<int64_t>(bytes));
       if (options.eigen_smooth) {
-        std::vector<float> weighted(static_cast<size_t>(A.numel()));
-        grad_cam_weighted_activations(weighted.data(), A.f32(), G->f32(), B, K, h, w, variant, pool);
-        project(weighted.data());
+        float* weighted = buffer("weighted", B * K * h * w);
+        k.grad_cam_terms(weighted, A, G, B, K, h, w, variant, scratch, bytes);
+        project(weighted);
       } else {
-        grad_cam_forward(cam.data(), A.f32(), G->f32(), B, K, h, w, variant, pool);
+        k.grad_cam(cam, A, G, B, K, h, w, variant, scratch, bytes);
       }
     } else if (method == "smooth-gradcampp") {
-      const auto& d = *smooth_d;
-      smooth_gradcampp_channel_weights(weights.data(), A.f32(), d[0].f32(), d[1].f32(), d[2].f32(), B, K, h, w, pool);
+      k.smooth_weights(weights, A, smooth[0], smooth[1], smooth[2], B, K, h, w);
       from_channel_weights();
     } else if (method == "normgrad") {
-      normgrad_forward(cam.data(), A.f32(), G->f32(), B, K, h, w, pool);
+      k.normgrad(cam, A, G, B, K, h, w);
     } else if (method == "eigencam") {
-      eigen_cam_forward(cam.data(), A.f32(), B, K, h, w, pool, nullptr);
+      project(A);
     } else if (method == "eigengradcam") {
-      std::vector<float> product(static_cast<size_t>(A.numel()));
-      elementwise_product(product.data(), G->f32(), A.f32(), A.numel(), pool);
-      eigen_cam_forward(cam.data(), product.data(), B, K, h, w, pool, nullptr);
+      float* product = buffer("weighted", B * K * h * w);
+      k.product(product, G, A, B * K * h * w);
+      project(product);
     } else if (method == "cam") {
       const HostTensor& fc = fc_weight_for(layer, K);
       if (options.eigen_smooth) {
+        std::vector<float>& host = host_buffer("weights", B * K);
         for (int64_t b = 0; b < B; ++b)
-          for (int64_t k = 0; k < K; ++k) weights[b * K + k] = fc.f32()[cls[b] * K + k];
+          for (int64_t c = 0; c < K; ++c) host[b * K + c] = fc.f32()[cls[b] * K + c];
+        k.upload(weights, host.data(), static_cast<size_t>(B * K) * sizeof(float));
         from_channel_weights();
       } else {
-        class_activation_map(cam.data(), fc.f32(), cls.data(), A.f32(), B, K, h, w, fc.shape[0], pool);
+        for (int64_t c : cls)
+          CAMRT_CHECK(c >= 0 && c < fc.shape[0], "CAM: class " << c << " is out of range (" << fc.shape[0] << " classes)");
+        float* fc_device = buffer("fc " + std::to_string(layer), fc.numel());
+        int64_t* cls_device = buffer<int64_t>("classes", B);
+        k.upload(fc_device, fc.f32(), fc.bytes.size());
+        k.upload(cls_device, cls.data(), cls.size() * sizeof(int64_t));
+        k.cam(cam, fc_device, cls_device, A, B, K, h, w, fc.shape[0]);
       }
     } else if (method == "scorecam") {
-      scorecam(weights, A, cls, x);
+      scorecam(weights, layer, A, cls, x, x_device);
       from_channel_weights();
     } else if (method == "ablationcam") {
       ablationcam(weights, layer, A, cls);
@@ -289,7 +464,7 @@ struct Explainer::Impl {
     } else {
       CAMRT_FAIL("method '" << method << "' has no map of its own");
     }
-    if (method == "layercam" && options.layercam_tanh) layercam_tanh_scale(cam.data(), B, h * w, pool);
+    if (method == "layercam" && options.layercam_tanh) k.tanh_scale(cam, B, h * w);
   }
 
   // CAM applies only to layer -> global average pool -> (flatten) -> one fully connected layer.
@@ -327,60 +502,81 @@ struct Explainer::Impl {
     return fc_cache[layer] = std::move(out);
   }
 
-  // Score-CAM channel weights: masked inputs pushed through the score plan in chunks.
-  void scorecam(std::vector<float>& weights, const HostTensor& A, const std::vector<int64_t>& cls, const HostTensor& x) {
-    const int64_t K = A.shape[1], h = A.shape[2], w = A.shape[3];
+  // Score-CAM channel weights: masks and masked inputs made on the device, pushed through the score plan in
+  // chunks; only the chunk's outputs come back to the host to be scored.
+  void scorecam(float* weights, size_t layer, const float* A, const std::vector<int64_t>& cls, const HostTensor& x,
+                const float* x_device) {
+    (void)x;
+    const Shape& shape = layer_shapes[layer];
+    const int64_t K = shape[1], h = shape[2], w = shape[3];
     const int64_t plane = channels * height * width;
-    std::vector<float> masks(static_cast<size_t>(K * height * width));
-    std::vector<float> scores(static_cast<size_t>(batch * K));
+    float* masks = buffer("score masks", K * height * width);
+    std::vector<float>& scores = host_buffer("scores", batch * K);
+    std::vector<float>& out = host_buffer("score outputs", score->descs()[graph.output_ids()[0]].shape[0] * out_per_image);
     std::vector<uint8_t> constant(static_cast<size_t>(batch * K), 0);
-    if (options.scorecam_paper) scorecam_constant_channels(constant.data(), A.f32(), batch, K, h, w, pool);
+    if (options.scorecam_paper) {
+      uint8_t* constant_device = buffer<uint8_t>("constant channels", batch * K);
+      k.constant_channels(constant_device, A, batch, K, h, w);
+      k.download(constant.data(), constant_device, constant.size());
+    }
     const int64_t chunk = score->descs()[score->input_ids()[0]].shape[0];
     Tensor in = score->input(input_name);
+    const int out_id = graph.output_ids()[0];
     for (int64_t b = 0; b < batch; ++b) {
-      scorecam_masks(masks.data(), A.f32() + b * K * h * w, 1, K, h, w, height, width, pool);
+      k.masks(masks, A + b * K * h * w, 1, K, h, w, height, width);
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
         const int64_t n = std::min(chunk, K - k0);
-        apply_mask(in.f32(), x.f32() + b * plane, masks.data() + k0 * height * width, n, channels, height, width, pool);
-        if (n < chunk) std::memset(in.f32() + n * plane, 0, static_cast<size_t>((chunk - n) * plane) * sizeof(float));
+        k.mask_input(in.f32(), x_device + b * plane, masks + k0 * height * width, n, channels, height, width);
+        if (n < chunk) k.zero(in.f32() + n * plane, static_cast<size_t>((chunk - n) * plane) * sizeof(float));
         score->forward();
-        const Tensor out = score->value(graph.output_ids()[0]);
+        score->fetch(out_id, out.data());
         for (int64_t i = 0; i < n; ++i) {
-          const float* z = out.f32() + i * out_per_image;
+          const float* z = out.data() + i * out_per_image;
           scores[b * K + k0 + i] = options.scorecam_paper ? static_cast<float>(softmax(z)[cls[b]]) : score_of(z, cls[b]);
         }
       }
     }
-    if (options.scorecam_paper) scorecam_paper_weights(weights.data(), scores.data(), constant.data(), batch, K);
-    else softmax_weights(weights.data(), scores.data(), batch, K);
+    std::vector<float>& host_weights = host_buffer("weights", batch * K);
+    if (options.scorecam_paper) scorecam_paper_weights(host_weights.data(), scores.data(), constant.data(), batch, K);
+    else softmax_weights(host_weights.data(), scores.data(), batch, K);
+    k.upload(weights, host_weights.data(), static_cast<size_t>(batch * K) * sizeof(float));
   }
 
-  // Ablation-CAM channel weights: ablated copies of A pushed through the tail plan (from the layer on).
-  void ablationcam(std::vector<float>& weights, size_t layer, const HostTensor& A, const std::vector<int64_t>& cls) {
-    const int64_t K = A.shape[1], h = A.shape[2], w = A.shape[3];
+  // Ablation-CAM channel weights: ablated copies of A made on the device and pushed through the tail plan (from
+  // the layer on), never through the layers before it.
+  void ablationcam(float* weights, size_t layer, const float* A, const std::vector<int64_t>& cls) {
+    const Shape& shape = layer_shapes[layer];
+    const int64_t K = shape[1], h = shape[2], w = shape[3];
     Executor& tail = *tails[layer];
     const int64_t chunk = tail.descs()[tail.input_ids()[0]].shape[0];
-    std::vector<float> values(static_cast<size_t>(batch)), y(static_cast<size_t>(batch)), y_ablated(static_cast<size_t>(batch * K));
-    ablation_values(values.data(), A.f32(), batch, K, h, w, pool);
+    std::vector<float>& y = host_buffer("ablation y", batch);
+    std::vector<float>& y_ablated = host_buffer("ablation scores", batch * K);
+    std::vector<float>& out = host_buffer("ablation outputs", chunk * out_per_image);
+    float* values = buffer("ablation values", batch);
+    k.ablation_min_values(values, A, batch, K, h, w);
     Tensor in = tail.input(layer_tensors[layer]);
     const int64_t per_copy = K * h * w;
+    const int out_id = graph.output_ids()[0];
     for (int64_t b = 0; b < batch; ++b) {
       y[b] = score_of(last_logits + b * out_per_image, cls[b]);
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
         const int64_t n = std::min(chunk, K - k0);
-        ablation_batch(in.f32(), A.f32() + b * per_copy, values[b], k0, n, K, h, w, pool);
-        if (n < chunk) std::memset(in.f32() + n * per_copy, 0, static_cast<size_t>((chunk - n) * per_copy) * sizeof(float));
+        k.ablated_copies(in.f32(), A + b * per_copy, values + b, k0, n, K, h, w);
+        if (n < chunk) k.zero(in.f32() + n * per_copy, static_cast<size_t>((chunk - n) * per_copy) * sizeof(float));
         tail.forward();
-        const Tensor out = tail.value(graph.output_ids()[0]);
-        for (int64_t i = 0; i < n; ++i) y_ablated[b * K + k0 + i] = score_of(out.f32() + i * out_per_image, cls[b]);
+        tail.fetch(out_id, out.data());
+        for (int64_t i = 0; i < n; ++i) y_ablated[b * K + k0 + i] = score_of(out.data() + i * out_per_image, cls[b]);
       }
     }
-    ablation_weights(weights.data(), y.data(), y_ablated.data(), batch, K);
+    std::vector<float>& host_weights = host_buffer("weights", batch * K);
+    ablation_weights(host_weights.data(), y.data(), y_ablated.data(), batch, K);
+    k.upload(weights, host_weights.data(), static_cast<size_t>(batch * K) * sizeof(float));
   }
 
   const float* last_logits = nullptr;
 
-  // The whole pipeline for one input (one aug-smooth variant): maps[method][t] (B, H, W) or (B, C, H, W).
+  // The whole pipeline for one input (one aug-smooth variant): maps[method][t] (B, H, W) or (B, C, H, W), on
+  // the host. Everything between the forward pass and these maps stays on the plan's device.
   std::map<std::string, std::vector<HostTensor>> run_once(const HostTensor& x, const std::vector<std::vector<int64_t>>& targets,
                                                           std::map<std::string, double>& timings, bool forwarded) {
     const size_t T = targets.size(), L = layer_ids.size();
@@ -389,62 +585,83 @@ struct Explainer::Impl {
     if (!forwarded) {
       main->set_input(input_name, x);
       main->forward();
+      k.wait();
       timings["forward"] += ms_since(t0);
     }
-    const Tensor out = main->value(graph.output_ids()[0]);
-    HostTensor logits = copy_of(out);
+    const int out_id = graph.output_ids()[0];
+    HostTensor logits = main->fetch(out_id);
     last_logits = logits.f32();
-    std::vector<HostTensor> A;
-    for (int id : layer_ids) A.push_back(copy_of(main->value(id)));
+    const float* x_device = x.f32();
+    if (k.gpu() && any_score) {
+      float* copy = buffer("input", x.numel());
+      k.upload(copy, x.f32(), x.bytes.size());
+      x_device = copy;
+    }
+    // The activations stay in the plan's arena (kept); copies only where a later pass would overwrite them.
+    const bool smoothing = std::find(options.methods.begin(), options.methods.end(), "smooth-gradcampp") != options.methods.end();
+    std::vector<const float*> A(L);
+    for (size_t l = 0; l < L; ++l) {
+      const Tensor view = main->value(layer_ids[l]);
+      A[l] = smoothing ? keep_copy("A " + std::to_string(l), view) : view.f32();
+    }
 
     for (size_t t = 0; t < T; ++t) {
-      std::vector<HostTensor> G;
+      std::vector<const float*> G(L, nullptr);
       if (any_gradient) {
         t0 = Clock::now();
         main->backward(seed_for(logits.f32(), targets[t]).data());
-        for (const auto& name : layer_tensors) G.push_back(copy_of(main->gradient(name)));
+        for (size_t l = 0; l < L; ++l) G[l] = keep_copy("G " + std::to_string(l), main->gradient(layer_tensors[l]));
+        k.wait();
         timings["backward"] += ms_since(t0);
       }
       // Smooth Grad-CAM++: noisy copies through forward + backward, means of G, G^2, G^3 per layer.
-      std::vector<std::vector<HostTensor>> smooth(L);
-      if (std::find(options.methods.begin(), options.methods.end(), "smooth-gradcampp") != options.methods.end()) {
+      std::vector<std::array<float*, 3>> smooth(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
+      if (smoothing) {
         t0 = Clock::now();
         smooth_moments(x, targets[t], smooth);
+        k.wait();
         timings["smooth-gradcampp"] += ms_since(t0);
       }
-      HostTensor guided_grad;
+      const float* guided_grad = nullptr;
+      HostTensor guided_host;
       if (any_guided) {
         t0 = Clock::now();
         guided->set_input(input_name, x);
         guided->forward();
-        const Tensor guided_logits = guided->value(graph.output_ids()[0]);
+        const HostTensor guided_logits = guided->fetch(out_id);
         guided->backward(seed_for(guided_logits.f32(), targets[t]).data(), /*guided=*/true);
-        guided_grad = copy_of(guided->gradient(input_name));
+        guided_grad = keep_copy("guided", guided->gradient(input_name));
+        guided_host = HostTensor(DType::F32, {batch, channels, height, width});
+        k.download(guided_host.bytes.data(), guided_grad, guided_host.bytes.size());
         timings["guided-backprop"] += ms_since(t0);
       }
-      HostTensor gradcam_final;  // for guided-gradcam
       for (const std::string& method : options.methods) {
         if (method == "guided-backprop") {
-          maps[method].push_back(guided_grad);
+          maps[method].push_back(guided_host);
           continue;
         }
         const std::string map_method = method == "guided-gradcam" ? "gradcam" : method;
         t0 = Clock::now();
-        HostTensor per_layer(DType::F32, {static_cast<int64_t>(L), batch, height, width});
-        std::vector<float> cam;
+        const int64_t plane = batch * height * width;
+        float* per_layer = buffer("per layer", static_cast<int64_t>(L) * plane);
         for (size_t l = 0; l < L; ++l) {
-          raw_map(cam, map_method, l, A[l], any_gradient ? &G[l] : nullptr, targets[t], x, &smooth[l]);
-          postprocess_layer(per_layer.f32() + l * batch * height * width, cam.data(), batch, A[l].shape[2], A[l].shape[3],
-                            height, width, map_method != "normgrad", pool);
+          const Shape& shape = layer_shapes[l];
+          float* cam = buffer("cam", batch * shape[2] * shape[3]);
+          raw_map(cam, map_method, l, A[l], G[l], targets[t], x, x_device, smooth[l].data());
+          k.postprocess(per_layer + l * plane, cam, batch, shape[2], shape[3], height, width, map_method != "normgrad");
         }
-        HostTensor final_map(DType::F32, {batch, height, width});
-        aggregate_layers(final_map.f32(), per_layer.f32(), static_cast<int64_t>(L), batch, height, width, pool);
+        float* final_map = buffer("final", plane);
+        k.aggregate(final_map, per_layer, static_cast<int64_t>(L), batch, height, width);
         if (method == "guided-gradcam") {
-          HostTensor combined(DType::F32, {batch, channels, height, width});
-          guided_gradcam(combined.f32(), guided_grad.f32(), final_map.f32(), batch, channels, height, width, pool);
-          maps[method].push_back(std::move(combined));
+          float* combined = buffer("guided-gradcam", batch * channels * height * width);
+          k.guided(combined, guided_grad, final_map, batch, channels, height, width);
+          HostTensor host(DType::F32, {batch, channels, height, width});
+          k.download(host.bytes.data(), combined, host.bytes.size());
+          maps[method].push_back(std::move(host));
         } else {
-          maps[method].push_back(std::move(final_map));
+          HostTensor host(DType::F32, {batch, height, width});
+          k.download(host.bytes.data(), final_map, host.bytes.size());
+          maps[method].push_back(std::move(host));
         }
         timings[method] += ms_since(t0);
       }
@@ -452,11 +669,14 @@ struct Explainer::Impl {
     return maps;
   }
 
-  void smooth_moments(const HostTensor& x, const std::vector<int64_t>& cls, std::vector<std::vector<HostTensor>>& d) {
+  void smooth_moments(const HostTensor& x, const std::vector<int64_t>& cls, std::vector<std::array<float*, 3>>& d) {
     const size_t L = layer_ids.size();
     for (size_t l = 0; l < L; ++l) {
-      const Shape& shape = main->descs()[layer_ids[l]].shape;
-      d[l] = {HostTensor(DType::F32, shape), HostTensor(DType::F32, shape), HostTensor(DType::F32, shape)};
+      const int64_t n = checked_numel(layer_shapes[l]);
+      for (int i = 0; i < 3; ++i) {
+        d[l][i] = buffer("smooth D" + std::to_string(i + 1) + " " + std::to_string(l), n);
+        k.zero(d[l][i], static_cast<size_t>(n) * sizeof(float));
+      }
     }
     const int64_t n = options.smooth_samples, plane = channels * height * width;
     if (options.smooth_noise)
@@ -464,6 +684,8 @@ struct Explainer::Impl {
                   "smooth noise must be " << shape_str({n, batch, channels, height, width}));
     std::mt19937_64 rng(options.seed);
     HostTensor noisy(DType::F32, x.shape);
+    const int out_id = graph.output_ids()[0];
+    std::vector<float>& logits = host_buffer("smooth logits", batch * out_per_image);
     for (int64_t s = 0; s < n; ++s) {
       for (int64_t b = 0; b < batch; ++b) {
         const float* xb = x.f32() + b * plane;
@@ -475,25 +697,45 @@ struct Explainer::Impl {
       }
       main->set_input(input_name, noisy);
       main->forward();
-      main->backward(seed_for(main->value(graph.output_ids()[0]).f32(), cls).data());
+      main->fetch(out_id, logits.data());
+      main->backward(seed_for(logits.data(), cls).data());
       for (size_t l = 0; l < L; ++l) {
         const Tensor g = main->gradient(layer_tensors[l]);
-        smooth_gradcampp_accumulate(d[l][0].f32(), d[l][1].f32(), d[l][2].f32(), g.f32(), g.numel(), pool);
+        k.smooth_accumulate(d[l][0], d[l][1], d[l][2], g.f32(), g.numel());
       }
     }
-    for (size_t l = 0; l < L; ++l)
-      for (auto& t : d[l])
-        for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] /= static_cast<float>(n);
+    // Sums to means: scale every channel by 1/n (the channel-scaling kernel with constant weights).
+    for (size_t l = 0; l < L; ++l) {
+      const Shape& shape = layer_shapes[l];
+      const int64_t BK = shape[0] * shape[1];
+      std::vector<float>& inverse = host_buffer("inverse n", BK);
+      std::fill(inverse.begin(), inverse.begin() + BK, 1.f / static_cast<float>(n));
+      float* inverse_device = buffer("inverse n", BK);
+      k.upload(inverse_device, inverse.data(), static_cast<size_t>(BK) * sizeof(float));
+      for (float* t : d[l]) k.scale(t, t, inverse_device, shape[0], shape[1], shape[2], shape[3]);
+    }
     // Later targets' backward passes read the clean forward's activations again.
     main->set_input(input_name, x);
     main->forward();
   }
 };
 
-Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool)
+Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool, CudaRuntime* cuda)
     : impl_(std::make_unique<Impl>(graph, pool)), options_(std::move(options)) {
   Impl& m = *impl_;
   m.options = options_;
+  m.k.device = cuda ? Device::CUDA : Device::CPU;
+  m.k.pool = &pool;
+  m.k.cuda = cuda;
+  // Every plan below runs on the same device and shares one copy of the weights there.
+  std::shared_ptr<const DeviceConstants> constants;
+  if (cuda) constants = std::make_shared<const DeviceConstants>(graph, *cuda);
+  auto plan_options = [&]() {
+    PlanOptions o;
+    o.cuda = cuda;
+    o.device_constants = constants;
+    return o;
+  };
   m.rule = parse_target(options_.target);
   CAMRT_CHECK(!options_.methods.empty(), "no CAM method given");
   CAMRT_CHECK(graph.input_ids().size() == 1, graph.source_name() << ": explain needs a model with one input");
@@ -535,13 +777,14 @@ Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, 
     layer_names_.push_back(producer >= 0 ? graph.nodes()[producer].node->name : graph.values()[id].name);
   }
 
-  PlanOptions main_options;
+  PlanOptions main_options = plan_options();
   main_options.keep = m.layer_tensors;
   if (m.any_gradient) main_options.grad_targets = m.layer_tensors;
   main_options.repeat_backward = true;  // several targets / smooth samples reuse one forward's activations
   m.main = std::make_unique<Executor>(graph, shapes, pool, main_options);
   for (int id : m.layer_ids) {
     const Shape& s = m.main->descs()[id].shape;
+    m.layer_shapes.push_back(s);
     CAMRT_CHECK(!map_methods || s.size() == 4, graph.source_name() << ": layer '" << graph.values()[id].name
                                                                    << "' has shape " << shape_str(s) << "; CAM methods need a (B, K, h, w) activation");
   }
@@ -564,14 +807,14 @@ Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, 
   }
   CAMRT_CHECK(!options_.scorecam_paper || (!region && !similarity), "--scorecam paper needs a classification output");
   if (m.any_guided) {
-    PlanOptions guided_options;
+    PlanOptions guided_options = plan_options();
     guided_options.grad_targets = {m.input_name};
     m.guided = std::make_unique<Executor>(graph, shapes, pool, guided_options);
   }
-  if (m.any_score) m.score = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(options_.chunk), pool);
+  if (m.any_score) m.score = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(options_.chunk), pool, plan_options());
   if (m.any_ablation) {
     for (const auto& tensor : m.layer_tensors) {
-      PlanOptions tail_options;
+      PlanOptions tail_options = plan_options();
       tail_options.start_from = tensor;
       m.tails.push_back(std::make_unique<Executor>(graph, graph.input_shapes_for_batch(options_.chunk), pool, tail_options));
     }
@@ -593,8 +836,9 @@ Explanation Explainer::run(const HostTensor& input) {
   auto t0 = Clock::now();
   m.main->set_input(m.input_name, input);
   m.main->forward();
+  m.k.wait();
   result.timings_ms["forward"] += ms_since(t0);
-  result.logits = copy_of(m.main->value(m.graph.output_ids()[0]));
+  result.logits = m.main->fetch(m.graph.output_ids()[0]);
   result.classes = m.resolve_targets(result.logits.f32());
 
   if (!options_.aug_smooth) {

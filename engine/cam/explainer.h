@@ -2,7 +2,8 @@
 // the backward pass down to the explained layer(s) only (Guided Backprop alone gets a plan down to the input);
 // Score-CAM runs batched forwards of masked inputs through a second plan; Ablation-CAM continues the network
 // from the explained layer through a tail plan, never recomputing the layers before it. All methods requested
-// together share the forward and backward passes. The arithmetic is in kernels/cpu/cam.h.
+// together share the forward and backward passes. The arithmetic is in kernels/cpu/cam.h and its CUDA twin
+// kernels/cuda/cam.h: the same orchestration runs on either device (CamKernels in explainer.cpp dispatches).
 #pragma once
 #include <map>
 #include <memory>
@@ -56,7 +57,8 @@ class Explainer {
  public:
   // Plans for batch images of the model's input shape. Throws for unknown methods/layers or a target the
   // model cannot have (e.g. class out of range is checked at run time).
-  Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool);
+  // cuda: run every pass and CAM kernel on that GPU (only the maps and logits come back to the host).
+  Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool, CudaRuntime* cuda = nullptr);
   ~Explainer();
 
   // input: (B, C, H, W) float32, preprocessed.

@@ -1,5 +1,5 @@
-// CPU arenas come from aligned operator new (64 bytes: one cache line, one AVX-512 vector).
-// The CUDA backend allocates device arenas in kernels/cuda; this file knows only the host.
+// CPU arenas come from aligned operator new (64 bytes: one cache line, one AVX-512 vector); device arenas from
+// the CudaRuntime (cudaMalloc: 256-byte aligned).
 #include "engine/memory/arena.h"
 
 #include <new>
@@ -10,9 +10,14 @@ namespace {
 constexpr std::align_val_t kArenaAlignment{64};
 }
 
-Arena::Arena(size_t bytes, Device device) : bytes_(bytes), device_(device) {
-  CAMRT_CHECK(device == Device::CPU, "Arena: only CPU arenas are implemented in this build");
+Arena::Arena(size_t bytes, Device device, CudaRuntime* cuda) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
+  if (device == Device::CUDA) {
+    CAMRT_CHECK(cuda, "Arena: a device arena needs a CUDA runtime");
+    data_ = static_cast<uint8_t*>(cuda->allocate(bytes, "activation arena"));
+    cuda_ = cuda;
+    return;
+  }
   try {
     data_ = static_cast<uint8_t*>(::operator new(bytes, kArenaAlignment));
   } catch (const std::bad_alloc&) {
@@ -22,7 +27,8 @@ Arena::Arena(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 
 Arena::~Arena() { release(); }
 
-Arena::Arena(Arena&& other) noexcept : data_(other.data_), bytes_(other.bytes_), device_(other.device_) {
+Arena::Arena(Arena&& other) noexcept
+    : data_(other.data_), bytes_(other.bytes_), device_(other.device_), cuda_(other.cuda_) {
   other.data_ = nullptr;
   other.bytes_ = 0;
 }
@@ -33,6 +39,7 @@ Arena& Arena::operator=(Arena&& other) noexcept {
     data_ = other.data_;
     bytes_ = other.bytes_;
     device_ = other.device_;
+    cuda_ = other.cuda_;
     other.data_ = nullptr;
     other.bytes_ = 0;
   }
@@ -40,7 +47,8 @@ Arena& Arena::operator=(Arena&& other) noexcept {
 }
 
 void Arena::release() {
-  if (data_) ::operator delete(data_, kArenaAlignment);
+  if (data_ && cuda_) cuda_->release(data_);
+  else if (data_) ::operator delete(data_, kArenaAlignment);
   data_ = nullptr;
   bytes_ = 0;
 }

@@ -1,16 +1,19 @@
 // Arena: one owning, aligned block of memory on a device; the planner's offsets index into it.
-// Allocated once per plan, so steady-state execution allocates nothing.
+// Allocated once per plan, so steady-state execution allocates nothing. Device arenas come from a CudaRuntime
+// (which counts them); host arenas from aligned operator new.
 #pragma once
 #include <cstddef>
 
 #include "engine/tensor.h"
+#include "kernels/cuda/runtime.h"
 
 namespace camrt {
 
 class Arena {
  public:
   Arena() = default;
-  Arena(size_t bytes, Device device);
+  // cuda: required for Device::CUDA, ignored for the CPU.
+  Arena(size_t bytes, Device device, CudaRuntime* cuda = nullptr);
   ~Arena();
   Arena(Arena&& other) noexcept;
   Arena& operator=(Arena&& other) noexcept;
@@ -26,6 +29,7 @@ class Arena {
   uint8_t* data_ = nullptr;
   size_t bytes_ = 0;
   Device device_ = Device::CPU;
+  CudaRuntime* cuda_ = nullptr;
 };
 
 }  // namespace camrt

@@ -8,6 +8,10 @@
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/activation.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/activation.h"
+#include "kernels/cuda/copy.h"
+#endif
 
 namespace camrt {
 
@@ -20,10 +24,17 @@ std::string input_name(const Node& node, size_t i) {
 }
 
 ThreadPool& cpu_pool(const Context& ctx, const Node& node) {
-  CAMRT_CHECK(ctx.device == Device::CPU, where(node) << ": no CUDA implementation yet");
+  CAMRT_CHECK(ctx.device == Device::CPU, where(node) << ": this build has no CUDA backend");
   CAMRT_CHECK(ctx.pool != nullptr, where(node) << ": the CPU context has no thread pool");
   return *ctx.pool;
 }
+
+#if CAMRT_WITH_CUDA
+cudaStream_t cuda_stream(const Context& ctx, const Node& node) {
+  CAMRT_CHECK(ctx.cuda != nullptr, where(node) << ": the CUDA context has no runtime");
+  return ctx.cuda->stream();
+}
+#endif
 
 class ActivationOp final : public Op {
  public:
@@ -69,6 +80,15 @@ class ActivationOp final : public Op {
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      const Tensor& x = *inputs.at(0);
+      // Clip's bound inputs are device tensors here: the kernel reads them, the host never does.
+      cuda::activation_forward(outputs.at(0)->f32(), x.f32(), x.numel(), kind_, params_, device_bound(inputs, 1),
+                               device_bound(inputs, 2), cuda_stream(ctx, node_));
+      return;
+    }
+#endif
     ThreadPool& pool = cpu_pool(ctx, node_);
     const Tensor& x = *inputs.at(0);
     Tensor& y = *outputs.at(0);
@@ -99,10 +119,22 @@ class ActivationOp final : public Op {
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      check_no_bound_gradients(dinputs);
+      if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
+      const Tensor& saved = activation_backward_reads_output(kind_, params_) ? *outputs.at(0) : *inputs.at(0);
+      const Tensor& dy = *doutputs[0];
+      Tensor& dx = *dinputs[0];
+      const int64_t n = inputs.at(0)->numel();
+      check_gradients(dx, dy, saved, n, *inputs[0]);
+      cuda::activation_backward(dx.f32(), dy.f32(), saved.f32(), n, kind_, params_, device_bound(inputs, 1),
+                                device_bound(inputs, 2), ctx.guided_relu, cuda_stream(ctx, node_));
+      return;
+    }
+#endif
     ThreadPool& pool = cpu_pool(ctx, node_);
-    for (size_t i = 1; i < dinputs.size(); ++i)
-      CAMRT_CHECK(dinputs[i] == nullptr, where(node_) << ": no gradient flows to the bound input '" << input_name(node_, i)
-                                                      << "' (Clip bounds are treated as constants)");
+    check_no_bound_gradients(dinputs);
     if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
     ActivationParams params = params_;
     if (kind_ == Activation::Clip) {
@@ -113,9 +145,7 @@ class ActivationOp final : public Op {
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
     const int64_t n = inputs.at(0)->numel();
-    CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dx.numel() == n && dy.numel() == n && saved.numel() == n,
-                where(node_) << ": gradient buffers " << shape_str(dx.shape) << " / " << shape_str(dy.shape)
-                             << " do not match input '" << input_name(node_, 0) << "' " << shape_str(inputs[0]->shape));
+    check_gradients(dx, dy, saved, n, *inputs[0]);
     // Guided Backprop changes ReLU only (as pytorch-grad-cam's GuidedBackpropReLUModel does); ReLU6 exported as
     // Clip keeps its plain gradient.
     activation_backward(dx.f32(), dy.f32(), saved.f32(), n, kind_, params, ctx.guided_relu, pool);
@@ -127,6 +157,30 @@ class ActivationOp final : public Op {
                 where(node_) << ": input '" << input_name(node_, index) << "' must be one F32 value on the CPU");
     return t.f32()[0];
   }
+
+  void check_no_bound_gradients(const std::vector<Tensor*>& dinputs) const {
+    for (size_t i = 1; i < dinputs.size(); ++i)
+      CAMRT_CHECK(dinputs[i] == nullptr, where(node_) << ": no gradient flows to the bound input '" << input_name(node_, i)
+                                                      << "' (Clip bounds are treated as constants)");
+  }
+
+  void check_gradients(const Tensor& dx, const Tensor& dy, const Tensor& saved, int64_t n, const Tensor& x) const {
+    CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dx.numel() == n && dy.numel() == n && saved.numel() == n,
+                where(node_) << ": gradient buffers " << shape_str(dx.shape) << " / " << shape_str(dy.shape)
+                             << " do not match input '" << input_name(node_, 0) << "' " << shape_str(x.shape));
+  }
+
+#if CAMRT_WITH_CUDA
+  // Clip's bound input `index` as a device pointer for the kernel (nullptr: absent, the attribute applies).
+  // Shape and dtype are host metadata, so they are checked here; the value stays on the device.
+  const float* device_bound(const std::vector<const Tensor*>& inputs, size_t index) const {
+    if (kind_ != Activation::Clip || inputs.size() <= index || inputs[index] == nullptr) return nullptr;
+    const Tensor& t = *inputs[index];
+    CAMRT_CHECK(t.dtype == DType::F32 && t.numel() == 1,
+                where(node_) << ": input '" << input_name(node_, index) << "' must be one F32 value");
+    return t.f32();
+  }
+#endif
 
   Activation kind_;
   ActivationParams params_;
@@ -157,7 +211,25 @@ class IdentityOp final : public Op {
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      // training_mode (input 2) is device memory here; infer already rejected a constant true, and the ONNX
+      // importer requires it to be a constant, so it is not re-read.
+      const Tensor& x = *inputs.at(0);
+      Tensor& y = *outputs.at(0);
+      CAMRT_CHECK(y.dtype == x.dtype && y.nbytes() == x.nbytes(),
+                  where(node_) << ": output buffer does not match input '" << input_name(node_, 0) << "'");
+      cudaStream_t stream = cuda_stream(ctx, node_);
+      if (y.data != x.data && x.nbytes() > 0) copy_on_device(*ctx.cuda, y.data, x.data, x.nbytes());
+      if (outputs.size() > 1 && outputs[1] != nullptr) {
+        Tensor& mask = *outputs[1];
+        CAMRT_CHECK(mask.dtype == DType::Bool, where(node_) << ": mask output must be BOOL");
+        cuda::fill_bytes(mask.data, 1, mask.nbytes(), stream);  // nothing is dropped at inference
+      }
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": this build has no CUDA backend");
     if (dropout_ && inputs.size() > 2 && inputs[2] != nullptr) {
       const Tensor& mode = *inputs[2];
       CAMRT_CHECK(mode.dtype == DType::Bool && mode.numel() == 1 && static_cast<const uint8_t*>(mode.data)[0] == 0,
@@ -184,8 +256,15 @@ class IdentityOp final : public Op {
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>&,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+#if CAMRT_WITH_CUDA
+    const bool on_gpu = ctx.device == Device::CUDA;
+#else
+    const bool on_gpu = false;
+#endif
+    if (!on_gpu) {
+      CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": this build has no CUDA backend");
+      CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    }
     if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
     CAMRT_CHECK(inputs.at(0)->dtype == DType::F32,
                 where(node_) << ": no gradient for input '" << input_name(node_, 0) << "' of dtype " << dtype_name(inputs[0]->dtype));
@@ -195,6 +274,12 @@ class IdentityOp final : public Op {
     CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dy.numel() == n && inputs[0]->numel() == n,
                 where(node_) << ": gradient buffers " << shape_str(dx.shape) << " / " << shape_str(dy.shape)
                              << " do not match input '" << input_name(node_, 0) << "' " << shape_str(inputs[0]->shape));
+#if CAMRT_WITH_CUDA
+    if (on_gpu) {
+      cuda::accumulate(dx.f32(), dy.f32(), n, cuda_stream(ctx, node_));
+      return;
+    }
+#endif
     float* d = dx.f32();
     const float* g = dy.f32();
     // ~32K floats: below that a memory-bound add is cheaper on one thread than waking the workers.

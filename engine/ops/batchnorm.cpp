@@ -7,6 +7,9 @@
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/batchnorm.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/batchnorm.h"
+#endif
 
 namespace camrt {
 
@@ -49,7 +52,7 @@ class BatchNormOp final : public Op {
     return {TensorDesc{DType::F32, x.shape}};
   }
 
-  // Room for the folded scale and shift: (C,) each.
+  // Room for the folded scale and shift: (C,) each. The same on the GPU, where the fold runs on the device.
   size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context&) const override {
     return 2 * static_cast<size_t>(std::max<int64_t>(0, inputs.at(0).shape.at(1))) * sizeof(float);
   }
@@ -58,8 +61,7 @@ class BatchNormOp final : public Op {
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    check_context(ctx);
     const Tensor& x = *inputs.at(0);
     Tensor& y = *outputs.at(0);
     const int64_t batch = x.shape.at(0), channels = x.shape.at(1);
@@ -67,6 +69,18 @@ class BatchNormOp final : public Op {
     for (size_t i = 1; i < 5; ++i)
       CAMRT_CHECK(inputs.at(i) != nullptr && inputs[i]->numel() == channels,
                   where(node_) << ": input '" << input_name(node_, i) << "' must hold " << channels << " values");
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      // gamma, beta, mean and var are device memory: the fold runs on the device into the plan's workspace.
+      float* scale = device_workspace(ctx, 2 * static_cast<size_t>(channels) * sizeof(float));
+      float* shift = scale + channels;
+      cudaStream_t stream = ctx.cuda->stream();
+      cuda::batchnorm_fold(scale, shift, inputs[1]->f32(), inputs[2]->f32(), inputs[3]->f32(), inputs[4]->f32(),
+                           channels, epsilon_, stream);
+      cuda::batchnorm_forward(y.f32(), x.f32(), scale, shift, batch, channels, inner, stream);
+      return;
+    }
+#endif
     // The plan's workspace (sized by workspace_bytes) keeps the steady state allocation-free; a caller
     // without one (tests, one-off runs) gets a temporary buffer.
     const size_t need = 2 * static_cast<size_t>(channels) * sizeof(float);
@@ -98,8 +112,7 @@ class BatchNormOp final : public Op {
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>&,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    check_context(ctx);
     for (size_t i = 1; i < dinputs.size(); ++i)
       CAMRT_CHECK(dinputs[i] == nullptr, where(node_) << ": no gradient for '" << input_name(node_, i)
                                                       << "': camrt computes activation gradients only");
@@ -115,6 +128,15 @@ class BatchNormOp final : public Op {
     for (size_t i : {size_t(1), size_t(4)})
       CAMRT_CHECK(inputs.at(i) != nullptr && inputs[i]->numel() == channels,
                   where(node_) << ": input '" << input_name(node_, i) << "' must hold " << channels << " values");
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      float* scale = device_workspace(ctx, static_cast<size_t>(channels) * sizeof(float));
+      cudaStream_t stream = ctx.cuda->stream();
+      cuda::batchnorm_fold_scale(scale, inputs[1]->f32(), inputs[4]->f32(), channels, epsilon_, stream);
+      cuda::batchnorm_backward(dx.f32(), dy.f32(), scale, batch, channels, inner, stream);
+      return;
+    }
+#endif
     const size_t need = static_cast<size_t>(channels) * sizeof(float);
     std::vector<float> fallback;  // as in forward: only for callers without a planned workspace
     float* scale = static_cast<float*>(ctx.workspace);
@@ -127,6 +149,28 @@ class BatchNormOp final : public Op {
   }
 
  private:
+  // CPU: a thread pool; CUDA (in a CUDA build): a runtime for the stream.
+  void check_context(const Context& ctx) const {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda != nullptr, where(node_) << ": the CUDA context has no runtime");
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": this build has no CUDA backend");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+  }
+
+#if CAMRT_WITH_CUDA
+  // The plan's device workspace for the folded statistics. Unlike the CPU path there is no temporary fallback:
+  // allocating device memory per call is what the plan's workspace exists to avoid.
+  float* device_workspace(const Context& ctx, size_t need) const {
+    CAMRT_CHECK(need == 0 || (ctx.workspace != nullptr && ctx.workspace_bytes >= need),
+                where(node_) << ": needs " << need << " bytes of device workspace, got " << ctx.workspace_bytes);
+    return static_cast<float*>(ctx.workspace);
+  }
+#endif
+
   float epsilon_ = 1e-5f;
 };
 

@@ -1,6 +1,7 @@
 // Conv (ONNX): attribute parsing, shape inference (explicit pads or auto_pad), the CPU forward and the CPU
 // backward (input gradient only) for 1-D and 2-D convolutions; a 1-D conv runs as a 2-D conv with H = 1.
-// The arithmetic is kernels/cpu/conv.cpp.
+// The arithmetic is kernels/cpu/conv.cpp and, on the GPU, kernels/cuda/conv.cu (cuDNN; its algorithm is chosen
+// when workspace_bytes is asked at plan time).
 // camrt extension: attribute "activation" ("relu" | "clip", with "activation_min"/"activation_max") fuses the
 // following activation into the conv's output pass; the executor sets it when it fuses Conv+Relu/Clip.
 #include <algorithm>
@@ -8,6 +9,9 @@
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/conv.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/conv.h"
+#endif
 
 namespace camrt {
 
@@ -63,18 +67,33 @@ class ConvOp : public Op {
   }
 
   size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, where() << ": a GPU plan needs Context::cuda");
+      return cuda::conv2d_workspace_bytes(*ctx.cuda, geometry(inputs.at(0).shape, inputs.at(1).shape),
+                                          cuda::ConvDirection::kForward);
+    }
+#endif
     return conv2d_workspace_bytes(geometry(inputs.at(0).shape, inputs.at(1).shape),
                                   ctx.pool ? ctx.pool->num_threads() : 1);
   }
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where() << ": only the CPU backend is implemented");
-    CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
     CAMRT_CHECK(inputs.size() >= 2 && inputs[0] && inputs[1] && outputs.size() == 1 && outputs[0],
                 where() << ": forward needs X, W and one output");
     const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
     const float* bias = inputs.size() > 2 && inputs[2] ? inputs[2]->f32() : nullptr;
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, where() << ": the GPU forward needs Context::cuda");
+      cuda::conv2d_forward(outputs[0]->f32(), inputs[0]->f32(), inputs[1]->f32(), bias, s, act_, ctx.workspace,
+                           ctx.workspace_bytes, *ctx.cuda);
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU, where() << ": this build has no CUDA backend");
+    CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
     conv2d_forward(outputs[0]->f32(), inputs[0]->f32(), inputs[1]->f32(), bias, s, act_, ctx.workspace,
                    ctx.workspace_bytes, *ctx.pool);
   }
@@ -91,13 +110,18 @@ class ConvOp : public Op {
   // The masked dy (fused activation only) first, then the kernel's column matrix and GEMM buffers.
   size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
     const Conv2dShape s = geometry(inputs.at(0).shape, inputs.at(1).shape);
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, where() << ": a GPU plan needs Context::cuda");
+      return masked_dy_bytes(s, kCudaAlignBytes) +
+             cuda::conv2d_workspace_bytes(*ctx.cuda, s, cuda::ConvDirection::kBackwardData);
+    }
+#endif
     return masked_dy_bytes(s) + conv2d_backward_data_workspace_bytes(s, ctx.pool ? ctx.pool->num_threads() : 1);
   }
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where() << ": only the CPU backward is implemented");
-    CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
     for (size_t i = 1; i < dinputs.size(); ++i)
       CAMRT_CHECK(dinputs[i] == nullptr, where() << ": no gradient for " << (i == 1 ? "weight W" : "bias B") << " '"
                                                  << (i < node_.inputs.size() ? node_.inputs[i] : std::string())
@@ -112,6 +136,29 @@ class ConvOp : public Op {
     const int64_t out_numel = s.batch * s.out_channels * s.out_h() * s.out_w();
     CAMRT_CHECK(dy.dtype == DType::F32 && dy.shape.size() == inputs[0]->shape.size() && dy.numel() == out_numel,
                 where() << ": output gradient " << shape_str(dy.shape) << " does not match the conv's output");
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, where() << ": the GPU backward needs Context::cuda");
+      const float* g = dy.f32();
+      size_t used = 0;
+      if (act_.kind != FusedActivation::kNone) {  // as below, on the device
+        CAMRT_CHECK(outputs.size() == 1 && outputs[0] && outputs[0]->numel() == out_numel,
+                    where() << ": backward of the fused activation needs the forward output Y");
+        used = masked_dy_bytes(s, kCudaAlignBytes);
+        CAMRT_CHECK(ctx.workspace && ctx.workspace_bytes >= used,
+                    where() << ": backward workspace of " << ctx.workspace_bytes << " bytes, need at least " << used);
+        float* masked = static_cast<float*>(ctx.workspace);
+        cuda::conv2d_activation_backward(masked, dy.f32(), outputs[0]->f32(), out_numel, act_, ctx.guided_relu,
+                                         ctx.cuda->stream());
+        g = masked;
+      }
+      void* ws = ctx.workspace ? static_cast<unsigned char*>(ctx.workspace) + used : nullptr;
+      cuda::conv2d_backward_data(dx.f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.cuda);
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU, where() << ": this build has no CUDA backend");
+    CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
     const float* g = dy.f32();
     size_t used = 0;
     if (act_.kind != FusedActivation::kNone) {
@@ -130,11 +177,14 @@ class ConvOp : public Op {
   }
 
  private:
-  // Workspace bytes for dy masked by the fused activation (64-byte multiple, so what follows stays aligned).
-  size_t masked_dy_bytes(const Conv2dShape& s) const {
+  // cuDNN's workspace follows the masked dy on the GPU: keep it at cudaMalloc's 256-byte alignment.
+  static constexpr size_t kCudaAlignBytes = 256;
+
+  // Workspace bytes for dy masked by the fused activation (a multiple of `align`, so what follows stays aligned).
+  size_t masked_dy_bytes(const Conv2dShape& s, size_t align = 64) const {
     if (act_.kind == FusedActivation::kNone) return 0;
     const size_t floats = size_t(s.batch * s.out_channels * s.out_h() * s.out_w());
-    return (floats * sizeof(float) + 63) / 64 * 64;
+    return (floats * sizeof(float) + align - 1) / align * align;
   }
 
   std::string where() const { return "node '" + node_.name + "' (" + node_.op + ")"; }

@@ -6,6 +6,9 @@
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/elementwise.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/elementwise.h"
+#endif
 
 namespace camrt {
 
@@ -40,8 +43,7 @@ class BinaryArithmeticOp final : public Op {
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    check_context(ctx);
     const Tensor& a = *inputs.at(0);
     const Tensor& b = *inputs.at(1);
     Tensor& out = *outputs.at(0);
@@ -59,6 +61,19 @@ class BinaryArithmeticOp final : public Op {
     for (const Tensor* in : {&a, &b})
       CAMRT_CHECK(out.data != in->data || in->numel() == plan.numel,
                   where(node_) << ": output shares the buffer of a broadcast input " << shape_str(in->shape));
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      // Integer Div by zero cannot be reported from a kernel: it yields 0 there (see kernels/cuda/elementwise.h).
+      if (a.dtype == DType::F32) {
+        cuda::binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, ctx.cuda->stream());
+      } else if (a.dtype == DType::I64) {
+        cuda::binary_forward(out.i64(), a.i64(), b.i64(), plan, op_, ctx.cuda->stream());
+      } else {
+        CAMRT_FAIL(where(node_) << ": dtype " << dtype_name(a.dtype) << " is not supported");
+      }
+      return;
+    }
+#endif
     if (a.dtype == DType::F32) {
       binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, *ctx.pool);
     } else if (a.dtype == DType::I64) {
@@ -98,12 +113,30 @@ class BinaryArithmeticOp final : public Op {
     return needs;
   }
 
-  size_t backward_workspace_bytes(const std::vector<TensorDesc>&, const Context&) const override { return 0; }
+  // The CUDA backward may split the reduction onto a small operand (a bias, a scalar) over more blocks; its
+  // partial sums live in the workspace. The CPU needs none.
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA && inputs.size() == 2 && inputs[0].dtype == DType::F32) {
+      for (const TensorDesc& d : inputs)
+        for (int64_t n : d.shape)
+          if (n < 0) return 0;  // not a concrete plan's shapes
+      try {
+        return cuda::binary_backward_workspace_bytes(make_broadcast_plan(inputs[0].shape, inputs[1].shape));
+      } catch (const Error& e) {
+        CAMRT_FAIL(where(node_) << ": " << e.what());
+      }
+    }
+#else
+    (void)inputs;
+    (void)ctx;
+#endif
+    return 0;
+  }
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    check_context(ctx);
     Tensor* da = dinputs.size() > 0 ? dinputs[0] : nullptr;
     Tensor* db = dinputs.size() > 1 ? dinputs[1] : nullptr;
     if ((da == nullptr && db == nullptr) || doutputs.empty() || doutputs[0] == nullptr) return;
@@ -131,6 +164,14 @@ class BinaryArithmeticOp final : public Op {
     const float* y = nullptr;
     if (op_ == BinaryOp::Div && db != nullptr && a.numel() == plan.numel) y = outputs.at(0)->f32();
     try {
+#if CAMRT_WITH_CUDA
+      if (ctx.device == Device::CUDA) {
+        // Deterministic reductions (no atomics); the workspace (backward_workspace_bytes) holds partial sums.
+        cuda::binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, dy.f32(), a.f32(), b.f32(), y, plan,
+                              op_, ctx.workspace, ctx.workspace_bytes, ctx.cuda->stream());
+        return;
+      }
+#endif
       binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, dy.f32(), a.f32(), b.f32(), y, plan, op_,
                       *ctx.pool);
     } catch (const Error& e) {
@@ -139,6 +180,18 @@ class BinaryArithmeticOp final : public Op {
   }
 
  private:
+  // CPU: a thread pool; CUDA (in a CUDA build): a runtime for the stream.
+  void check_context(const Context& ctx) const {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda != nullptr, where(node_) << ": the CUDA context has no runtime");
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": this build has no CUDA backend");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+  }
+
   // 1 if the operand with `shape` is as large as the broadcast of it with `other` (it broadcasts along no dim),
   // 0 if it is smaller, -1 if dynamic (-1) dims leave it open.
   static int operand_is_full(const Shape& shape, const Shape& other) {

@@ -2,12 +2,17 @@
 // broadcasts to (M, N); a per-column or per-row C with beta = 1 (a Linear layer's bias) rides the GEMM
 // epilogue instead of a separate pass. MatMul follows numpy: 1-D operands are promoted and batch dims broadcast.
 // Backward: dA, dB (when not constants) and Gemm's dC, each as accumulating GEMMs or a reduction.
+// On the GPU (kernels/cuda/gemm.cu, cuBLAS) C is broadcast into the output first and scaled by beta in the product;
+// MatMul's batch dims become strided-batched products, needing no workspace.
 #include <algorithm>
 #include <array>
 #include <cstring>
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/gemm.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/gemm.h"
+#endif
 
 namespace camrt {
 
@@ -53,17 +58,33 @@ class GemmOp : public Op {
 
   size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
     const Sizes z = sizes(inputs.at(0).shape, inputs.at(1).shape);
+    if (ctx.device == Device::CUDA) return 0;  // cuBLAS works in its handle's own workspace
     return gemm_workspace_bytes(z.m, z.n, z.k, ctx.pool ? ctx.pool->num_threads() : 1);
   }
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
     const Tensor& a = *inputs.at(0);
     const Tensor& b = *inputs.at(1);
     const Tensor* c = inputs.size() > 2 ? inputs[2] : nullptr;
     float* y = outputs.at(0)->f32();  // (M, N)
     const Sizes z = sizes(a.shape, b.shape);
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, where_of(node_) << ": the GPU forward needs Context::cuda");
+      float beta = 0.f;
+      if (c && beta_ != 0.f) {  // y = broadcast C, then y = alpha op(A) op(B) + beta y
+        const Shape& cs = c->shape;
+        cuda::broadcast_matrix(y, c->f32(), z.m, z.n, cs.size() == 2 ? cs[0] : 1, cs.empty() ? 1 : cs.back(),
+                               ctx.cuda->stream());
+        beta = beta_;
+      }
+      cuda::gemm(y, z.n, a.f32(), a.shape[1], trans_a_, b.f32(), b.shape[1], trans_b_, z.m, z.n, z.k, alpha_, beta,
+                 GemmEpilogue{}, *ctx.cuda);
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
     GemmEpilogue epi;
     float beta = 0.f;
     if (c && beta_ != 0.f) {
@@ -100,6 +121,7 @@ class GemmOp : public Op {
   // The larger of the dA and dB products' GEMM buffers, for the operands that are not constants.
   size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
     const Sizes z = sizes(inputs.at(0).shape, inputs.at(1).shape);
+    if (ctx.device == Device::CUDA) return 0;
     const int threads = ctx.pool ? ctx.pool->num_threads() : 1;
     size_t bytes = 0;
     if (!inputs[0].constant)
@@ -114,12 +136,17 @@ class GemmOp : public Op {
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
     (void)outputs;
-    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
     if (doutputs.empty() || !doutputs[0]) return;
     Tensor* da = dinputs.size() > 0 ? dinputs[0] : nullptr;
     Tensor* db = dinputs.size() > 1 ? dinputs[1] : nullptr;
     Tensor* dc = dinputs.size() > 2 ? dinputs[2] : nullptr;
     if (!da && !db && !dc) return;
+    const bool on_gpu = ctx.device == Device::CUDA;
+#if !CAMRT_WITH_CUDA
+    CAMRT_CHECK(!on_gpu, where_of(node_) << ": this build has no CUDA backend");
+#endif
+    CAMRT_CHECK(on_gpu ? ctx.cuda != nullptr : ctx.pool != nullptr,
+                where_of(node_) << (on_gpu ? ": the GPU backward needs Context::cuda" : ": the CPU backward needs a thread pool"));
     const Tensor& a = *inputs.at(0);
     const Tensor& b = *inputs.at(1);
     const Sizes z = sizes(a.shape, b.shape);
@@ -133,6 +160,36 @@ class GemmOp : public Op {
                   where_of(node_) << ": gradient of " << name << " " << shape_str(d->shape) << " does not match "
                                   << shape_str(value.shape));
     };
+#if CAMRT_WITH_CUDA
+    if (on_gpu) {  // the same products as below, on cuBLAS
+      if (da) {
+        check_grad(da, a, "A");
+        if (!trans_a_)
+          cuda::gemm(da->f32(), z.k, dy, z.n, false, b.f32(), b.shape[1], !trans_b_, z.m, z.k, z.n, alpha_, 1.f, none,
+                     *ctx.cuda);
+        else
+          cuda::gemm(da->f32(), z.m, b.f32(), b.shape[1], trans_b_, dy, z.n, true, z.k, z.m, z.n, alpha_, 1.f, none,
+                     *ctx.cuda);
+      }
+      if (db) {
+        check_grad(db, b, "B");
+        if (!trans_b_)
+          cuda::gemm(db->f32(), z.n, a.f32(), a.shape[1], !trans_a_, dy, z.n, false, z.k, z.n, z.m, alpha_, 1.f, none,
+                     *ctx.cuda);
+        else
+          cuda::gemm(db->f32(), z.k, dy, z.n, true, a.f32(), a.shape[1], trans_a_, z.n, z.k, z.m, alpha_, 1.f, none,
+                     *ctx.cuda);
+      }
+      if (dc && beta_ != 0.f) {
+        CAMRT_CHECK(inputs.size() > 2 && inputs[2], where_of(node_) << ": gradient requested for an omitted C");
+        check_grad(dc, *inputs[2], "C");
+        const Shape& cs = inputs[2]->shape;
+        cuda::broadcast_matrix_backward(dc->f32(), dy, z.m, z.n, cs.size() == 2 ? cs[0] : 1, cs.empty() ? 1 : cs.back(),
+                                        beta_, ctx.cuda->stream());
+      }
+      return;
+    }
+#endif
     if (da) {
       check_grad(da, a, "A");
       if (!trans_a_)  // dA (M, K) += alpha * dY (M, N) x op(B)^T (N, K)
@@ -215,18 +272,35 @@ class MatMulOp : public Op {
 
   size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
     const Plan p = plan(inputs.at(0).shape, inputs.at(1).shape);
+    if (ctx.device == Device::CUDA) return 0;  // cuBLAS works in its handle's own workspace
     return gemm_workspace_bytes(p.fold_a_batch ? p.m * p.batch_count : p.m, p.n, p.k,
                                 ctx.pool ? ctx.pool->num_threads() : 1);
   }
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
     const Plan p = plan(inputs.at(0)->shape, inputs.at(1)->shape);
     const float* a = inputs[0]->f32();
     const float* b = inputs[1]->f32();
     float* y = outputs.at(0)->f32();
     const GemmEpilogue none;
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, where_of(node_) << ": the GPU forward needs Context::cuda");
+      if (p.batch_count == 0) return;
+      if (p.fold_a_batch) {
+        cuda::gemm(y, p.n, a, p.k, false, b, p.n, false, p.m * p.batch_count, p.n, p.k, 1.f, 0.f, none, *ctx.cuda);
+        return;
+      }
+      // Y_t (M, N) = A_t (M, K) x B_t (K, N), one strided-batched product per run of the inner batch dims.
+      for_each_batch_run(p, [&](int64_t a_off, int64_t b_off, int64_t y_off, const BatchRun& run) {
+        cuda::gemm_strided_batched(y + y_off, p.n, p.m * p.n, a + a_off, p.k, run.a_stride, false, b + b_off, p.n,
+                                   run.b_stride, false, p.m, p.n, p.k, run.count, 1.f, 0.f, *ctx.cuda);
+      });
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
     if (p.fold_a_batch) {
       // B has no batch dims: A's batch rows stack into one (batch * M, K) matrix.
       gemm(y, p.n, a, p.k, false, b, p.n, false, p.m * p.batch_count, p.n, p.k, 1.f, 0.f, none, ctx.workspace,
@@ -262,6 +336,7 @@ class MatMulOp : public Op {
 
   size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
     const Plan p = plan(inputs.at(0).shape, inputs.at(1).shape);
+    if (ctx.device == Device::CUDA) return 0;
     const int threads = ctx.pool ? ctx.pool->num_threads() : 1;
     const int64_t rows = p.fold_a_batch ? p.m * p.batch_count : p.m;
     size_t bytes = 0;
@@ -276,11 +351,16 @@ class MatMulOp : public Op {
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
     (void)outputs;
-    CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where_of(node_) << ": needs the CPU backend and a thread pool");
     if (doutputs.empty() || !doutputs[0]) return;
     Tensor* da = dinputs.size() > 0 ? dinputs[0] : nullptr;
     Tensor* db = dinputs.size() > 1 ? dinputs[1] : nullptr;
     if (!da && !db) return;
+    const bool on_gpu = ctx.device == Device::CUDA;
+#if !CAMRT_WITH_CUDA
+    CAMRT_CHECK(!on_gpu, where_of(node_) << ": this build has no CUDA backend");
+#endif
+    CAMRT_CHECK(on_gpu ? ctx.cuda != nullptr : ctx.pool != nullptr,
+                where_of(node_) << (on_gpu ? ": the GPU backward needs Context::cuda" : ": the CPU backward needs a thread pool"));
     const Tensor& at = *inputs.at(0);
     const Tensor& bt = *inputs.at(1);
     const Plan p = plan(at.shape, bt.shape);
@@ -299,6 +379,42 @@ class MatMulOp : public Op {
     const float* b = bt.f32();
     const float* dy = dyt.f32();
     const GemmEpilogue none;
+#if CAMRT_WITH_CUDA
+    if (on_gpu) {
+      if (p.batch_count == 0) return;
+      if (p.fold_a_batch) {  // as below
+        const int64_t rows = p.m * p.batch_count;
+        if (da) cuda::gemm(da->f32(), p.k, dy, p.n, false, b, p.n, true, rows, p.k, p.n, 1.f, 1.f, none, *ctx.cuda);
+        if (db) cuda::gemm(db->f32(), p.n, a, p.k, true, dy, p.n, false, p.k, p.n, rows, 1.f, 1.f, none, *ctx.cuda);
+        return;
+      }
+      // dA_t += dY_t B_t^T and dB_t += A_t^T dY_t per run of the inner batch dims. A run is one batched product
+      // only when the gradient's blocks differ along it (stride != 0); an operand broadcast along the run gets one
+      // accumulating product per t instead, which the stream serialises, so no two write its block at once.
+      for_each_batch_run(p, [&](int64_t a_off, int64_t b_off, int64_t y_off, const BatchRun& run) {
+        const float* dy_run = dy + y_off;
+        if (da) {
+          if (run.a_stride != 0)
+            cuda::gemm_strided_batched(da->f32() + a_off, p.k, run.a_stride, dy_run, p.n, p.m * p.n, false, b + b_off,
+                                       p.n, run.b_stride, true, p.m, p.k, p.n, run.count, 1.f, 1.f, *ctx.cuda);
+          else
+            for (int64_t t = 0; t < run.count; ++t)
+              cuda::gemm(da->f32() + a_off, p.k, dy_run + t * p.m * p.n, p.n, false, b + b_off + t * run.b_stride, p.n,
+                         true, p.m, p.k, p.n, 1.f, 1.f, none, *ctx.cuda);
+        }
+        if (db) {
+          if (run.b_stride != 0)
+            cuda::gemm_strided_batched(db->f32() + b_off, p.n, run.b_stride, a + a_off, p.k, run.a_stride, true, dy_run,
+                                       p.n, p.m * p.n, false, p.k, p.n, p.m, run.count, 1.f, 1.f, *ctx.cuda);
+          else
+            for (int64_t t = 0; t < run.count; ++t)
+              cuda::gemm(db->f32() + b_off, p.n, a + a_off + t * run.a_stride, p.k, true, dy_run + t * p.m * p.n, p.n,
+                         false, p.k, p.n, p.m, 1.f, 1.f, none, *ctx.cuda);
+        }
+      });
+      return;
+    }
+#endif
     if (p.fold_a_batch) {
       const int64_t rows = p.m * p.batch_count;  // A's batch rows stacked: (rows, K), B (K, N) shared
       if (da)  // dA (rows, K) += dY (rows, N) x B^T
@@ -378,6 +494,54 @@ class MatMulOp : public Op {
     }
     p.fold_a_batch = b_batch == 0;
     return p;
+  }
+
+  // Batch dims as runs for strided-batched products: the innermost dims (size-1 dims dropped) merge while each
+  // operand's stride stays uniform across them (contiguous, or 0 for broadcast). fn(a_off, b_off, y_off, run) is
+  // called once per index of the remaining outer dims, last dim fastest; y is contiguous, so a run's output
+  // stride is M * N and y_off counts whole runs.
+  struct BatchRun {
+    int64_t count = 1;                   // batch items in the run
+    int64_t a_stride = 0, b_stride = 0;  // element strides of A and B from one item to the next (0: shared)
+  };
+  template <typename Fn>
+  static void for_each_batch_run(const Plan& p, const Fn& fn) {
+    std::array<int64_t, kMaxBatchRank> size{}, sa{}, sb{};
+    size_t rank = 0;
+    for (size_t d = 0; d < p.batch_rank; ++d) {
+      if (p.batch[d] == 1) continue;
+      size[rank] = p.batch[d];
+      sa[rank] = p.a_stride[d];
+      sb[rank] = p.b_stride[d];
+      ++rank;
+    }
+    BatchRun run;
+    size_t outer = rank;  // dims [0, outer) are iterated, [outer, rank) form the run
+    if (rank > 0) {
+      outer = rank - 1;
+      run.count = size[outer];
+      run.a_stride = sa[outer];
+      run.b_stride = sb[outer];
+      while (outer > 0 && sa[outer - 1] == run.a_stride * run.count && sb[outer - 1] == run.b_stride * run.count) {
+        --outer;
+        run.count *= size[outer];
+      }
+    }
+    int64_t outer_count = 1;
+    for (size_t d = 0; d < outer; ++d) outer_count *= size[d];
+    std::array<int64_t, kMaxBatchRank> index{};
+    for (int64_t t = 0; t < outer_count; ++t) {
+      int64_t a_off = 0, b_off = 0;
+      for (size_t d = 0; d < outer; ++d) {
+        a_off += index[d] * sa[d];
+        b_off += index[d] * sb[d];
+      }
+      fn(a_off, b_off, t * run.count * p.m * p.n, run);
+      for (size_t d = outer; d-- > 0;) {
+        if (++index[d] < size[d]) break;
+        index[d] = 0;
+      }
+    }
   }
 };
 

@@ -9,6 +9,7 @@
 
 #include "engine/tensor.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cuda/runtime.h"
 #include "weights/model.h"
 
 namespace camrt {
@@ -22,11 +23,16 @@ struct TensorDesc {
   bool present = true;  // false for an omitted optional input ("" in the node's input list)
 };
 
-// Everything a kernel may use while running: the device, the CPU workers, and the plan's scratch
-// area (sized from Op::workspace_bytes). The CUDA backend adds its stream and handles here.
+// Everything a kernel may use while running: the device, the CPU workers, the plan's scratch area (sized
+// from Op::workspace_bytes; device memory when device == CUDA), and for the GPU the runtime holding the
+// stream, cuBLAS/cuDNN handles, precision and algorithm cache. Ops dispatch on `device`:
+//   #if CAMRT_WITH_CUDA
+//     if (ctx.device == Device::CUDA) { cuda_launcher(..., ctx.cuda->stream()); return; }
+//   #endif
 struct Context {
   Device device = Device::CPU;
   ThreadPool* pool = nullptr;
+  CudaRuntime* cuda = nullptr;  // set when device == CUDA
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   // Guided Backprop: every ReLU's backward passes dy only where its input > 0 and dy > 0.

@@ -2,9 +2,14 @@
 // constant value from the optional third input or the "value" attribute; optional axes input (opset 18).
 // The backward reads only the pads and axes inputs (to rebuild the geometry), never the data or the output.
 #include <cmath>
+#include <mutex>
+#include <optional>
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/pad.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/pad.h"
+#endif
 
 namespace camrt {
 
@@ -32,10 +37,25 @@ class PadOp : public Op {
       CAMRT_CHECK(mode_ == PadMode::Constant || in[d] > 0 || out[d] == 0,
                   "node '" << node_.name << "' (Pad): cannot " << (mode_ == PadMode::Edge ? "edge" : "reflect") << "-pad an empty dimension");
     }
+#if CAMRT_WITH_CUDA
+    remember_constants(inputs);
+#endif
     return {TensorDesc{DType::F32, out}};
   }
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs) const override {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda, "node '" << node_.name << "' (Pad): the CUDA context has no runtime");
+      const Tensor& x = *inputs[0];
+      const auto pads = device_run_pads(inputs);
+      // The value input is device memory: the kernel reads it (nullptr: the attribute).
+      const float* value_device = inputs.size() > 2 && inputs[2] && inputs[2]->numel() > 0 ? inputs[2]->f32() : nullptr;
+      cuda::pad_forward(outputs[0]->f32(), x.f32(), x.shape.data(), outputs[0]->shape.data(), pads.data(), x.rank(), mode_,
+                        attr_float("value", 0.f), value_device, ctx.cuda->stream());
+      return;
+    }
+#endif
     const Tensor& x = *inputs[0];  // (any rank)
     const auto pads = runtime_pads(inputs);
     float value = attr_float("value", 0.f);
@@ -62,8 +82,18 @@ class PadOp : public Op {
     const Tensor& x = *inputs[0];
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
-    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, "node '" << node_.name << "' (Pad): only the CPU backward exists");
+#if CAMRT_WITH_CUDA
+    const bool on_gpu = ctx.device == Device::CUDA;
+#else
+    const bool on_gpu = false;
+#endif
+    if (!on_gpu)
+      CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, "node '" << node_.name << "' (Pad): only the CPU backward exists");
+#if CAMRT_WITH_CUDA
+    const auto pads = on_gpu ? device_run_pads(inputs) : runtime_pads(inputs);
+#else
     const auto pads = runtime_pads(inputs);
+#endif
     Shape expected = x.shape;
     for (size_t d = 0; d < x.shape.size(); ++d) expected[d] += pads[d] + pads[d + x.shape.size()];
     CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
@@ -72,6 +102,14 @@ class PadOp : public Op {
     CAMRT_CHECK(dy.shape == expected && dy.dtype == DType::F32,
                 "node '" << node_.name << "' (Pad): output gradient " << shape_str(dy.shape) << ", expected "
                          << shape_str(expected));
+#if CAMRT_WITH_CUDA
+    if (on_gpu) {
+      CAMRT_CHECK(ctx.cuda, "node '" << node_.name << "' (Pad): the CUDA context has no runtime");
+      cuda::pad_backward(dx.f32(), dy.f32(), x.shape.data(), dy.shape.data(), pads.data(), x.rank(), mode_,
+                         ctx.cuda->stream());
+      return;
+    }
+#endif
     pad_backward(dx.f32(), dy.f32(), x.shape.data(), dy.shape.data(), pads.data(), x.rank(), mode_, *ctx.pool);
   }
 
@@ -128,6 +166,46 @@ class PadOp : public Op {
     }
     return pads;
   }
+
+#if CAMRT_WITH_CUDA
+  // On the GPU the pads (input 1) and axes (input 3) tensors are device memory, yet the launch needs them on the
+  // host. infer insists they are constants, identical for every plan of the graph, so it keeps host copies here
+  // (no shape-dependent state); forward and backward resolve the pads from these copies.
+  void remember_constants(const std::vector<TensorDesc>& inputs) const {
+    std::lock_guard<std::mutex> lock(constants_mutex_);
+    for (size_t i : {size_t(1), size_t(3)})
+      if (i < inputs.size() && inputs[i].present && inputs[i].constant) host_constants_[i] = *inputs[i].constant;
+  }
+
+  // runtime_pads for device tensors: shapes from the tensors, values from the copies infer kept.
+  std::vector<int64_t> device_run_pads(const std::vector<const Tensor*>& inputs) const {
+    std::optional<HostTensor> copies[4];
+    {
+      std::lock_guard<std::mutex> lock(constants_mutex_);
+      for (size_t i = 0; i < 4; ++i) copies[i] = host_constants_[i];
+    }
+    std::vector<TensorDesc> descs;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      TensorDesc d;
+      if (inputs[i]) {
+        d.dtype = inputs[i]->dtype;
+        d.shape = inputs[i]->shape;
+        if (i == 1 || i == 3) {
+          CAMRT_CHECK(i < 4 && copies[i].has_value(), "node '" << node_.name << "' (Pad): " << (i == 1 ? "pads" : "axes")
+                                                               << " were not seen by infer (run infer before forward)");
+          d.constant = &*copies[i];
+        }
+      } else {
+        d.present = false;
+      }
+      descs.push_back(d);
+    }
+    return resolve_pads(descs, inputs[0]->rank());
+  }
+
+  mutable std::mutex constants_mutex_;
+  mutable std::optional<HostTensor> host_constants_[4];  // by input index; only 1 (pads) and 3 (axes) are used
+#endif
 
   PadMode mode_ = PadMode::Constant;
 };

@@ -2,10 +2,14 @@
 // attributes, output shapes, forward and backward dispatch. The arithmetic is in kernels/cpu/pool.cpp. Pads
 // never materialise: kernels clip each window, so pad values never enter a max or a sum. Only MaxPool's
 // backward reads forward data (input and output, to find each window's argmax); the averages need shapes only.
+// On the GPU the twins in kernels/cuda/pool.cu run with the same geometry; none needs a workspace.
 #include <algorithm>
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/pool.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/pool.h"
+#endif
 
 namespace camrt {
 
@@ -62,10 +66,21 @@ class PoolOp : public Op {
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
-    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
     PoolGeometry g;
     const Shape expected = output_shape(x.shape, &g);
     CAMRT_CHECK(y.shape == expected, where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && x.device == Device::CUDA && y.device == Device::CUDA,
+                  where() << "the GPU forward needs device tensors and Context::cuda");
+      if (kind_ == PoolKind::Max)
+        cuda::max_pool_forward(y.f32(), x.f32(), g, ctx.cuda->stream());
+      else
+        cuda::average_pool_forward(y.f32(), x.f32(), g, count_include_pad_, ctx.cuda->stream());
+      return;
+    }
+#endif
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "the CPU forward needs host tensors and Context::pool");
     if (kind_ == PoolKind::Max)
       max_pool_forward(y.f32(), x.f32(), g, *ctx.pool);
     else
@@ -84,13 +99,28 @@ class PoolOp : public Op {
     const Tensor& x = *inputs[0];
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
-    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
     PoolGeometry g;
     const Shape y_shape = output_shape(x.shape, &g);
     CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
                 where() << "input gradient " << shape_str(dx.shape) << " does not match input " << shape_str(x.shape));
     CAMRT_CHECK(dy.shape == y_shape && dy.dtype == DType::F32,
                 where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(y_shape));
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && dx.device == Device::CUDA && dy.device == Device::CUDA,
+                  where() << "the GPU backward needs device tensors and Context::cuda");
+      if (kind_ == PoolKind::Max) {
+        const Tensor& y = *outputs[0];
+        CAMRT_CHECK(y.shape == y_shape && x.device == Device::CUDA && y.device == Device::CUDA,
+                    where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(y_shape) << " on the GPU");
+        cuda::max_pool_backward(dx.f32(), dy.f32(), x.f32(), y.f32(), g, ctx.cuda->stream());
+      } else {
+        cuda::average_pool_backward(dx.f32(), dy.f32(), g, count_include_pad_, ctx.cuda->stream());
+      }
+      return;
+    }
+#endif
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "the CPU backward needs host tensors and Context::pool");
     if (kind_ == PoolKind::Max) {
       const Tensor& y = *outputs[0];
       CAMRT_CHECK(y.shape == y_shape, where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(y_shape));
@@ -180,11 +210,19 @@ class GlobalAveragePoolOp : public Op {
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
-    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
     CAMRT_CHECK(x.rank() >= 3 && y.shape == output_shape(x.shape),
                 where() << "output buffer " << shape_str(y.shape) << " does not fit input " << shape_str(x.shape));
     const int64_t planes = x.shape[0] * x.shape[1];
     const int64_t spatial = planes == 0 ? 0 : x.numel() / planes;
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && x.device == Device::CUDA && y.device == Device::CUDA,
+                  where() << "the GPU forward needs device tensors and Context::cuda");
+      cuda::global_average_pool_forward(y.f32(), x.f32(), planes, spatial, ctx.cuda->stream());
+      return;
+    }
+#endif
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "the CPU forward needs host tensors and Context::pool");
     global_average_pool_forward(y.f32(), x.f32(), planes, spatial, *ctx.pool);
   }
 
@@ -199,13 +237,21 @@ class GlobalAveragePoolOp : public Op {
     const Tensor& x = *inputs[0];
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
-    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
     CAMRT_CHECK(x.rank() >= 3 && dx.shape == x.shape && dx.dtype == DType::F32 && dy.dtype == DType::F32 &&
                     dy.shape == output_shape(x.shape),
                 where() << "gradients " << shape_str(dx.shape) << " / " << shape_str(dy.shape) << " do not fit input "
                         << shape_str(x.shape));
     const int64_t planes = x.shape[0] * x.shape[1];
     const int64_t spatial = planes == 0 ? 0 : x.numel() / planes;
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && dx.device == Device::CUDA && dy.device == Device::CUDA,
+                  where() << "the GPU backward needs device tensors and Context::cuda");
+      cuda::global_average_pool_backward(dx.f32(), dy.f32(), planes, spatial, ctx.cuda->stream());
+      return;
+    }
+#endif
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "the CPU backward needs host tensors and Context::pool");
     global_average_pool_backward(dx.f32(), dy.f32(), planes, spatial, *ctx.pool);
   }
 

@@ -1,11 +1,16 @@
 // ReduceMean (ONNX opsets 11-21): axes come from the 'axes' attribute (opsets < 18) or from a second
 // input (opset >= 18), which shape inference needs as a constant; forward and backward read the input's
 // values again so a runtime axes tensor works too. The backward needs no forward data beyond that axes
-// input. The arithmetic is in kernels/cpu/reduce.cpp.
+// input. The arithmetic is in kernels/cpu/reduce.cpp and kernels/cuda/reduce.cu. On the GPU the axes input
+// lives in device memory, which the host never reads: the constant's values seen by infer are used instead.
 #include <algorithm>
+#include <mutex>
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/reduce.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/reduce.h"
+#endif
 
 namespace camrt {
 
@@ -39,9 +44,10 @@ class ReduceMeanOp : public Op {
       CAMRT_CHECK(a.dtype == DType::I64 || a.dtype == DType::I32,
                   where() << "axes input must be I64, got " << dtype_name(a.dtype));
       CAMRT_CHECK(a.shape.size() <= 1, where() << "axes input must be 1-D, got " << shape_str(a.shape));
-      if (a.constant)
+      if (a.constant) {
         raw = a.constant->to_int64();
-      else
+        remember_constant_axes(raw);
+      } else
         CAMRT_CHECK(checked_numel(a.shape) == 0, where() << "axes input '" << node_.inputs[1]
                                                           << "' must be a constant to infer the output shape");
     }
@@ -56,7 +62,19 @@ class ReduceMeanOp : public Op {
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
-    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && x.device == Device::CUDA && y.device == Device::CUDA,
+                  where() << "the GPU forward needs device tensors and Context::cuda");
+      const std::vector<int64_t> axes = resolve_axes(device_axes(inputs), x.rank());
+      const Shape expected = output_shape(x.shape, axes);
+      CAMRT_CHECK(y.numel() == checked_numel(expected),
+                  where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
+      cuda::reduce_mean_forward(y.f32(), x.f32(), x.shape, axes, ctx.cuda->stream());
+      return;
+    }
+#endif
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "the CPU forward needs host tensors and Context::pool");
     const std::vector<int64_t> axes = resolve_axes(runtime_axes(inputs), x.rank());
     const Shape expected = output_shape(x.shape, axes);
     CAMRT_CHECK(y.numel() == checked_numel(expected),
@@ -78,7 +96,21 @@ class ReduceMeanOp : public Op {
     const Tensor& x = *inputs[0];
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
-    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && dx.device == Device::CUDA && dy.device == Device::CUDA,
+                  where() << "the GPU backward needs device tensors and Context::cuda");
+      const std::vector<int64_t> axes = resolve_axes(device_axes(inputs), x.rank());
+      const Shape expected = output_shape(x.shape, axes);
+      CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
+                  where() << "input gradient " << shape_str(dx.shape) << " does not match input " << shape_str(x.shape));
+      CAMRT_CHECK(dy.numel() == checked_numel(expected) && dy.dtype == DType::F32,
+                  where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(expected));
+      cuda::reduce_mean_backward(dx.f32(), dy.f32(), x.shape, axes, ctx.cuda->stream());
+      return;
+    }
+#endif
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "the CPU backward needs host tensors and Context::pool");
     const std::vector<int64_t> axes = resolve_axes(runtime_axes(inputs), x.rank());
     const Shape expected = output_shape(x.shape, axes);
     CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
@@ -103,6 +135,31 @@ class ReduceMeanOp : public Op {
         raw[i] = a.dtype == DType::I32 ? static_cast<const int32_t*>(a.data)[i] : a.i64()[i];
     }
     return raw;
+  }
+
+  // The raw axes for a GPU run. An axes input in host memory is read as on the CPU; one in device memory is
+  // never read: an empty one means "no axes" (its shape says so), any other must be the constant that infer
+  // saw (infer rejects a non-empty runtime axes input), whose values were remembered then.
+  std::vector<int64_t> device_axes(const std::vector<const Tensor*>& inputs) const {
+    if (inputs.size() < 2 || !inputs[1]) return attr_axes_;
+    const Tensor& a = *inputs[1];
+    if (a.device == Device::CPU) return runtime_axes(inputs);
+    if (a.numel() == 0) return attr_axes_;
+    std::lock_guard<std::mutex> lock(constant_axes_mutex_);
+    CAMRT_CHECK(constant_axes_known_, where() << "axes input '" << node_.inputs[1]
+                                              << "' is in GPU memory and shape inference saw no constant for it");
+    CAMRT_CHECK(static_cast<int64_t>(constant_axes_.size()) == a.numel(),
+                where() << "axes input '" << node_.inputs[1] << "' has " << a.numel() << " values, the constant seen by"
+                        << " shape inference " << constant_axes_.size());
+    return constant_axes_;
+  }
+
+  // Called by infer: the axes constant's values, for device_axes. One graph constant per node, so every plan
+  // (batch size) stores the same values; the lock only guards concurrent planning.
+  void remember_constant_axes(const std::vector<int64_t>& raw) const {
+    std::lock_guard<std::mutex> lock(constant_axes_mutex_);
+    constant_axes_ = raw;
+    constant_axes_known_ = true;
   }
 
   // The sorted set of reduced axes. No axes means all of them, unless noop_with_empty_axes.
@@ -136,6 +193,10 @@ class ReduceMeanOp : public Op {
   bool attr_axes_given_ = false;
   bool input_axes_given_ = false;
   std::vector<int64_t> attr_axes_;
+  // The axes input's constant values as infer last saw them (see device_axes).
+  mutable std::mutex constant_axes_mutex_;
+  mutable std::vector<int64_t> constant_axes_;
+  mutable bool constant_axes_known_ = false;
 };
 
 }  // namespace

@@ -2,10 +2,15 @@
 // (threaded copies of contiguous blocks). No arithmetic, so they move any dtype, I64 shape tensors included.
 // Shape-giving second inputs (Reshape's shape, Squeeze/Unsqueeze axes) must be constants at inference.
 // Backward (float32 gradients) reads no forward data: views add dy to dx as is, Concat adds dy's slices.
+// On the GPU the same copies run on the stream (kernels/cuda/copy.cu); forward and backward read shapes and
+// attributes only, never a shape-giving input's data, so device-resident constants are never read on the host.
 #include <algorithm>
 #include <cstring>
 
 #include "engine/ops/factories.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/copy.h"
+#endif
 
 namespace camrt {
 
@@ -89,9 +94,17 @@ class ViewOp : public Op {
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
-    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
     CAMRT_CHECK(y.nbytes() == x.nbytes() && y.dtype == x.dtype,
                 where() << "output buffer " << shape_str(y.shape) << " does not hold input " << shape_str(x.shape));
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && x.device == Device::CUDA && y.device == Device::CUDA,
+                  where() << "the GPU forward needs device tensors and Context::cuda");
+      copy_on_device(*ctx.cuda, y.data, x.data, x.nbytes());  // nothing when it ran in place (same pointer)
+      return;
+    }
+#endif
+    CAMRT_CHECK(x.device == Device::CPU && ctx.pool, where() << "the CPU forward needs host tensors and Context::pool");
     if (y.data == x.data) return;  // ran in place: the bytes are already there
     copy_blocks(static_cast<uint8_t*>(y.data), {static_cast<const uint8_t*>(x.data)},
                 {static_cast<int64_t>(x.nbytes())}, 1, *ctx.pool);
@@ -110,9 +123,17 @@ class ViewOp : public Op {
     if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
-    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
     CAMRT_CHECK(dx.dtype == DType::F32 && dy.dtype == DType::F32 && dx.numel() == dy.numel(),
                 where() << "input gradient " << shape_str(dx.shape) << " does not hold output gradient " << shape_str(dy.shape));
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda && dx.device == Device::CUDA && dy.device == Device::CUDA,
+                  where() << "the GPU backward needs device tensors and Context::cuda");
+      cuda::accumulate(dx.f32(), dy.f32(), dx.numel(), ctx.cuda->stream());
+      return;
+    }
+#endif
+    CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "the CPU backward needs host tensors and Context::pool");
     add_blocks({dx.f32()}, dy.f32(), {dx.numel()}, 1, *ctx.pool);
   }
 
@@ -301,7 +322,13 @@ class ConcatOp : public Op {
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
     Tensor& y = *outputs[0];
-    CAMRT_CHECK(y.device == Device::CPU && ctx.pool, where() << "only the CPU forward exists (needs Context::pool)");
+#if CAMRT_WITH_CUDA
+    const bool on_gpu = ctx.device == Device::CUDA;
+    CAMRT_CHECK(!on_gpu || (ctx.cuda && y.device == Device::CUDA), where() << "the GPU forward needs device tensors and Context::cuda");
+#else
+    const bool on_gpu = false;
+#endif
+    CAMRT_CHECK(on_gpu || (y.device == Device::CPU && ctx.pool), where() << "the CPU forward needs host tensors and Context::pool");
     std::vector<Shape> shapes;
     for (const Tensor* x : inputs) shapes.push_back(x->shape);
     const Shape expected = output_shape(shapes);
@@ -314,9 +341,16 @@ class ConcatOp : public Op {
     std::vector<int64_t> block_bytes;
     for (const Tensor* x : inputs) {
       CAMRT_CHECK(x->dtype == y.dtype, where() << "input dtype " << dtype_name(x->dtype) << " differs from the output's");
+      CAMRT_CHECK(x->device == y.device, where() << "inputs and output must be on the same device");
       srcs.push_back(static_cast<const uint8_t*>(x->data));
       block_bytes.push_back(x->shape[static_cast<size_t>(axis)] * inner * elem);
     }
+#if CAMRT_WITH_CUDA
+    if (on_gpu) {
+      cuda::concat_forward(y.data, std::vector<const void*>(srcs.begin(), srcs.end()), block_bytes, rows, ctx.cuda->stream());
+      return;
+    }
+#endif
     copy_blocks(static_cast<uint8_t*>(y.data), srcs, block_bytes, rows, *ctx.pool);
   }
 
@@ -330,13 +364,21 @@ class ConcatOp : public Op {
     (void)outputs;
     if (doutputs.empty() || !doutputs[0]) return;
     const Tensor& dy = *doutputs[0];
-    CAMRT_CHECK(ctx.pool, where() << "only the CPU backward exists (needs Context::pool)");
+#if CAMRT_WITH_CUDA
+    const bool on_gpu = ctx.device == Device::CUDA;
+    CAMRT_CHECK(!on_gpu || ctx.cuda, where() << "the GPU backward needs Context::cuda");
+#else
+    const bool on_gpu = false;
+#endif
+    const Device device = on_gpu ? Device::CUDA : Device::CPU;
+    CAMRT_CHECK(on_gpu || ctx.pool, where() << "the CPU backward needs Context::pool");
     CAMRT_CHECK(dinputs.size() == inputs.size(), where() << dinputs.size() << " input gradients for " << inputs.size() << " inputs");
     std::vector<Shape> shapes;
     for (const Tensor* x : inputs) shapes.push_back(x->shape);
     const Shape expected = output_shape(shapes);
-    CAMRT_CHECK(dy.shape == expected && dy.dtype == DType::F32 && dy.device == Device::CPU,
-                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(expected));
+    CAMRT_CHECK(dy.shape == expected && dy.dtype == DType::F32 && dy.device == device,
+                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(expected) << " on the "
+                        << (on_gpu ? "GPU" : "CPU"));
     const int64_t axis = normalize_axis(axis_, dy.rank());
     const int64_t rows = checked_numel(Shape(dy.shape.begin(), dy.shape.begin() + axis));
     const int64_t inner = checked_numel(Shape(dy.shape.begin() + axis + 1, dy.shape.end()));
@@ -344,11 +386,17 @@ class ConcatOp : public Op {
     std::vector<int64_t> block_elems;
     for (size_t i = 0; i < inputs.size(); ++i) {
       Tensor* dx = dinputs[i];
-      CAMRT_CHECK(!dx || (dx->shape == inputs[i]->shape && dx->dtype == DType::F32 && dx->device == Device::CPU),
+      CAMRT_CHECK(!dx || (dx->shape == inputs[i]->shape && dx->dtype == DType::F32 && dx->device == device),
                   where() << "gradient of input " << i << " does not match " << shape_str(inputs[i]->shape));
       dsts.push_back(dx ? dx->f32() : nullptr);
       block_elems.push_back(inputs[i]->shape[static_cast<size_t>(axis)] * inner);
     }
+#if CAMRT_WITH_CUDA
+    if (on_gpu) {
+      cuda::concat_backward(dsts, dy.f32(), block_elems, rows, ctx.cuda->stream());
+      return;
+    }
+#endif
     add_blocks(dsts, dy.f32(), block_elems, rows, *ctx.pool);
   }
 

@@ -5,6 +5,9 @@
 // semantics apply.
 #include "engine/ops/factories.h"
 #include "kernels/cpu/softmax.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/softmax.h"
+#endif
 
 namespace camrt {
 
@@ -30,12 +33,17 @@ class SoftmaxOp final : public Op {
 
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    check_context(ctx);
     const Tensor& x = *inputs.at(0);
     Tensor& y = *outputs.at(0);
     int64_t outer, dim, inner;
     view_3d(x.shape, &outer, &dim, &inner);
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      cuda::softmax_forward(y.f32(), x.f32(), outer, dim, inner, ctx.cuda->stream());
+      return;
+    }
+#endif
     softmax_forward(y.f32(), x.f32(), outer, dim, inner, *ctx.pool);
   }
 
@@ -50,8 +58,7 @@ class SoftmaxOp final : public Op {
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
-    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": no CUDA implementation yet");
-    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+    check_context(ctx);
     if (dinputs.empty() || dinputs[0] == nullptr || doutputs.empty() || doutputs[0] == nullptr) return;
     const Tensor& y = *outputs.at(0);
     const Tensor& dy = *doutputs[0];
@@ -62,10 +69,28 @@ class SoftmaxOp final : public Op {
                              << " do not match the input " << shape_str(inputs[0]->shape));
     int64_t outer, dim, inner;
     view_3d(y.shape, &outer, &dim, &inner);
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      cuda::softmax_backward(dx.f32(), dy.f32(), y.f32(), outer, dim, inner, ctx.cuda->stream());
+      return;
+    }
+#endif
     softmax_backward(dx.f32(), dy.f32(), y.f32(), outer, dim, inner, *ctx.pool);
   }
 
  private:
+  // CPU: a thread pool; CUDA (in a CUDA build): a runtime for the stream.
+  void check_context(const Context& ctx) const {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      CAMRT_CHECK(ctx.cuda != nullptr, where(node_) << ": the CUDA context has no runtime");
+      return;
+    }
+#endif
+    CAMRT_CHECK(ctx.device == Device::CPU, where(node_) << ": this build has no CUDA backend");
+    CAMRT_CHECK(ctx.pool != nullptr, where(node_) << ": the CPU context has no thread pool");
+  }
+
   // The (outer, dim, inner) view of a shape: dim is the axis (opset >= 13) or every dim from axis on.
   void view_3d(const Shape& shape, int64_t* outer, int64_t* dim, int64_t* inner) const {
     const int64_t rank = static_cast<int64_t>(shape.size());

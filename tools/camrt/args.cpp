@@ -1,6 +1,10 @@
 // Command-line parsing for the camrt tool; see args.h.
 #include "tools/camrt/args.h"
 
+#ifdef CAMRT_WITH_CUDA
+#include "kernels/cuda/device.h"
+#endif
+
 #include <iostream>
 
 #include "engine/error.h"
@@ -98,6 +102,16 @@ std::string Args::help() const {
   }
   out += "  -h, --help                  show this help\n";
   return out;
+}
+
+Device resolve_device(const std::string& text) {
+  if (text == "cpu") return Device::CPU;
+  if (text == "cuda" || text == "gpu") return Device::CUDA;
+  CAMRT_CHECK(text == "auto", "--device '" << text << "': expected cpu, cuda or auto");
+#ifdef CAMRT_WITH_CUDA
+  if (query_cuda_devices().device_count > 0) return Device::CUDA;
+#endif
+  return Device::CPU;
 }
 
 }  // namespace camrt::cli

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/tensor.h"
+
 namespace camrt::cli {
 
 class Args {
@@ -35,5 +37,8 @@ class Args {
   std::map<std::string, std::string> values_;
   std::vector<std::string> positionals_;
 };
+
+// --device: "cpu", "cuda" (or "gpu"), or "auto" (cuda when this build has the CUDA backend and a GPU is present).
+Device resolve_device(const std::string& text);
 
 }  // namespace camrt::cli

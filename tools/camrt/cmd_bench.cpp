@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine/cam/explainer.h"
+#include "kernels/cuda/runtime.h"
 #include "tools/camrt/args.h"
 #include "tools/camrt/commands.h"
 
@@ -36,20 +37,25 @@ double percentile(std::vector<double> sorted, double q) {
 }  // namespace
 
 int run_bench(const std::vector<std::string>& argv) {
-  Args args("bench", "camrt bench MODEL.json [--batch 1,8] [--method forward,gradcam] [--iters N]",
+  Args args("bench", "camrt bench MODEL.json [--batch 1,8] [--method forward,gradcam] [--device cpu|cuda] [--precision P] [--iters N]",
             "Times forward passes and explanations on seeded random inputs and prints one JSON line per\n"
             "scenario: model, batch, scenario, median_ms, min_ms, p90_ms, p99_ms, max_ms, per_image_ms,\n"
-            "images_per_s, peak_mib (planned arena + workspace + weights), precision, device.");
+            "images_per_s, peak_mib, planned_mib, precision, device (and h2d_ms / d2h_ms on the GPU).\n"
+            "An explanation's time covers the forward, backward, CAM, normalization and upsampling to the\n"
+            "input size, and the maps' copy back to the host. On the GPU, times are CUDA-event times of the\n"
+            "stream; peak_mib is the measured peak of camrt's device allocations (weights, arenas, buffers),\n"
+            "planned_mib the executor's plan (main plan arena + workspace + weights). On the CPU both are\n"
+            "the plan.");
   args.option("batch", "LIST", "comma-separated batch sizes", "1,8")
       .option("method", "LIST", "forward and/or CAM methods", "forward,gradcam")
       .option("iters", "N", "timed iterations per scenario", "20")
       .option("warmup", "N", "untimed iterations first", "3")
-      .option("precision", "P", "fp32 (the CPU backend computes in fp32)", "fp32")
+      .option("device", "D", "cpu, cuda, or auto (cuda when a GPU is present)", "auto")
+      .option("precision", "P", "fp32, tf32 or fp16 for convolutions/GEMMs on the GPU (default tf32; the CPU runs fp32)")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
       .option("name", "NAME", "model name in the JSON (default: the model's directory name)");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt bench: expected one model.json (see camrt bench --help)");
-  CAMRT_CHECK(args.get("precision") == "fp32", "--precision " << args.get("precision") << ": the CPU backend runs fp32 only");
   const std::string path = args.positionals()[0];
   auto model = std::make_shared<const Model>(load_model(path));
   Graph graph(model, std::filesystem::path(path).filename().string());
@@ -57,7 +63,9 @@ int run_bench(const std::vector<std::string>& argv) {
   const int64_t iters = args.get_int("iters"), warmup = args.get_int("warmup");
   CAMRT_CHECK(iters >= 1 && warmup >= 0, "--iters must be at least 1");
   ThreadPool pool(static_cast<int>(args.get_int("threads")));
-  const std::string device = "cpu x" + std::to_string(pool.num_threads());
+  const bool gpu = resolve_device(args.get("device")) == Device::CUDA;
+  const Precision precision = args.has("precision") ? parse_precision(args.get("precision")) : gpu ? Precision::TF32 : Precision::FP32;
+  CAMRT_CHECK(gpu || precision == Precision::FP32, "--precision " << args.get("precision") << ": the CPU backend runs fp32 only");
   const std::string input_name = graph.values()[graph.input_ids()[0]].name;
 
   for (const std::string& batch_text : split_list(args.get("batch"))) {
@@ -74,36 +82,76 @@ int run_bench(const std::vector<std::string>& argv) {
     for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] = normal(rng);
 
     for (const std::string& scenario : split_list(args.get("method"))) {
+      // A runtime per scenario: its allocation peak is then this scenario's alone.
+      std::unique_ptr<CudaRuntime> cuda;
+      if (gpu) cuda = std::make_unique<CudaRuntime>(0, precision);
+      std::unique_ptr<StreamTimer> timer;
+      if (gpu) timer = std::make_unique<StreamTimer>(*cuda);
       std::function<void()> run;
       size_t planned_bytes = 0;
       std::unique_ptr<Executor> executor;
       std::unique_ptr<Explainer> explainer;
+      HostTensor logits;
+      std::vector<double> h2d_times, d2h_times;
+      double forward_ms = 0;  // GPU forward: the compute part of the last run
       if (scenario == "forward") {
-        executor = std::make_unique<Executor>(graph, shapes, pool);
+        PlanOptions plan;
+        plan.cuda = cuda.get();
+        executor = std::make_unique<Executor>(graph, shapes, pool, plan);
         executor->set_input(input_name, x);
         planned_bytes = executor->stats().arena_bytes + executor->stats().workspace_bytes + executor->stats().weight_bytes;
+        const int out = graph.output_ids()[0];
+        logits = HostTensor(executor->descs()[out].dtype, executor->descs()[out].shape);
+        // On the GPU the forward alone is timed by events; the transfers are timed separately.
         run = [&] { executor->forward(); };
+        if (gpu) {
+          run = [&] {
+            timer->start();
+            executor->set_input(input_name, x);
+            h2d_times.push_back(timer->stop_ms());
+            timer->start();
+            executor->forward();
+            forward_ms = timer->stop_ms();
+            timer->start();
+            executor->fetch(out, logits.bytes.data());
+            d2h_times.push_back(timer->stop_ms());
+          };
+        }
       } else {
         CAMRT_CHECK(is_cam_method(scenario), "--method '" << scenario << "': expected forward or a CAM method");
         ExplainOptions options;
         options.methods = {scenario};
-        explainer = std::make_unique<Explainer>(graph, batch, options, pool);
+        explainer = std::make_unique<Explainer>(graph, batch, options, pool, cuda.get());
         const PlanStats& s = explainer->main_plan_stats();
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
         run = [&] { explainer->run(x); };
       }
       for (int64_t i = 0; i < warmup; ++i) run();
+      h2d_times.clear();
+      d2h_times.clear();
+      const int64_t allocations_before = gpu ? cuda->device_allocations() + cuda->host_allocations() : 0;
       std::vector<double> times;
       for (int64_t i = 0; i < iters; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
-        run();
-        times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        if (gpu && scenario == "forward") {
+          run();
+          times.push_back(forward_ms);  // transfers are reported apart (h2d_ms, d2h_ms)
+        } else if (gpu) {
+          timer->start();
+          run();
+          times.push_back(timer->stop_ms());
+        } else {
+          run();
+          times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
         if (iters >= 10 && (i + 1) % 10 == 0) std::fprintf(stderr, "  %s batch %lld: %lld/%lld\r", scenario.c_str(), static_cast<long long>(batch), static_cast<long long>(i + 1), static_cast<long long>(iters));
       }
       const double median = percentile(times, 0.5);
+      const double planned_mib = static_cast<double>(planned_bytes) / (1024.0 * 1024.0);
+      const std::string device = gpu ? cuda->device_name() : "cpu x" + std::to_string(pool.num_threads());
       nlohmann::json row = {{"model", name},
                             {"batch", batch},
-                            {"scenario", "camrt_" + scenario + "_fp32"},
+                            {"scenario", "camrt_" + scenario + "_" + precision_name(precision)},
                             {"median_ms", median},
                             {"min_ms", *std::min_element(times.begin(), times.end())},
                             {"p90_ms", percentile(times, 0.9)},
@@ -111,10 +159,17 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"max_ms", *std::max_element(times.begin(), times.end())},
                             {"per_image_ms", median / batch},
                             {"images_per_s", 1000.0 * batch / median},
-                            {"peak_mib", static_cast<double>(planned_bytes) / (1024.0 * 1024.0)},
-                            {"precision", "fp32"},
+                            {"peak_mib", gpu ? static_cast<double>(cuda->device_bytes_peak()) / (1024.0 * 1024.0) : planned_mib},
+                            {"planned_mib", planned_mib},
+                            {"precision", precision_name(precision)},
                             {"device", device},
                             {"iters", iters}};
+      if (gpu) {
+        if (!h2d_times.empty()) row["h2d_ms"] = percentile(h2d_times, 0.5);
+        if (!d2h_times.empty()) row["d2h_ms"] = percentile(d2h_times, 0.5);
+        // Steady state: the timed iterations must not have allocated device or pinned memory.
+        row["allocations_in_timed_loop"] = cuda->device_allocations() + cuda->host_allocations() - allocations_before;
+      }
       if (iters >= 10) std::fprintf(stderr, "%*s\r", 40, "");
       std::cout << row.dump() << std::endl;
     }

@@ -14,6 +14,7 @@
 #include "engine/image/image.h"
 #include "engine/image/png.h"
 #include "engine/npy.h"
+#include "kernels/cuda/runtime.h"
 #include "tools/camrt/args.h"
 #include "tools/camrt/commands.h"
 
@@ -97,7 +98,9 @@ int run_explain(const std::vector<std::string>& argv) {
       .option("chunk", "N", "batch of Score-CAM / Ablation-CAM extra forwards", "16")
       .option("resize", "N", "override the model's resize")
       .option("crop", "N", "override the model's crop")
-      .option("threads", "N", "CPU threads (0 = all cores)", "0");
+      .option("threads", "N", "CPU threads (0 = all cores)", "0")
+      .option("device", "D", "cpu, cuda, or auto (cuda when a GPU is present)", "auto")
+      .option("precision", "P", "GPU convolutions/GEMMs: fp32, tf32 or fp16", "tf32");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() >= 2, "camrt explain: expected MODEL.json and at least one INPUT (see camrt explain --help)");
   const std::string model_path = args.positionals()[0];
@@ -147,6 +150,9 @@ int run_explain(const std::vector<std::string>& argv) {
   const fs::path out_dir = args.get("out");
   fs::create_directories(out_dir);
   ThreadPool pool(static_cast<int>(args.get_int("threads")));
+  std::unique_ptr<CudaRuntime> cuda;
+  if (resolve_device(args.get("device")) == Device::CUDA)
+    cuda = std::make_unique<CudaRuntime>(0, parse_precision(args.get("precision")));
   const std::string input_name = graph.values()[graph.input_ids()[0]].name;
   const Shape model_in = graph.model().inputs[0].shape;
   CAMRT_CHECK(model_in.size() == 4, model_path << ": explain needs an image input (B, C, H, W)");
@@ -162,7 +168,7 @@ int run_explain(const std::vector<std::string>& argv) {
   std::map<int64_t, std::unique_ptr<Explainer>> explainers;  // per batch size
   auto explainer_for = [&](int64_t b) -> Explainer& {
     auto& e = explainers[b];
-    if (!e) e = std::make_unique<Explainer>(graph, b, options, pool);
+    if (!e) e = std::make_unique<Explainer>(graph, b, options, pool, cuda.get());
     return *e;
   };
   int64_t total_images = 0;

@@ -10,6 +10,7 @@
 
 #include "engine/executor.h"
 #include "engine/npy.h"
+#include "kernels/cuda/runtime.h"
 #include "tools/camrt/args.h"
 #include "tools/camrt/commands.h"
 
@@ -22,7 +23,9 @@ int run_predict(const std::vector<std::string>& argv) {
   args.option("input", "FILE.npy", "input batch, float32 (B, C, H, W), already normalized")
       .option("topk", "K", "classes to print per image", "5")
       .option("save-logits", "FILE.npy", "write the raw output (float32) to this file")
-      .option("threads", "N", "CPU threads (0 = all cores)", "0");
+      .option("threads", "N", "CPU threads (0 = all cores)", "0")
+      .option("device", "D", "cpu, cuda, or auto (cuda when a GPU is present)", "auto")
+      .option("precision", "P", "GPU convolutions/GEMMs: fp32, tf32 or fp16", "tf32");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt predict: expected one model.json (see camrt predict --help)");
   CAMRT_CHECK(args.has("input"), "camrt predict: missing --input x.npy");
@@ -38,13 +41,20 @@ int run_predict(const std::vector<std::string>& argv) {
   const std::string input_name = graph.values()[graph.input_ids()[0]].name;
 
   ThreadPool pool(static_cast<int>(args.get_int("threads")));
-  Executor executor(graph, {{input_name, input.shape}}, pool);
+  std::unique_ptr<CudaRuntime> cuda;
+  if (resolve_device(args.get("device")) == Device::CUDA)
+    cuda = std::make_unique<CudaRuntime>(0, parse_precision(args.get("precision")));
+  PlanOptions plan;
+  plan.cuda = cuda.get();
+  Executor executor(graph, {{input_name, input.shape}}, pool, plan);
   executor.set_input(input_name, input);
   const auto start = std::chrono::steady_clock::now();
   executor.forward();
+  if (cuda) cuda->synchronize();
   const double forward_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 
-  const Tensor logits = executor.value(graph.output_ids()[0]);
+  const HostTensor logits_host = executor.fetch(graph.output_ids()[0]);
+  const Tensor logits = logits_host.view();
   CAMRT_CHECK(logits.dtype == DType::F32 && logits.rank() >= 1, path << ": output is not a float tensor");
   const int64_t batch = logits.shape[0];
   const int64_t classes = batch ? logits.numel() / batch : 0;
@@ -66,12 +76,14 @@ int run_predict(const std::vector<std::string>& argv) {
                   static_cast<long long>(c), p, z[c], label.c_str());
     }
   }
-  std::fprintf(stderr, "forward: %.2f ms for batch %lld on %d thread(s)\n", forward_ms, static_cast<long long>(batch),
-               pool.num_threads());
+  if (cuda)
+    std::fprintf(stderr, "forward: %.2f ms for batch %lld on %s (%s)\n", forward_ms, static_cast<long long>(batch),
+                 cuda->device_name().c_str(), precision_name(cuda->precision()));
+  else
+    std::fprintf(stderr, "forward: %.2f ms for batch %lld on %d thread(s)\n", forward_ms, static_cast<long long>(batch),
+                 pool.num_threads());
   if (args.has("save-logits")) {
-    HostTensor out(logits.dtype, logits.shape);
-    std::memcpy(out.bytes.data(), logits.data, out.bytes.size());
-    write_npy(args.get("save-logits"), out);
+    write_npy(args.get("save-logits"), logits_host);
   }
   return 0;
 }

@@ -11,5 +11,8 @@ int run_inspect(const std::vector<std::string>& argv);
 int run_predict(const std::vector<std::string>& argv);
 int run_explain(const std::vector<std::string>& argv);
 int run_bench(const std::vector<std::string>& argv);
+int run_eval(const std::vector<std::string>& argv);
+int run_demo(const std::vector<std::string>& argv);
+int run_dataset(const std::vector<std::string>& argv);
 
 }  // namespace camrt::cli

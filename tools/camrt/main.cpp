@@ -20,6 +20,9 @@ const char* kUsage =
     "  predict DIR/model.json --input x.npy   run the network and print the top classes\n"
     "  explain DIR/model.json IMAGE...        class activation maps (Grad-CAM and family) as PNG + .npy\n"
     "  bench DIR/model.json [--batch 1,8]     latency percentiles as JSON lines\n"
+    "  demo                          explain a dozen test canvases with the shipped model: contact sheet PNG\n"
+    "  eval [MODEL] [--data fashion-canvas]   localization and faithfulness of each CAM method vs baselines\n"
+    "  dataset fashion-canvas --split test --n N -o DIR   export evaluation/training canvases as .npy\n"
     "\n"
     "Run 'camrt <command> --help' for the options of a command; 'camrt --version' for the version.\n";
 
@@ -55,6 +58,9 @@ int main(int argc, char** argv) {
     if (command == "predict") return camrt::cli::run_predict(rest);
     if (command == "explain") return camrt::cli::run_explain(rest);
     if (command == "bench") return camrt::cli::run_bench(rest);
+    if (command == "eval") return camrt::cli::run_eval(rest);
+    if (command == "demo") return camrt::cli::run_demo(rest);
+    if (command == "dataset") return camrt::cli::run_dataset(rest);
     std::cerr << "camrt: unknown command '" << command << "'\n\n" << kUsage;
     return 2;
   } catch (const camrt::Error& e) {

@@ -1,0 +1,390 @@
+// Convolutions on cuDNN (legacy convolution API, cuDNN 9): algorithm choice by heuristics once per key, forward
+// (+ bias + fused activation), backward-data accumulating into dx, and the small kernels around them (zero-padding
+// copy for asymmetric pads, crop-and-add back, bias/activation epilogue, activation-gradient mask).
+// Invariant: every launcher only enqueues work on runtime.stream(); nothing here synchronizes or allocates device memory.
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/conv.h"
+
+namespace camrt::cuda {
+
+namespace {
+
+constexpr size_t kAlign = 256;  // cudaMalloc's alignment: keeps cuDNN's workspace as aligned as a fresh allocation
+size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+int to_int(int64_t v, const char* what) {
+  CAMRT_CHECK(v >= 0 && v <= INT_MAX, "CUDA conv: " << what << " = " << v << " does not fit cuDNN's int sizes");
+  return static_cast<int>(v);
+}
+
+// The convolution as cuDNN sees it. cuDNN takes one pad per axis applied to both sides; ONNX pads may differ
+// between begin and end (SAME_UPPER with an odd total, TF exports). Then the input is copied into the workspace
+// with the asymmetric excess as explicit zeros and cuDNN applies the common (smaller) pad: the output is the same
+// and no output rows or columns need cropping, whatever the stride.
+struct Geometry {
+  int n = 0, c = 0, h = 0, w = 0;  // cuDNN's input: (n, c, h, w), h/w include the explicit excess pad
+  int k = 0, kh = 0, kw = 0;       // weight (k, c / groups, kh, kw)
+  int oh = 0, ow = 0;
+  int pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1, groups = 1;
+  int64_t in_h = 0, in_w = 0;           // the caller's input plane
+  int64_t excess_top = 0, excess_left = 0;  // where the caller's plane starts inside the padded one
+  bool prepad = false;
+  // Workspace bytes of the padded input (forward) / padded input gradient (backward): 0 without excess pads.
+  size_t padded_bytes() const { return prepad ? align_up(size_t(n) * size_t(c) * size_t(h) * size_t(w) * sizeof(float)) : 0; }
+};
+
+Geometry geometry_of(const Conv2dShape& s) {
+  const std::string error = conv2d_shape_error(s);
+  CAMRT_CHECK(error.empty(), "CUDA conv: " << error);
+  Geometry g;
+  const int64_t common_h = std::min(s.pad_top, s.pad_bottom), common_w = std::min(s.pad_left, s.pad_right);
+  const int64_t h = s.in_h + s.pad_top + s.pad_bottom - 2 * common_h;
+  const int64_t w = s.in_w + s.pad_left + s.pad_right - 2 * common_w;
+  g.n = to_int(s.batch, "batch");
+  g.c = to_int(s.in_channels, "in_channels");
+  g.h = to_int(h, "padded in_h");
+  g.w = to_int(w, "padded in_w");
+  g.k = to_int(s.out_channels, "out_channels");
+  g.kh = to_int(s.kernel_h, "kernel_h");
+  g.kw = to_int(s.kernel_w, "kernel_w");
+  g.oh = to_int(s.out_h(), "out_h");
+  g.ow = to_int(s.out_w(), "out_w");
+  g.pad_h = to_int(common_h, "pad_h");
+  g.pad_w = to_int(common_w, "pad_w");
+  g.stride_h = to_int(s.stride_h, "stride_h");
+  g.stride_w = to_int(s.stride_w, "stride_w");
+  g.dil_h = to_int(s.dilation_h, "dilation_h");
+  g.dil_w = to_int(s.dilation_w, "dilation_w");
+  g.groups = to_int(s.groups, "groups");
+  g.in_h = s.in_h;
+  g.in_w = s.in_w;
+  g.excess_top = s.pad_top - common_h;
+  g.excess_left = s.pad_left - common_w;
+  g.prepad = h != s.in_h || w != s.in_w;
+  // cuDNN's 4-d descriptors compute int strides: every tensor must stay below 2^31 elements.
+  to_int(int64_t(g.n) * g.c * g.h * g.w, "input elements");
+  to_int(int64_t(g.n) * g.k * g.oh * g.ow, "output elements");
+  return g;
+}
+
+// The math type asked of cuDNN's heuristics: FP32 must not use TF32 tensor cores (FMA only), TF32 may, FP16 may
+// also convert the fp32 data to fp16 internally.
+cudnnMathType_t requested_math(Precision precision) {
+  switch (precision) {
+    case Precision::FP32: return CUDNN_FMA_MATH;
+    case Precision::TF32: return CUDNN_TENSOR_OP_MATH;
+    default: return CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+  }
+}
+
+// The cached choice: ConvAlgo::algo packs the algorithm enum (low 8 bits) and the math type to run it with
+// (the next bits), so runtime.h stays free of cuDNN types.
+struct Choice {
+  int algo = 0;
+  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+  size_t workspace_bytes = 0;
+};
+ConvAlgo pack(const Choice& c) { return ConvAlgo{c.algo | (int(c.math) << 8), c.workspace_bytes}; }
+Choice unpack(const ConvAlgo& a) { return Choice{a.algo & 0xff, static_cast<cudnnMathType_t>(a.algo >> 8), a.workspace_bytes}; }
+
+// Descriptors for one call, created and destroyed around it: host-only calls (a small malloc each, about a
+// microsecond in all), cheaper than a kernel launch, and they keep launchers free of shared mutable state.
+struct Descriptors {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnActivationDescriptor_t act = nullptr;
+
+  Descriptors(const Geometry& g, cudnnMathType_t math) {
+    try {
+      CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
+      CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
+      CAMRT_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
+      CAMRT_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv));
+      CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.n, g.c, g.h, g.w));
+      CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.n, g.k, g.oh, g.ow));
+      CAMRT_CUDNN_CHECK(
+          cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.k, g.c / g.groups, g.kh, g.kw));
+      // Cross-correlation (what ONNX and PyTorch call convolution), fp32 accumulation.
+      CAMRT_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h,
+                                                        g.dil_w, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+      CAMRT_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, g.groups));
+      CAMRT_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math));
+      // cuDNN's output size must be ours (it is, by construction of the padded input; checked so a mistake in
+      // Geometry shows up as an error, not as a silent out-of-bounds write).
+      int on = 0, oc = 0, oh = 0, ow = 0;
+      CAMRT_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(conv, x, w, &on, &oc, &oh, &ow));
+      CAMRT_CHECK(on == g.n && oc == g.k && oh == g.oh && ow == g.ow,
+                  "CUDA conv: cuDNN output (" << on << ", " << oc << ", " << oh << ", " << ow << ") differs from ("
+                                             << g.n << ", " << g.k << ", " << g.oh << ", " << g.ow << ")");
+    } catch (...) {
+      destroy();
+      throw;
+    }
+  }
+  ~Descriptors() { destroy(); }
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+
+  // The bias (1, k, 1, 1) and relu descriptors of cudnnConvolutionBiasActivationForward.
+  void add_bias_relu(const Geometry& g) {
+    CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bias));
+    CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g.k, 1, 1));
+    CAMRT_CUDNN_CHECK(cudnnCreateActivationDescriptor(&act));
+    CAMRT_CUDNN_CHECK(cudnnSetActivationDescriptor(act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+  }
+
+ private:
+  void destroy() {
+    if (act) cudnnDestroyActivationDescriptor(act);
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (bias) cudnnDestroyTensorDescriptor(bias);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (x) cudnnDestroyTensorDescriptor(x);
+    act = nullptr;
+    conv = nullptr;
+    w = nullptr;
+    bias = x = y = nullptr;
+  }
+};
+
+std::string algo_key(const Geometry& g, ConvDirection direction, Precision precision) {
+  char key[256];
+  std::snprintf(key, sizeof(key), "conv2d %s %s x(%d,%d,%d,%d) w(%d,%d,%d,%d) pad(%d,%d) stride(%d,%d) dil(%d,%d) g%d",
+                direction == ConvDirection::kForward ? "fwd" : "bwd_data", precision_name(precision), g.n, g.c, g.h,
+                g.w, g.k, g.c / g.groups, g.kh, g.kw, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w,
+                g.groups);
+  return key;
+}
+
+// Walks cuDNN's heuristic ranking (best first) and takes the first deterministic supported algorithm whose workspace
+// (asked again for the exact math type it will run with) fits the cap. FP32 always runs with FMA math, whatever
+// math type a ranking entry reports, so no TF32 tensor-core kernel can be picked.
+template <typename Perf, typename WorkspaceQuery>
+bool pick(const std::vector<Perf>& perfs, int returned, Precision precision, cudnnConvolutionDescriptor_t conv,
+          const WorkspaceQuery& workspace_of, Choice* choice) {
+  for (int i = 0; i < returned; ++i) {
+    const Perf& p = perfs[size_t(i)];
+    if (p.status != CUDNN_STATUS_SUCCESS) continue;
+    // Explanations must be reproducible (two runs bit-identical): skip algorithms that accumulate with atomics.
+    if (p.determinism != CUDNN_DETERMINISTIC) continue;
+    const cudnnMathType_t math = precision == Precision::FP32 ? CUDNN_FMA_MATH : p.mathType;
+    if (cudnnSetConvolutionMathType(conv, math) != CUDNN_STATUS_SUCCESS) continue;
+    size_t bytes = 0;
+    if (workspace_of(p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kConvWorkspaceCapBytes) continue;
+    *choice = Choice{int(p.algo), math, bytes};
+    return true;
+  }
+  return false;
+}
+
+// The algorithm for (geometry, direction, precision): from the runtime's cache, else chosen now by cuDNN's
+// heuristics (the _v7 queries run no kernels and allocate no device memory) and stored.
+Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, const std::string& key) {
+  ConvAlgo cached;
+  if (runtime.find_conv_algo(key, &cached)) return unpack(cached);
+  const Precision precision = runtime.precision();
+  Descriptors d(g, requested_math(precision));
+  cudnnHandle_t handle = runtime.cudnn();
+  Choice choice;
+  bool found = false;
+  if (direction == ConvDirection::kForward) {
+    int max_count = 0, returned = 0;
+    CAMRT_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle, &max_count));
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> perfs(size_t(std::max(max_count, 1)));
+    CAMRT_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y, int(perfs.size()),
+                                                             &returned, perfs.data()));
+    found = pick(perfs, returned, precision, d.conv, [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+      return cudnnGetConvolutionForwardWorkspaceSize(handle, d.x, d.w, d.conv, d.y, algo, bytes);
+    }, &choice);
+  } else {
+    int max_count = 0, returned = 0;
+    CAMRT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle, &max_count));
+    std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perfs(size_t(std::max(max_count, 1)));
+    CAMRT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x, int(perfs.size()),
+                                                                  &returned, perfs.data()));
+    found = pick(perfs, returned, precision, d.conv, [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
+      return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, d.w, d.y, d.conv, d.x, algo, bytes);
+    }, &choice);
+  }
+  CAMRT_CHECK(found, "CUDA conv: cuDNN offers no algorithm for " << key << " within a "
+                                                                  << (kConvWorkspaceCapBytes >> 20) << " MiB workspace");
+  runtime.store_conv_algo(key, pack(choice));
+  return choice;
+}
+
+void check_workspace(const std::string& key, const Geometry& g, const Choice& c, const void* workspace,
+                     size_t workspace_bytes) {
+  const size_t need = g.padded_bytes() + c.workspace_bytes;
+  CAMRT_CHECK(workspace_bytes >= need && (need == 0 || workspace),
+              "CUDA conv: " << key << " needs " << need << " workspace bytes, got " << workspace_bytes
+                            << " (size it with conv2d_workspace_bytes at the same precision)");
+}
+
+// ---- kernels: grid-stride loops over int64 indices ----
+
+// xp (planes, hp, wp) = x (planes, h, w) placed at (top, left), zeros around it.
+__global__ void pad_planes_kernel(float* __restrict__ xp, const float* __restrict__ x, int64_t planes, int64_t h,
+                                  int64_t w, int64_t hp, int64_t wp, int64_t top, int64_t left) {
+  const int64_t total = planes * hp * wp;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = i % wp - left;
+    const int64_t row = (i / wp) % hp - top;
+    const int64_t plane = i / (wp * hp);
+    xp[i] = row >= 0 && row < h && col >= 0 && col < w ? x[(plane * h + row) * w + col] : 0.f;
+  }
+}
+
+// dx (planes, h, w) += the (h, w) window of dxp (planes, hp, wp) at (top, left).
+__global__ void crop_add_planes_kernel(float* __restrict__ dx, const float* __restrict__ dxp, int64_t planes,
+                                       int64_t h, int64_t w, int64_t hp, int64_t wp, int64_t top, int64_t left) {
+  const int64_t total = planes * h * w;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = i % w;
+    const int64_t row = (i / w) % h;
+    const int64_t plane = i / (w * h);
+    dx[i] += dxp[(plane * hp + row + top) * wp + col + left];
+  }
+}
+
+// y (n / (channels * spatial), channels, spatial) = act(y + bias[channel]); the same float operations as the CPU
+// epilogue (std::max / std::min comparisons, so NaN handling matches too).
+__global__ void bias_activation_kernel(float* __restrict__ y, const float* __restrict__ bias, int64_t n,
+                                       int64_t spatial, int64_t channels, int kind, float lo, float hi) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = y[i];
+    if (bias) v += bias[(i / spatial) % channels];
+    if (kind == FusedActivation::kRelu) {
+      v = v > 0.f ? v : 0.f;
+    } else if (kind == FusedActivation::kClip) {
+      v = v < lo ? lo : v;
+      v = hi < v ? hi : v;
+    }
+    y[i] = v;
+  }
+}
+
+__global__ void activation_mask_kernel(float* masked, const float* dy, const float* __restrict__ y, int64_t n,
+                                       int kind, float lo, float hi, bool guided) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = dy[i], v = y[i];
+    bool pass = true;
+    if (kind == FusedActivation::kRelu) pass = v > 0.f && (!guided || g > 0.f);
+    else if (kind == FusedActivation::kClip) pass = v > lo && v < hi;
+    masked[i] = pass ? g : 0.f;
+  }
+}
+
+}  // namespace
+
+size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDirection direction) {
+  const Geometry g = geometry_of(s);
+  const Choice c = choose(runtime, g, direction, algo_key(g, direction, runtime.precision()));
+  return g.padded_bytes() + c.workspace_bytes;
+}
+
+void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime) {
+  const Geometry g = geometry_of(s);
+  const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision());
+  const Choice c = choose(runtime, g, ConvDirection::kForward, key);
+  check_workspace(key, g, c, workspace, workspace_bytes);
+  cudaStream_t stream = runtime.stream();
+  cudnnHandle_t handle = runtime.cudnn();
+  CAMRT_CUDNN_CHECK(cudnnSetStream(handle, stream));
+
+  const float* x = in;
+  unsigned char* scratch = static_cast<unsigned char*>(workspace);
+  if (g.prepad) {
+    float* xp = reinterpret_cast<float*>(scratch);
+    const int64_t planes = int64_t(g.n) * g.c, total = planes * g.h * g.w;
+    pad_planes_kernel<<<grid_for(total), 256, 0, stream>>>(xp, in, planes, g.in_h, g.in_w, g.h, g.w, g.excess_top,
+                                                            g.excess_left);
+    CAMRT_CUDA_CHECK_LAUNCH("pad_planes_kernel");
+    x = xp;
+    scratch += g.padded_bytes();
+  }
+  void* cudnn_workspace = c.workspace_bytes ? scratch : nullptr;
+  Descriptors d(g, c.math);
+  const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(c.algo);
+  const float one = 1.f, zero = 0.f;
+
+  // Conv + bias + relu in one cuDNN call where it supports the combination (relu allows any algorithm; identity
+  // would force IMPLICIT_PRECOMP_GEMM, so bias-only convs take the epilogue kernel). z is y with alpha2 = 0, as
+  // frameworks do. A combination cuDNN refuses (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued) is
+  // remembered per key and runs unfused below, where the same descriptors surface any genuine mistake.
+  if (act.kind == FusedActivation::kRelu && bias) {
+    const std::string unfused_key = key + " unfused";
+    ConvAlgo unused;
+    if (!runtime.find_conv_algo(unfused_key, &unused)) {
+      d.add_bias_relu(g);
+      const cudnnStatus_t status =
+          cudnnConvolutionBiasActivationForward(handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace,
+                                                c.workspace_bytes, &zero, d.y, out, d.bias, bias, d.act, d.y, out);
+      if (status == CUDNN_STATUS_SUCCESS) return;
+      const int category = CUDNN_STATUS_CATEGORY(int(status));
+      CAMRT_CHECK(category == CUDNN_STATUS_NOT_SUPPORTED || category == CUDNN_STATUS_BAD_PARAM,
+                  "cuDNN: cudnnConvolutionBiasActivationForward failed for " << key << ": " << cudnnGetErrorString(status));
+      runtime.store_conv_algo(unfused_key, ConvAlgo{});
+    }
+  }
+  CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace,
+                                            c.workspace_bytes, &zero, d.y, out));
+  if (bias || act.kind != FusedActivation::kNone) {
+    const int64_t spatial = int64_t(g.oh) * g.ow, n = int64_t(g.n) * g.k * spatial;
+    bias_activation_kernel<<<grid_for(n), 256, 0, stream>>>(out, bias, n, spatial, g.k, int(act.kind), act.min,
+                                                             act.max);
+    CAMRT_CUDA_CHECK_LAUNCH("bias_activation_kernel");
+  }
+}
+
+void conv2d_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s, void* workspace,
+                          size_t workspace_bytes, CudaRuntime& runtime) {
+  const Geometry g = geometry_of(s);
+  const std::string key = algo_key(g, ConvDirection::kBackwardData, runtime.precision());
+  const Choice c = choose(runtime, g, ConvDirection::kBackwardData, key);
+  check_workspace(key, g, c, workspace, workspace_bytes);
+  cudaStream_t stream = runtime.stream();
+  cudnnHandle_t handle = runtime.cudnn();
+  CAMRT_CUDNN_CHECK(cudnnSetStream(handle, stream));
+
+  unsigned char* scratch = static_cast<unsigned char*>(workspace);
+  float* dxp = g.prepad ? reinterpret_cast<float*>(scratch) : nullptr;
+  if (g.prepad) scratch += g.padded_bytes();
+  void* cudnn_workspace = c.workspace_bytes ? scratch : nullptr;
+  Descriptors d(g, c.math);
+  const float one = 1.f, zero = 0.f;
+  // Symmetric pads: cuDNN accumulates straight into dx (beta = 1). Asymmetric: the gradient of the padded input
+  // is written whole (beta = 0) to the workspace, then its interior is added into dx.
+  CAMRT_CUDNN_CHECK(cudnnConvolutionBackwardData(handle, &one, d.w, weight, d.y, dy, d.conv,
+                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo), cudnn_workspace,
+                                                 c.workspace_bytes, g.prepad ? &zero : &one, d.x, g.prepad ? dxp : dx));
+  if (g.prepad) {
+    const int64_t planes = int64_t(g.n) * g.c, total = planes * g.in_h * g.in_w;
+    crop_add_planes_kernel<<<grid_for(total), 256, 0, stream>>>(dx, dxp, planes, g.in_h, g.in_w, g.h, g.w,
+                                                                 g.excess_top, g.excess_left);
+    CAMRT_CUDA_CHECK_LAUNCH("crop_add_planes_kernel");
+  }
+}
+
+void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,
+                                bool guided_relu, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (act.kind == FusedActivation::kNone && masked == dy) return;
+  if (act.kind == FusedActivation::kNone) {
+    CAMRT_CUDA_CHECK(cudaMemcpyAsync(masked, dy, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  activation_mask_kernel<<<grid_for(n), 256, 0, stream>>>(masked, dy, y, n, int(act.kind), act.min, act.max,
+                                                           guided_relu);
+  CAMRT_CUDA_CHECK_LAUNCH("activation_mask_kernel");
+}
+
+}  // namespace camrt::cuda

@@ -1,0 +1,50 @@
+// CUDA 2-D convolution (NCHW fp32 storage, OIHW weights) on cuDNN: forward with optional bias and fused
+// activation, backward-data (accumulating), and the fused activation's gradient mask. Mirrors kernels/cpu/conv.h
+// (same Conv2dShape, same argument order) with a CudaRuntime in place of the thread pool. The algorithm for each
+// (sizes, direction, precision) is chosen once by cuDNN's heuristics and cached in the runtime; the *_workspace_bytes
+// functions make that choice at plan time, so the launchers find it and allocate nothing.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cpu/conv.h"  // Conv2dShape, FusedActivation (plain structs, shared with the CPU backend)
+#include "kernels/cuda/runtime.h"
+
+namespace camrt::cuda {
+
+// Largest cuDNN workspace an algorithm may ask for: faster algorithms above it are skipped. The plan's one
+// workspace is the largest any op asks for, and edge deployment plans memory up front: 32 MiB keeps a batch-1
+// ResNet-50 explanation (98 MiB of weights) within its 160 MiB budget while leaving implicit-GEMM and most
+// Winograd algorithms available. Not yet tuned on a GPU.
+constexpr size_t kConvWorkspaceCapBytes = size_t(32) << 20;
+
+enum class ConvDirection : uint8_t { kForward, kBackwardData };
+
+// Device scratch bytes `direction` needs for these sizes at the runtime's current precision: cuDNN's workspace
+// for the chosen algorithm plus, for asymmetric pads (which cuDNN cannot express), a zero-padded copy of the
+// input (forward) or of the input gradient (backward). Chooses and caches the algorithm: call at plan time.
+size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDirection direction);
+
+// out = act(conv(in, weight) + bias), as the CPU conv2d_forward.
+// out: (batch, out_channels, out_h, out_w); in: (batch, in_channels, in_h, in_w);
+// weight: (out_channels, in_channels / groups, kernel_h, kernel_w); bias: (out_channels,) or null.
+// workspace: device memory of at least conv2d_workspace_bytes(runtime, s, kForward) bytes (null when that is 0).
+// out must not alias in. Asynchronous on runtime.stream().
+void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime);
+
+// dx += conv_transpose(dy, weight): the gradient of the pre-activation output w.r.t. the input, ACCUMULATED
+// into dx (mask dy with conv2d_activation_backward first when the conv has a fused activation).
+// dx: (batch, in_channels, in_h, in_w); dy: (batch, out_channels, out_h, out_w);
+// weight: (out_channels, in_channels / groups, kernel_h, kernel_w).
+// workspace: at least conv2d_workspace_bytes(runtime, s, kBackwardData) bytes. Asynchronous.
+void conv2d_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s, void* workspace,
+                          size_t workspace_bytes, CudaRuntime& runtime);
+
+// masked = dy where the fused activation passes the gradient, decided from the conv's output y, exactly as the
+// CPU twin: relu: y > 0 (and dy > 0 when guided_relu); clip: min < y < max; kNone: a copy.
+// masked, dy, y: (n,); masked may alias dy.
+void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,
+                                bool guided_relu, cudaStream_t stream);
+
+}  // namespace camrt::cuda

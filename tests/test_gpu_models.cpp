@@ -1,0 +1,123 @@
+// The golden models and golden CAMs of the CPU suite, on the GPU: logits against PyTorch's, every CAM method
+// against the PyTorch reference maps (same tolerances as test_golden_cams.cpp: cam-spec "Numerical tolerances"),
+// two runs bit-identical, and the steady state allocating nothing (no cudaMalloc / cudaMallocHost per call).
+// All at fp32 (no TF32) so the tolerances are the CPU's; one TF32 check with a bound that says why it is looser.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "engine/cam/explainer.h"
+#include "engine/npy.h"
+#include "tests/gpu_test_util.h"
+#include "weights/onnx/onnx_import.h"
+
+using namespace camrt;
+namespace fs = std::filesystem;
+
+namespace {
+
+double max_abs_diff(const float* a, const float* b, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+  return m;
+}
+double max_abs(const float* a, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(double(a[i])));
+  return m;
+}
+
+std::vector<fs::path> model_dirs() {
+  std::vector<fs::path> dirs;
+  const fs::path root = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models";
+  if (!fs::exists(root)) return dirs;
+  for (const auto& e : fs::directory_iterator(root))
+    if (fs::exists(e.path() / "model.onnx") && fs::exists(e.path() / "logits.npy")) dirs.push_back(e.path());
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
+std::string target_layer_of(const fs::path& model_dir) {
+  std::ifstream in(model_dir / "meta.json");
+  return nlohmann::json::parse(in).at("target_layer").get<std::string>();
+}
+
+}  // namespace
+
+TEST_CASE("gpu models: golden logits at fp32 and tf32") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  ThreadPool pool(2);
+  for (const fs::path& dir : model_dirs()) {
+    const std::string name = dir.filename().string();
+    CAPTURE(name);
+    Graph graph(import_onnx((dir / "model.onnx").string()), name);
+    const HostTensor x = read_npy((dir / "input.npy").string());
+    const HostTensor ref = read_npy((dir / "logits.npy").string());
+    const std::string input_name = graph.values()[graph.input_ids()[0]].name;
+    for (Precision precision : {Precision::FP32, Precision::TF32}) {
+      runtime->set_precision(precision);
+      const auto out = run_model(graph, {{input_name, x}}, pool, runtime);
+      const HostTensor& logits = out.begin()->second;
+      REQUIRE(logits.numel() == ref.numel());
+      const double err = max_abs_diff(logits.f32(), ref.f32(), ref.numel()) / max_abs(ref.f32(), ref.numel());
+      std::cout << "gpu logits " << name << " " << precision_name(precision) << ": max rel error " << err << "\n";
+      // fp32: the CPU suite's bound (1e-4 of the largest logit). TF32 rounds conv/GEMM inputs to a 10-bit
+      // mantissa (relative 2^-11 ~ 5e-4 per product), accumulated over a few layers: 1e-2.
+      CHECK(err <= (precision == Precision::FP32 ? 1e-4 : 1e-2));
+    }
+    runtime->set_precision(Precision::FP32);
+  }
+}
+
+TEST_CASE("gpu models: every CAM method matches the PyTorch reference, deterministically, allocation-free") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP32);
+  ThreadPool pool(2);
+  for (const fs::path& dir : model_dirs()) {
+    const fs::path cam_root = dir / "cam";
+    if (!fs::exists(cam_root)) continue;
+    for (const auto& input_dir : fs::directory_iterator(cam_root)) {
+      const fs::path c = input_dir.path();
+      if (!fs::is_directory(c) || !fs::exists(c / "gradient.npy")) continue;
+      const std::string name = dir.filename().string() + "/" + c.filename().string();
+      CAPTURE(name);
+      Graph graph(import_onnx((dir / "model.onnx").string()), name);
+      const HostTensor x = read_npy((fs::exists(c / "input.npy") ? c / "input.npy" : dir / "input.npy").string());
+      ExplainOptions options;
+      options.layers = {target_layer_of(dir)};
+      options.methods.clear();
+      for (const auto& method : cam_method_names())
+        if (fs::exists(c / (method + ".npy"))) options.methods.push_back(method);
+      if (fs::exists(c / "smooth_noise.npy"))
+        options.smooth_noise = std::make_shared<HostTensor>(read_npy((c / "smooth_noise.npy").string()));
+      else
+        options.methods.erase(std::remove(options.methods.begin(), options.methods.end(), "smooth-gradcampp"), options.methods.end());
+      Explainer explainer(graph, x.shape[0], options, pool, runtime);
+      const Explanation first = explainer.run(x);
+      const int64_t device_allocations = runtime->device_allocations(), host_allocations = runtime->host_allocations();
+      const Explanation second = explainer.run(x);
+      CHECK(runtime->device_allocations() == device_allocations);  // steady state: nothing allocated
+      CHECK(runtime->host_allocations() == host_allocations);
+      for (size_t i = 0; i < first.results.size(); ++i) {
+        const MethodResult& r = first.results[i];
+        CAPTURE(r.method);
+        const HostTensor ref = read_npy((c / (r.method + ".npy")).string());
+        REQUIRE(r.maps.numel() == ref.numel());
+        const double err = max_abs_diff(r.maps.f32(), ref.f32(), ref.numel());
+        const bool raw = r.method == "guided-backprop" || r.method == "guided-gradcam";
+        const bool loose = r.method == "scorecam" || r.method == "ablationcam" || r.method == "gradcampp" ||
+                           r.method == "smooth-gradcampp";
+        const double bound = raw ? 1e-4 * max_abs(ref.f32(), ref.numel()) : loose ? 1e-3 : 1e-4;
+        std::cout << "gpu cam " << name << " " << r.method << ": max abs error " << err << " (bound " << bound << ")\n";
+        CHECK(err <= bound);
+        // Fixed reduction orders and deterministic cuDNN/cuBLAS algorithms: the second run is bit-identical.
+        CHECK(std::memcmp(r.maps.bytes.data(), second.results[i].maps.bytes.data(), r.maps.bytes.size()) == 0);
+      }
+    }
+  }
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU check, run on the lent GPU machine from the repository root with .device-deps carried (see
+# tools/device_prepare.sh): builds Release for the card, runs the `gpu` tests, exports seeded torchvision
+# resnet50 / vgg16 / mobilenet_v2, converts them, runs `camrt bench` and the PyTorch baselines side by side.
+# Everything lands under $OUT (default /tmp/camrt-device): build.log (tail), gpu_tests.log, camrt_bench.jsonl,
+# torch_baseline.jsonl, summary.txt. Sized for under 8 minutes on an H100/H200 with 16 cores.
+# Usage: tools/device_check.sh [--quick]   (--quick: tests and ResNet-50 only)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/camrt-device}
+mkdir -p "$out"
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+deps=$PWD/.device-deps
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$out/summary.txt"; }
+
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
+arch=${arch:-90}
+zlib=$(ls /usr/lib/x86_64-linux-gnu/libz.so /usr/lib/x86_64-linux-gnu/libz.so.1 /lib/x86_64-linux-gnu/libz.so.1 2>/dev/null | head -1)
+log "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null), sm_$arch, zlib $zlib"
+
+log "configure + build"
+if ! { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$deps" \
+         -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCAMRT_NATIVE=ON \
+         -DZLIB_INCLUDE_DIR="$deps/include" -DZLIB_LIBRARY="$zlib" &&
+       cmake --build build-device -j"$(nproc)"; } >"$out/build_full.log" 2>&1; then
+  tail -80 "$out/build_full.log" >"$out/build.log"
+  log "BUILD FAILED (see build.log)"
+  exit 1
+fi
+tail -5 "$out/build_full.log" >"$out/build.log"
+rm -f "$out/build_full.log"
+camrt=build-device/camrt
+
+log "gpu tests"
+(cd build-device && ctest -L gpu --output-on-failure --timeout 300 -j4) >"$out/gpu_tests.log" 2>&1
+log "gpu tests rc=$? ($(grep -c 'SKIPPED' "$out/gpu_tests.log") SKIPPED lines)"
+# The golden models and CAMs of the CPU suite, explained on the GPU (test_gpu_models), are part of the gpu label.
+
+models="resnet50,vgg16,mobilenet_v2"
+[ $quick = 1 ] && models="resnet50"
+log "export + convert: $models"
+python3 "$deps/torch_baseline.py" --device cpu --models "$models" --batches 1 --iters 1 --export-onnx /tmp/camrt-onnx \
+  --skip-scorecam >/dev/null 2>"$out/export.err" || log "export failed: $(tail -3 "$out/export.err")"
+for m in ${models//,/ }; do
+  "$camrt" convert /tmp/camrt-onnx/$m.onnx -o /tmp/camrt-models/$m >/dev/null 2>>"$out/export.err" || log "convert $m failed"
+done
+
+log "camrt bench"
+bench() { "$camrt" bench "/tmp/camrt-models/$1/model.json" --device cuda "${@:2}" >>"$out/camrt_bench.jsonl" 2>>"$out/bench.err" \
+            || log "bench $* failed: $(tail -2 "$out/bench.err")"; }
+for m in ${models//,/ }; do
+  bench $m --batch 1,32 --method forward,gradcam,eigencam --precision tf32 --iters 30
+  bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
+  bench $m --batch 1 --method gradcam,forward --precision fp16 --iters 30
+  bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
+done
+
+log "torch baselines"
+python3 "$deps/torch_baseline.py" --device cuda --models "$models" --batches 1,32 --iters 30 \
+  >"$out/torch_baseline.jsonl" 2>>"$out/bench.err" || log "torch baseline failed: $(tail -3 "$out/bench.err")"
+
+log "side by side (median ms)"
+python3 - "$out" <<'PY' | tee -a "$out/summary.txt"
+import json, sys, os
+out = sys.argv[1]
+rows = []
+for f in ("camrt_bench.jsonl", "torch_baseline.jsonl"):
+    p = os.path.join(out, f)
+    if os.path.exists(p):
+        for line in open(p):
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                if "median_ms" in r:
+                    rows.append(r)
+for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
+    print(f'{r["model"]:>13} b{r["batch"]:<3} {r["scenario"]:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB')
+PY
+log "done"
