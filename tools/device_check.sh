@@ -17,7 +17,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$out/summary.txt"; }
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
 arch=${arch:-90}
 zlib=$(ls /usr/lib/x86_64-linux-gnu/libz.so /usr/lib/x86_64-linux-gnu/libz.so.1 /lib/x86_64-linux-gnu/libz.so.1 2>/dev/null | head -1)
-log "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null), sm_$arch, zlib $zlib"
+log "host: $(nproc) cores; GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null), sm_$arch, zlib $zlib"
 
 log "configure + build"
 if ! { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$deps" \
@@ -33,7 +33,7 @@ rm -f "$out/build_full.log"
 camrt=build-device/camrt
 
 log "gpu tests"
-(cd build-device && ctest -L gpu --output-on-failure --timeout 300 -j4) >"$out/gpu_tests.log" 2>&1
+(cd build-device && ctest -L gpu --output-on-failure --timeout 150 -j4) >"$out/gpu_tests.log" 2>&1
 log "gpu tests rc=$? ($(grep -c 'SKIPPED' "$out/gpu_tests.log") SKIPPED lines)"
 # The golden models and CAMs of the CPU suite, explained on the GPU (test_gpu_models), are part of the gpu label.
 
@@ -75,6 +75,7 @@ for f in ("camrt_bench.jsonl", "torch_baseline.jsonl"):
                 if "median_ms" in r:
                     rows.append(r)
 for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
-    print(f'{r["model"]:>13} b{r["batch"]:<3} {r["scenario"]:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB')
+    e2e = f'  end-to-end {r["end_to_end_ms"]:9.3f} ms' if "end_to_end_ms" in r else ""
+    print(f'{r["model"]:>13} b{r["batch"]:<3} {r["scenario"]:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB{e2e}')
 PY
 log "done"

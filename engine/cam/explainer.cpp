@@ -584,6 +584,9 @@ struct Explainer::Impl {
     auto t0 = Clock::now();
     if (!forwarded) {
       main->set_input(input_name, x);
+      k.wait();
+      timings["upload"] += ms_since(t0);
+      t0 = Clock::now();
       main->forward();
       k.wait();
       timings["forward"] += ms_since(t0);
@@ -593,9 +596,11 @@ struct Explainer::Impl {
     last_logits = logits.f32();
     const float* x_device = x.f32();
     if (k.gpu() && any_score) {
+      t0 = Clock::now();
       float* copy = buffer("input", x.numel());
       k.upload(copy, x.f32(), x.bytes.size());
       x_device = copy;
+      timings["upload"] += ms_since(t0);
     }
     // The activations stay in the plan's arena (kept); copies only where a later pass would overwrite them.
     const bool smoothing = std::find(options.methods.begin(), options.methods.end(), "smooth-gradcampp") != options.methods.end();
@@ -655,13 +660,17 @@ struct Explainer::Impl {
         if (method == "guided-gradcam") {
           float* combined = buffer("guided-gradcam", batch * channels * height * width);
           k.guided(combined, guided_grad, final_map, batch, channels, height, width);
+          const auto td = Clock::now();
           HostTensor host(DType::F32, {batch, channels, height, width});
           k.download(host.bytes.data(), combined, host.bytes.size());
           maps[method].push_back(std::move(host));
+          timings["download"] += ms_since(td);
         } else {
+          const auto td = Clock::now();
           HostTensor host(DType::F32, {batch, height, width});
           k.download(host.bytes.data(), final_map, host.bytes.size());
           maps[method].push_back(std::move(host));
+          timings["download"] += ms_since(td);
         }
         timings[method] += ms_since(t0);
       }
@@ -739,7 +748,7 @@ Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, 
   m.rule = parse_target(options_.target);
   CAMRT_CHECK(!options_.methods.empty(), "no CAM method given");
   CAMRT_CHECK(graph.input_ids().size() == 1, graph.source_name() << ": explain needs a model with one input");
-  CAMRT_CHECK(options_.smooth_samples >= 1 && options_.chunk >= 1, "smooth samples and chunk must be positive");
+  CAMRT_CHECK(options_.smooth_samples >= 1 && options_.chunk >= 0, "smooth samples must be positive and chunk not negative");
   for (const auto& method : options_.methods) {
     const MethodInfo& info = method_info(method);
     m.any_gradient |= info.needs_gradient;
@@ -811,12 +820,29 @@ Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, 
     guided_options.grad_targets = {m.input_name};
     m.guided = std::make_unique<Executor>(graph, shapes, pool, guided_options);
   }
-  if (m.any_score) m.score = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(options_.chunk), pool, plan_options());
+  // Score-CAM / Ablation-CAM push K images (or activations) per image through extra forwards. On the GPU the
+  // batch of those forwards is what a quarter of the free memory holds, priced at the main plan's bytes per image
+  // (forward and backward: an overestimate for a forward), capped at 256 and evened out so no chunk runs mostly
+  // padding. On the CPU a large batch buys nothing: 16.
+  auto auto_chunk = [&]() -> int64_t {
+    if (!cuda) return 16;
+    int64_t K = 1;
+    for (const Shape& s : m.layer_shapes) K = std::max<int64_t>(K, s.size() == 4 ? s[1] : 1);
+    size_t free_bytes = 0, total_bytes = 0;
+    cuda->memory_info(&free_bytes, &total_bytes);
+    const PlanStats& s = m.main->stats();
+    const double per_image = std::max(1.0, double(s.arena_bytes + s.workspace_bytes) / double(batch));
+    const int64_t fits = std::clamp<int64_t>(int64_t(double(free_bytes) / 4.0 / per_image), 1, 256);
+    const int64_t chunks = (K + fits - 1) / fits;
+    return (K + chunks - 1) / chunks;
+  };
+  const int64_t chunk = options_.chunk > 0 ? options_.chunk : auto_chunk();
+  if (m.any_score) m.score = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(chunk), pool, plan_options());
   if (m.any_ablation) {
     for (const auto& tensor : m.layer_tensors) {
       PlanOptions tail_options = plan_options();
       tail_options.start_from = tensor;
-      m.tails.push_back(std::make_unique<Executor>(graph, graph.input_shapes_for_batch(options_.chunk), pool, tail_options));
+      m.tails.push_back(std::make_unique<Executor>(graph, graph.input_shapes_for_batch(chunk), pool, tail_options));
     }
   }
 }
@@ -833,8 +859,13 @@ Explanation Explainer::run(const HostTensor& input) {
   Explanation result;
   result.layers = layer_names_;
   // Targets come from the clean input; aug-smooth variants explain the same classes.
+  // Host <-> device copies are timed apart ("upload", "download"), so a benchmark can compare the device work
+  // with frameworks that time tensors already on the device.
   auto t0 = Clock::now();
   m.main->set_input(m.input_name, input);
+  m.k.wait();
+  result.timings_ms["upload"] += ms_since(t0);
+  t0 = Clock::now();
   m.main->forward();
   m.k.wait();
   result.timings_ms["forward"] += ms_since(t0);

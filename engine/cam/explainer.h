@@ -35,7 +35,7 @@ struct ExplainOptions {
   bool scorecam_paper = false;   // --scorecam=paper weighting
   int64_t smooth_samples = 8;    // Smooth Grad-CAM++ noisy copies
   uint64_t seed = 0;             // Smooth Grad-CAM++ noise generator
-  int64_t chunk = 16;            // batch size of Score-CAM / Ablation-CAM extra forwards
+  int64_t chunk = 0;             // batch of Score-CAM / Ablation-CAM extra forwards; 0: 16 on the CPU, from free memory on the GPU
   // Tests only: the Smooth Grad-CAM++ noise (n, B, C, H, W) to use instead of the generator's.
   std::shared_ptr<const HostTensor> smooth_noise;
 };
@@ -50,7 +50,7 @@ struct Explanation {
   std::vector<std::vector<int64_t>> classes;   // [target][image] class explained
   std::vector<std::string> layers;             // node names of the explained layers
   std::vector<MethodResult> results;           // in the order of ExplainOptions::methods
-  std::map<std::string, double> timings_ms;    // stage -> milliseconds (forward, backward, per method)
+  std::map<std::string, double> timings_ms;    // stage -> milliseconds (upload, forward, backward, per method, download)
 };
 
 class Explainer {

@@ -164,12 +164,25 @@ std::string algo_key(const Geometry& g, ConvDirection direction, Precision preci
   return key;
 }
 
-// Walks cuDNN's heuristic ranking (best first) and takes the first deterministic supported algorithm whose workspace
-// (asked again for the exact math type it will run with) fits the cap. FP32 always runs with FMA math, whatever
-// math type a ranking entry reports, so no TF32 tensor-core kernel can be picked.
+size_t workspace_cap(const Geometry& g) {
+  const size_t in = size_t(g.n) * size_t(g.c) * size_t(g.h) * size_t(g.w);
+  const size_t out = size_t(g.n) * size_t(g.k) * size_t(g.oh) * size_t(g.ow);
+  return std::max(kConvWorkspaceMinCapBytes, 4 * (in + out) * sizeof(float));
+}
+
+// Takes, from cuDNN's ranking (timed by Find, else heuristic), a deterministic supported algorithm whose workspace
+// (asked again for the exact math type it will run with) fits the cap: with timings, the one with the smallest
+// workspace among those within 10% of the fastest (a few percent of speed is not worth many megabytes of planned
+// memory); without, the first. FP32 always runs with FMA math, whatever math type a ranking entry reports, so no
+// TF32 tensor-core kernel can be picked.
 template <typename Perf, typename WorkspaceQuery>
 bool pick(const std::vector<Perf>& perfs, int returned, Precision precision, cudnnConvolutionDescriptor_t conv,
-          const WorkspaceQuery& workspace_of, Choice* choice) {
+          size_t cap, const WorkspaceQuery& workspace_of, Choice* choice) {
+  struct Candidate {
+    Choice choice;
+    float ms;
+  };
+  std::vector<Candidate> candidates;
   for (int i = 0; i < returned; ++i) {
     const Perf& p = perfs[size_t(i)];
     if (p.status != CUDNN_STATUS_SUCCESS) continue;
@@ -178,15 +191,32 @@ bool pick(const std::vector<Perf>& perfs, int returned, Precision precision, cud
     const cudnnMathType_t math = precision == Precision::FP32 ? CUDNN_FMA_MATH : p.mathType;
     if (cudnnSetConvolutionMathType(conv, math) != CUDNN_STATUS_SUCCESS) continue;
     size_t bytes = 0;
-    if (workspace_of(p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kConvWorkspaceCapBytes) continue;
-    *choice = Choice{int(p.algo), math, bytes};
-    return true;
+    if (workspace_of(p.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > cap) continue;
+    candidates.push_back({Choice{int(p.algo), math, bytes}, p.time});
   }
-  return false;
+  if (candidates.empty()) return false;
+  float fastest = candidates[0].ms;
+  for (const Candidate& c : candidates) fastest = std::min(fastest, c.ms);
+  *choice = candidates[0].choice;
+  if (!(fastest > 0)) return true;  // heuristic ranking: no timings, keep its order
+  float chosen_ms = candidates[0].ms;
+  for (const Candidate& c : candidates) {
+    if (c.ms < 0 || c.ms > 1.1f * fastest) continue;
+    const bool smaller = c.choice.workspace_bytes < choice->workspace_bytes;
+    const bool same_but_faster = c.choice.workspace_bytes == choice->workspace_bytes && c.ms < chosen_ms;
+    if (chosen_ms > 1.1f * fastest || smaller || same_but_faster) {
+      *choice = c.choice;
+      chosen_ms = c.ms;
+    }
+  }
+  return true;
 }
 
-// The algorithm for (geometry, direction, precision): from the runtime's cache, else chosen now by cuDNN's
-// heuristics (the _v7 queries run no kernels and allocate no device memory) and stored.
+// The algorithm for (geometry, direction, precision): from the runtime's cache, else chosen now and stored. The
+// choice is timed (cuDNN's Find runs every algorithm once on scratch memory it allocates and frees itself), as
+// PyTorch's cudnn.benchmark does: the heuristic ranking alone picked kernels up to several times slower on
+// Hopper. This happens at plan time, once per shape, never in the steady state. If Find fails (no memory for its
+// scratch), the heuristic ranking (_v7: no kernels, no allocations) decides.
 Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, const std::string& key) {
   ConvAlgo cached;
   if (runtime.find_conv_algo(key, &cached)) return unpack(cached);
@@ -199,23 +229,27 @@ Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, 
     int max_count = 0, returned = 0;
     CAMRT_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle, &max_count));
     std::vector<cudnnConvolutionFwdAlgoPerf_t> perfs(size_t(std::max(max_count, 1)));
-    CAMRT_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y, int(perfs.size()),
-                                                             &returned, perfs.data()));
-    found = pick(perfs, returned, precision, d.conv, [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+    if (cudnnFindConvolutionForwardAlgorithm(handle, d.x, d.w, d.conv, d.y, int(perfs.size()), &returned,
+                                             perfs.data()) != CUDNN_STATUS_SUCCESS)
+      CAMRT_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y, int(perfs.size()),
+                                                               &returned, perfs.data()));
+    found = pick(perfs, returned, precision, d.conv, workspace_cap(g), [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionForwardWorkspaceSize(handle, d.x, d.w, d.conv, d.y, algo, bytes);
     }, &choice);
   } else {
     int max_count = 0, returned = 0;
     CAMRT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle, &max_count));
     std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perfs(size_t(std::max(max_count, 1)));
-    CAMRT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x, int(perfs.size()),
-                                                                  &returned, perfs.data()));
-    found = pick(perfs, returned, precision, d.conv, [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
+    if (cudnnFindConvolutionBackwardDataAlgorithm(handle, d.w, d.y, d.conv, d.x, int(perfs.size()), &returned,
+                                                  perfs.data()) != CUDNN_STATUS_SUCCESS)
+      CAMRT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x,
+                                                                    int(perfs.size()), &returned, perfs.data()));
+    found = pick(perfs, returned, precision, d.conv, workspace_cap(g), [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, d.w, d.y, d.conv, d.x, algo, bytes);
     }, &choice);
   }
   CAMRT_CHECK(found, "CUDA conv: cuDNN offers no algorithm for " << key << " within a "
-                                                                  << (kConvWorkspaceCapBytes >> 20) << " MiB workspace");
+                                                                  << (workspace_cap(g) >> 20) << " MiB workspace");
   runtime.store_conv_algo(key, pack(choice));
   return choice;
 }
