@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -94,6 +95,7 @@ int run_bench(const std::vector<std::string>& argv) {
       std::unique_ptr<Explainer> explainer;
       HostTensor logits;
       std::vector<double> h2d_times, d2h_times;
+      std::map<std::string, std::vector<double>> phase_times;  // an explanation's stages, host clock
       double forward_ms = 0;  // GPU forward: the compute part of the last run
       if (scenario == "forward") {
         PlanOptions plan;
@@ -127,6 +129,7 @@ int run_bench(const std::vector<std::string>& argv) {
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
         run = [&] {
           const Explanation e = explainer->run(x);
+          for (const auto& [phase, ms] : e.timings_ms) phase_times[phase].push_back(ms);
           if (gpu) {  // the host copies, timed inside (stream synchronized around them)
             h2d_times.push_back(e.timings_ms.count("upload") ? e.timings_ms.at("upload") : 0.0);
             d2h_times.push_back(e.timings_ms.count("download") ? e.timings_ms.at("download") : 0.0);
@@ -136,6 +139,7 @@ int run_bench(const std::vector<std::string>& argv) {
       for (int64_t i = 0; i < warmup; ++i) run();
       h2d_times.clear();
       d2h_times.clear();
+      phase_times.clear();
       const int64_t allocations_before = gpu ? cuda->device_allocations() + cuda->host_allocations() : 0;
       std::vector<double> times, end_to_end;
       for (int64_t i = 0; i < iters; ++i) {
@@ -173,6 +177,11 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"precision", precision_name(precision)},
                             {"device", device},
                             {"iters", iters}};
+      if (!phase_times.empty()) {
+        nlohmann::json phases;
+        for (const auto& [phase, t] : phase_times) phases[phase] = percentile(t, 0.5);
+        row["phases_ms"] = phases;
+      }
       if (gpu) {
         if (!h2d_times.empty()) row["h2d_ms"] = percentile(h2d_times, 0.5);
         if (!d2h_times.empty()) row["d2h_ms"] = percentile(d2h_times, 0.5);
