@@ -874,16 +874,24 @@ Explanation Explainer::run(const HostTensor& input) {
 
   if (!options_.aug_smooth) {
     auto maps = m.run_once(input, result.classes, result.timings_ms, /*forwarded=*/true);
+    // Handing the host maps over is part of the copy back ("download"): one target moves, several are stacked.
+    const auto t_assemble = Clock::now();
     for (const auto& method : options_.methods) {
       MethodResult r{method, {}};
-      const auto& per_target = maps.at(method);
+      auto& per_target = maps.at(method);
       Shape shape = per_target[0].shape;
       shape.insert(shape.begin(), static_cast<int64_t>(per_target.size()));
-      r.maps = HostTensor(DType::F32, shape);
-      const size_t bytes = per_target[0].bytes.size();
-      for (size_t t = 0; t < per_target.size(); ++t) std::memcpy(r.maps.bytes.data() + t * bytes, per_target[t].bytes.data(), bytes);
+      if (per_target.size() == 1) {
+        r.maps = std::move(per_target[0]);
+        r.maps.shape = shape;
+      } else {
+        r.maps = HostTensor(DType::F32, shape);
+        const size_t bytes = per_target[0].bytes.size();
+        for (size_t t = 0; t < per_target.size(); ++t) std::memcpy(r.maps.bytes.data() + t * bytes, per_target[t].bytes.data(), bytes);
+      }
       result.results.push_back(std::move(r));
     }
+    result.timings_ms["download"] += ms_since(t_assemble);
     return result;
   }
   // Aug-smooth (spec step 5): horizontal flip x {0.9, 1.0, 1.1}; maps flipped back, averaged, not renormalized.
