@@ -16,8 +16,12 @@ namespace camrt {
 AtomicFile::AtomicFile(const std::string& path)
     : path_(path), temp_path_(path + ".tmp." + std::to_string(static_cast<long long>(::getpid()))) {
   CAMRT_CHECK(!path.empty(), "cannot write a file with an empty path");
+  // A leftover temporary (a crashed run with the same pid) is removed, then the file is created afresh:
+  // O_EXCL | O_NOFOLLOW never follow a symlink planted at the temporary name to a file outside the output
+  // folder. (The final rename replaces a symlink at `path` itself, never its target.)
+  ::unlink(temp_path_.c_str());
   // 0666 before umask: the same permissions a plain std::ofstream would create.
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
   CAMRT_CHECK(fd_ >= 0, "cannot write '" << path_ << "': cannot create temporary file '" << temp_path_
                                          << "': " << std::strerror(errno));
 }

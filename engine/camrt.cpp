@@ -1,15 +1,39 @@
-// The embedding API (engine/camrt.h): a thin owner of the model, graph, plans and thread pool.
+// The embedding API (engine/camrt.h): a thin owner of the model, graph, plans and thread pool. Every public call
+// runs under the session's mutex and turns std::bad_alloc / std::length_error into camrt::Error; the engine below
+// keeps no half-built state across a failed call (lazily made buffers are either complete or absent).
 #include "engine/camrt.h"
 
+#include <cstring>
 #include <filesystem>
+#include <new>
+#include <stdexcept>
 
 namespace camrt {
 
 const char* version() { return CAMRT_VERSION; }
 
+namespace {
+[[noreturn]] void fail_out_of_memory(const std::string& model_json, const char* action, const char* detail) {
+  CAMRT_FAIL(model_json << ": out of memory while " << action << (detail ? " (" : "") << (detail ? detail : "")
+                        << (detail ? ")" : ""));
+}
+}  // namespace
+
+template <typename Fn>
+auto Session::locked(const char* action, Fn&& fn) -> decltype(fn()) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    fail_out_of_memory(model_json_, action, nullptr);
+  } catch (const std::length_error& e) {  // a container asked for more than it can hold
+    fail_out_of_memory(model_json_, action, e.what());
+  }
+}
+
+// A function-try-block: the members are gone when the handler runs, so it names the model by the parameter.
 Session::Session(const std::string& model_json, int64_t batch, ExplainOptions options, int num_threads, Device device,
-                 Precision precision)
-    : options_(std::move(options)) {
+                 Precision precision) try : model_json_(model_json), options_(std::move(options)) {
   CAMRT_CHECK(batch >= 1, "Session: batch must be at least 1");
   model_ = std::make_shared<const Model>(load_model(model_json));
   graph_ = std::make_unique<Graph>(model_, std::filesystem::path(model_json).filename().string());
@@ -26,6 +50,10 @@ Session::Session(const std::string& model_json, int64_t batch, ExplainOptions op
   predictor_ = std::make_unique<Executor>(*graph_, shapes, *pool_, plan);
   if (!options_.methods.empty()) explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
   input_ = HostTensor(DType::F32, input_shape_);
+} catch (const std::bad_alloc&) {
+  fail_out_of_memory(model_json, "loading and planning the model", nullptr);
+} catch (const std::length_error& e) {
+  fail_out_of_memory(model_json, "loading and planning the model", e.what());
 }
 
 Session::~Session() = default;
@@ -33,7 +61,7 @@ Session::~Session() = default;
 const Model& Session::model() const { return *model_; }
 const Graph& Session::graph() const { return *graph_; }
 
-Tensor Session::predict(const float* input) {
+Tensor Session::predict_unlocked(const float* input) {
   predictor_->set_input(input_name_, input);
   predictor_->forward();
   const int out = graph_->output_ids()[0];
@@ -44,14 +72,38 @@ Tensor Session::predict(const float* input) {
   return logits_.view();
 }
 
-const Explanation& Session::explain(const float* input) {
-  CAMRT_CHECK(explainer_, "Session: no CAM methods were given in the options");
-  if (input != input_.f32()) std::memcpy(input_.bytes.data(), input, input_.bytes.size());
-  explanation_ = explainer_->run(input_);
-  return explanation_;
+Tensor Session::predict(const float* input) {
+  return locked("predicting", [&] { return predict_unlocked(input); });
 }
 
-const Explanation& Session::explain_images(const std::vector<std::string>& paths) {
+HostTensor Session::predict_copy(const float* input) {
+  return locked("predicting", [&] {
+    const Tensor view = predict_unlocked(input);
+    HostTensor out(view.dtype, view.shape);
+    if (!out.bytes.empty()) std::memcpy(out.bytes.data(), view.data, out.bytes.size());
+    return out;
+  });
+}
+
+Explanation Session::run_explainer(const float* input) {
+  CAMRT_CHECK(explainer_, "Session: no CAM methods were given in the options");
+  if (input != input_.f32()) std::memcpy(input_.bytes.data(), input, input_.bytes.size());
+  return explainer_->run(input_);
+}
+
+// explanation_ is replaced only by a complete result: after a failed call it still holds the previous one.
+const Explanation& Session::explain(const float* input) {
+  return locked("explaining", [&]() -> const Explanation& {
+    explanation_ = run_explainer(input);
+    return explanation_;
+  });
+}
+
+Explanation Session::explain_copy(const float* input) {
+  return locked("explaining", [&] { return run_explainer(input); });
+}
+
+void Session::load_images(const std::vector<std::string>& paths) {
   CAMRT_CHECK(static_cast<int64_t>(paths.size()) == input_shape_[0],
               "Session: planned for " << input_shape_[0] << " images per call, got " << paths.size());
   CAMRT_CHECK(input_shape_[1] == 3, "Session: image inputs need a 3-channel model");
@@ -61,7 +113,21 @@ const Explanation& Session::explain_images(const std::vector<std::string>& paths
   const int64_t resize = std::max(crop, pre.resize * crop / std::max<int64_t>(pre.crop, 1));
   for (size_t i = 0; i < paths.size(); ++i)
     preprocess_image(input_.f32() + i * 3 * crop * crop, read_image(paths[i]), resize, crop, pre.mean.data(), pre.std.data());
-  return explain(input_.f32());
+}
+
+const Explanation& Session::explain_images(const std::vector<std::string>& paths) {
+  return locked("explaining images", [&]() -> const Explanation& {
+    load_images(paths);
+    explanation_ = run_explainer(input_.f32());
+    return explanation_;
+  });
+}
+
+Explanation Session::explain_images_copy(const std::vector<std::string>& paths) {
+  return locked("explaining images", [&] {
+    load_images(paths);
+    return run_explainer(input_.f32());
+  });
 }
 
 }  // namespace camrt

@@ -1,12 +1,14 @@
 // camrt's public C++ API for embedding: load a model, create a Session for a batch size and a set of CAM
 // methods (planned once, no allocation per call in the executor), run predict/explain on float buffers or
-// image files, and read logits and maps in place. Everything throws camrt::Error with a one-line message.
+// image files, and read logits and maps in place. Everything throws camrt::Error with a one-line message, out of
+// memory included (a failed call leaves the session usable: the next call works and gives the same results).
 //
 //   camrt::Session session("models/resnet50/model.json", /*batch=*/1, {/*methods=*/{"gradcam"}});
 //   const camrt::Explanation& ex = session.explain_images({"cat.jpg"});
 //   const float* map = ex.results[0].maps.f32();   // (targets, batch, H, W) in [0, 1]
 #pragma once
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,11 @@ namespace camrt {
 // The library's version, e.g. "0.1.0".
 const char* version();
 
+// Threads: every call locks the session, so one Session may be shared by several threads; calls then run one
+// at a time. predict(), explain() and explain_images() return views owned by the session that the next call
+// (from any thread) overwrites: threads sharing a session use the *_copy variants, which return their own
+// copy. For parallel throughput give each thread its own Session (each plans its own memory; they share
+// nothing but the read-only model file). model(), graph() and input_shape() never change after construction.
 class Session {
  public:
   // Loads model_json (and its safetensors). batch: images per call. num_threads <= 0: all cores.
@@ -45,10 +52,26 @@ class Session {
   const Explanation& explain(const float* input);
   // Decodes and preprocesses (the model's resize/crop/mean/std) exactly `batch` image files, then explains.
   const Explanation& explain_images(const std::vector<std::string>& paths);
-  // The preprocessed input of the last explain_images call (batch, C, H, W).
+  // The same three, returning a copy the caller owns: for threads sharing this session.
+  HostTensor predict_copy(const float* input);
+  Explanation explain_copy(const float* input);
+  Explanation explain_images_copy(const std::vector<std::string>& paths);
+  // The preprocessed input of the last explain or explain_images call (batch, C, H, W); overwritten by the
+  // next call like the views above.
   const HostTensor& last_input() const { return input_; }
+  // The GPU runtime of a CUDA session (device memory accounting), null on the CPU.
+  const CudaRuntime* cuda_runtime() const { return cuda_.get(); }
 
  private:
+  // Runs fn under the lock; std::bad_alloc / std::length_error become camrt::Error naming `action` and the model.
+  template <typename Fn>
+  auto locked(const char* action, Fn&& fn) -> decltype(fn());
+  Tensor predict_unlocked(const float* input);
+  Explanation run_explainer(const float* input);
+  void load_images(const std::vector<std::string>& paths);
+
+  std::string model_json_;  // as given: error messages name it
+  std::mutex mutex_;        // serializes every call (see the class comment)
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Graph> graph_;
   std::unique_ptr<ThreadPool> pool_;

@@ -226,7 +226,11 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   for (int n : backward_nodes)
     stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->backward_workspace_bytes(input_descs(nodes[n]), context_));
   const size_t workspace_offset = (memory_plan_.arena_bytes + 255) / 256 * 256;
-  arena_ = Arena(workspace_offset + stats_.workspace_bytes, context_.device, options.cuda);
+  try {
+    arena_ = Arena(workspace_offset + stats_.workspace_bytes, context_.device, options.cuda);
+  } catch (const Error& e) {  // out of (GPU) memory: say which model
+    throw Error(graph_.source_name() + ": " + e.what(), e.file(), e.line(), e.expression().c_str());
+  }
   if (options.cuda) {
     device_constants_ = options.device_constants ? options.device_constants
                                                  : std::make_shared<const DeviceConstants>(graph_, *options.cuda);
@@ -237,7 +241,9 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     for (int id : graph_.output_ids())
       if (available[id]) outputs_bytes = std::max(outputs_bytes, value_bytes(id));
     stats_.staging_bytes = std::max(inputs_bytes, outputs_bytes);
-    staging_ = static_cast<uint8_t*>(options.cuda->allocate_pinned(stats_.staging_bytes, "input/output staging"));
+    staging_ = std::unique_ptr<uint8_t, PinnedRelease>(
+        static_cast<uint8_t*>(options.cuda->allocate_pinned(stats_.staging_bytes, "input/output staging")),
+        PinnedRelease{options.cuda});
     use_graphs_ = options.cuda_graphs;
   }
   context_.workspace = stats_.workspace_bytes ? arena_.data() + workspace_offset : nullptr;
@@ -281,9 +287,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   }
 }
 
-Executor::~Executor() {
-  if (staging_) context_.cuda->release_pinned(staging_);
-}
+Executor::~Executor() = default;
 
 void Executor::set_input(const std::string& name, const HostTensor& data) {
   Tensor view = input(name);
@@ -303,8 +307,8 @@ void Executor::set_input(const std::string& name, const void* host_data) {
   }
   // The staging buffer may still feed the previous call's transfer: wait, then queue this one.
   context_.cuda->synchronize();
-  std::memcpy(staging_, host_data, bytes);
-  copy_to_device(*context_.cuda, view.data, staging_, bytes);
+  std::memcpy(staging_.get(), host_data, bytes);
+  copy_to_device(*context_.cuda, view.data, staging_.get(), bytes);
 }
 
 void Executor::fetch(int value_id, void* host, bool gradient) const {
@@ -316,8 +320,8 @@ void Executor::fetch(int value_id, void* host, bool gradient) const {
     return;
   }
   if (bytes <= stats_.staging_bytes) {  // pinned: a full-speed DMA, then a host copy
-    copy_to_host(*context_.cuda, staging_, view.data, bytes);
-    std::memcpy(host, staging_, bytes);
+    copy_to_host(*context_.cuda, staging_.get(), view.data, bytes);
+    std::memcpy(host, staging_.get(), bytes);
   } else {
     copy_to_host(*context_.cuda, host, view.data, bytes);
   }
@@ -409,14 +413,18 @@ void Executor::backward(const float* seed, bool guided) {
   const bool gpu = context_.device == Device::CUDA;
   if (gpu) {
     context_.cuda->synchronize();  // staging may still feed an earlier transfer
-    std::memcpy(staging_, seed, d_output.nbytes());
-    copy_to_device(*context_.cuda, d_output.data, staging_, d_output.nbytes());
+    std::memcpy(staging_.get(), seed, d_output.nbytes());
+    copy_to_device(*context_.cuda, d_output.data, staging_.get(), d_output.nbytes());
   } else {
     std::memcpy(d_output.data, seed, d_output.nbytes());
   }
+  // Reset however the pass ends (an Error or std::bad_alloc from an op): later passes are plain again.
+  struct GuidedScope {
+    Context& context;
+    ~GuidedScope() { context.guided_relu = false; }
+  } scope{context_};
   context_.guided_relu = guided;
   run_maybe_captured(replays_[guided ? 2 : 1], [this] { run_backward_steps(); });
-  context_.guided_relu = false;
 }
 
 void Executor::run_backward_steps() {
@@ -430,7 +438,6 @@ void Executor::run_backward_steps() {
     try {
       nodes[step.node].op->backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
     } catch (const Error& e) {
-      context_.guided_relu = false;
       rethrow_with_node(e, graph_.source_name(), *nodes[step.node].node, " backward");
     }
   }

@@ -126,7 +126,12 @@ class Executor {
   Arena arena_;
   Context context_;
   std::shared_ptr<const DeviceConstants> device_constants_;
-  uint8_t* staging_ = nullptr;  // pinned host memory (GPU plans)
+  // Pinned host memory (GPU plans), owned so that a constructor failing after allocating it releases it.
+  struct PinnedRelease {
+    CudaRuntime* cuda;  // no initializer here: GCC then cannot default-construct it inside the incomplete Executor
+    void operator()(uint8_t* pointer) const { cuda->release_pinned(pointer); }
+  };
+  std::unique_ptr<uint8_t, PinnedRelease> staging_;
   // CUDA graphs: [0] forward, [1] backward, [2] guided backward; runs counted to capture on the second.
   struct Replay {
     std::unique_ptr<StreamGraph> graph;

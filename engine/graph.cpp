@@ -4,13 +4,77 @@
 
 #include <set>
 
+#include "engine/limits.h"
+
 namespace camrt {
+
+namespace {
+
+// A shape that a file stated or shape inference produced: rank, dims and size within engine/limits.h.
+// Returns an empty string if it is fine, else what is wrong (the caller names the file and tensor).
+std::string shape_problem(const Shape& shape, DType dtype) {
+  if (static_cast<int64_t>(shape.size()) > limits::kMaxRank)
+    return "rank " + std::to_string(shape.size()) + " exceeds " + std::to_string(limits::kMaxRank);
+  int64_t numel = 1;
+  bool zero = false;
+  for (int64_t d : shape) {
+    if (d < 0) return "negative dimension in " + shape_str(shape);
+    zero = zero || d == 0;
+  }
+  if (zero) return "";
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(numel, d, &numel) || numel > limits::kMaxTensorElements)
+      return shape_str(shape) + " has more than " + std::to_string(limits::kMaxTensorElements) + " elements";
+  if (numel > limits::kMaxTensorBytes / static_cast<int64_t>(dtype_size(dtype)))
+    return shape_str(shape) + " holds more than " + std::to_string(limits::kMaxTensorBytes) + " bytes";
+  return "";
+}
+
+void check_name(const std::string& name, const std::string& source, const char* what) {
+  CAMRT_CHECK(static_cast<int64_t>(name.size()) <= limits::kMaxNameBytes,
+              source << ": " << what << " name of " << name.size() << " bytes (at most " << limits::kMaxNameBytes
+                     << "), starting '" << name.substr(0, 40) << "'");
+}
+
+}  // namespace
 
 Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
     : model_(std::move(model)), source_name_(std::move(source_name)) {
   CAMRT_CHECK(model_ != nullptr, "Graph: null model");
   const Model& m = *model_;
+  // Ids are ints and every later pass walks these lists: refuse absurd counts before building anything.
+  CAMRT_CHECK(static_cast<int64_t>(m.nodes.size()) <= limits::kMaxGraphNodes,
+              source_name_ << ": " << m.nodes.size() << " nodes (at most " << limits::kMaxGraphNodes << ")");
+  CAMRT_CHECK(static_cast<int64_t>(m.weights.size() + m.inputs.size()) <= limits::kMaxGraphValues,
+              source_name_ << ": " << m.weights.size() << " weights and " << m.inputs.size() << " inputs (at most "
+                           << limits::kMaxGraphValues << " values)");
+  CAMRT_CHECK(static_cast<int64_t>(m.outputs.size()) <= limits::kMaxNodeInputs,
+              source_name_ << ": " << m.outputs.size() << " graph outputs (at most " << limits::kMaxNodeInputs << ")");
+  int64_t weight_bytes = 0;
+  for (const auto& [name, tensor] : m.weights) {
+    check_name(name, source_name_, "weight");
+    const std::string problem = shape_problem(tensor.shape, tensor.dtype);
+    CAMRT_CHECK(problem.empty(), source_name_ << ": weight '" << name << "': " << problem);
+    CAMRT_CHECK(tensor.bytes.size() == static_cast<size_t>(checked_numel(tensor.shape)) * dtype_size(tensor.dtype),
+                source_name_ << ": weight '" << name << "' " << shape_str(tensor.shape) << " holds "
+                             << tensor.bytes.size() << " bytes");
+    weight_bytes += static_cast<int64_t>(tensor.bytes.size());
+    CAMRT_CHECK(weight_bytes <= limits::kMaxModelBytes,
+                source_name_ << ": weights exceed " << limits::kMaxModelBytes << " bytes (at '" << name << "')");
+  }
+  for (const ValueInfo& input : m.inputs) {
+    check_name(input.name, source_name_, "graph input");
+    Shape batch_one = input.shape;
+    for (int64_t& d : batch_one) {
+      CAMRT_CHECK(d >= -1, source_name_ << ": graph input '" << input.name << "' has invalid shape " << shape_str(input.shape));
+      if (d == -1) d = 1;
+    }
+    const std::string problem = shape_problem(batch_one, input.dtype);
+    CAMRT_CHECK(problem.empty(), source_name_ << ": graph input '" << input.name << "': " << problem);
+  }
   auto add_value = [&](const std::string& name) {
+    CAMRT_CHECK(static_cast<int64_t>(values_.size()) < limits::kMaxGraphValues,
+                source_name_ << ": more than " << limits::kMaxGraphValues << " tensors (at '" << name << "')");
     const int id = static_cast<int>(values_.size());
     Value value;
     value.name = name;
@@ -30,7 +94,14 @@ Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
   std::vector<std::string> unknown;
   for (size_t n = 0; n < m.nodes.size(); ++n) {
     const Node& node = m.nodes[n];
+    check_name(node.name, source_name_, "node");
+    check_name(node.op, source_name_, "op");
     const std::string where = source_name_ + ": node '" + node.name + "' (" + node.op + ")";
+    CAMRT_CHECK(static_cast<int64_t>(node.inputs.size()) <= limits::kMaxNodeInputs &&
+                    static_cast<int64_t>(node.outputs.size()) <= limits::kMaxNodeInputs,
+                where << ": " << node.inputs.size() << " inputs and " << node.outputs.size() << " outputs (at most "
+                      << limits::kMaxNodeInputs << " each)");
+    CAMRT_CHECK(!node.outputs.empty(), where << ": the node has no outputs");
     CAMRT_CHECK(!node_by_name_.count(node.name), where << ": duplicate node name");
     node_by_name_[node.name] = static_cast<int>(n);
     GraphNode gn;
@@ -39,7 +110,15 @@ Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
     if (!factory) {
       unknown.push_back("'" + node.name + "' (" + node.op + ")");
     } else {
-      gn.op = factory(node);
+      try {
+        gn.op = factory(node);  // reads and checks the node's attributes
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        throw Error(source_name_ + ": " + (msg.find(node.name) == std::string::npos
+                                               ? "node '" + node.name + "' (" + node.op + "): " + msg
+                                               : msg),
+                    e.file(), e.line(), e.expression().c_str());
+      }
     }
     for (const std::string& input : node.inputs) {
       if (input.empty()) {
@@ -54,6 +133,7 @@ Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
     }
     for (const std::string& output : node.outputs) {
       CAMRT_CHECK(!output.empty(), where << ": empty output name");
+      check_name(output, where, "output");
       CAMRT_CHECK(!value_by_name_.count(output), where << ": output '" << output << "' is already defined by another node, input or weight");
       const int id = add_value(output);
       values_[id].producer = static_cast<int>(n);
@@ -123,7 +203,8 @@ std::vector<TensorDesc> Graph::infer(const std::map<std::string, Shape>& input_s
       CAMRT_CHECK(info.shape[d] < 0 || info.shape[d] == it->second[d],
                   source_name_ << ": graph input '" << v.name << "' expects shape " << shape_str(info.shape) << ", got "
                                << shape_str(it->second));
-    checked_numel(it->second);
+    const std::string problem = shape_problem(it->second, info.dtype);
+    CAMRT_CHECK(problem.empty(), source_name_ << ": graph input '" << v.name << "': " << problem);
     descs[id] = TensorDesc{info.dtype, it->second, nullptr};
     known[id] = true;
   }
@@ -153,6 +234,10 @@ std::vector<TensorDesc> Graph::infer(const std::map<std::string, Shape>& input_s
                 source_name_ << ": node '" << gn.node->name << "' (" << gn.node->op << ") has " << gn.outputs.size()
                              << " outputs but the op produces " << outputs.size());
     for (size_t i = 0; i < gn.outputs.size(); ++i) {
+      // Every op checks its attributes, but a size no later pass could allocate is refused here once for all.
+      const std::string problem = shape_problem(outputs[i].shape, outputs[i].dtype);
+      CAMRT_CHECK(problem.empty(), source_name_ << ": node '" << gn.node->name << "' (" << gn.node->op << "): output '"
+                                                << values_[gn.outputs[i]].name << "': " << problem);
       outputs[i].constant = nullptr;
       descs[gn.outputs[i]] = outputs[i];
     }
@@ -177,6 +262,7 @@ std::string Graph::default_explain_layer() const {
   }
   std::string last_spatial;
   for (const GraphNode& gn : nodes_) {
+    if (gn.outputs.empty()) continue;
     const TensorDesc& out = descs[gn.outputs[0]];
     const std::string& op = gn.node->op;
     if (op == "GlobalAveragePool" || op == "Flatten" || op == "Gemm" || op == "MatMul" || op == "ReduceMean")

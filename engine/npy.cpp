@@ -12,6 +12,8 @@
 
 #include "engine/atomic_file.h"
 #include "engine/error.h"
+#include "engine/limits.h"
+#include "engine/paths.h"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, ".npy data is read and written as little-endian");
@@ -43,7 +45,7 @@ std::string supported_descrs() {
 }
 
 DType dtype_from_descr(const std::string& descr, const std::string& src) {
-  CAMRT_CHECK(descr.size() >= 3, src << ": dtype '" << descr << "' is not supported (camrt reads " << supported_descrs() << ")");
+  CAMRT_CHECK(descr.size() >= 3, src << ": dtype '" << printable_name(descr, 40) << "' is not supported (camrt reads " << supported_descrs() << ")");
   const char order = descr[0];
   const std::string kind_size = descr.substr(1);
   for (const auto& d : kDescrs) {
@@ -51,10 +53,10 @@ DType dtype_from_descr(const std::string& descr, const std::string& src) {
     const bool one_byte = kind_size.back() == '1';
     // '=' is native order (little-endian here); for one-byte types the order character is irrelevant.
     if (order == '<' || order == '=' || (one_byte && (order == '|' || order == '>'))) return d.dtype;
-    CAMRT_CHECK(order != '>', src << ": big-endian dtype '" << descr << "' is not supported; save it with arr.astype('<"
+    CAMRT_CHECK(order != '>', src << ": big-endian dtype '" << printable_name(descr, 40) << "' is not supported; save it with arr.astype('<"
                                   << kind_size << "')");
   }
-  CAMRT_FAIL(src << ": dtype '" << descr << "' is not supported (camrt reads " << supported_descrs() << ")");
+  CAMRT_FAIL(src << ": dtype '" << printable_name(descr, 40) << "' is not supported (camrt reads " << supported_descrs() << ")");
 }
 
 std::string descr_for(DType dtype) {
@@ -85,6 +87,9 @@ class DictParser {
       skip_space();
       if (peek() == '}') break;
       const std::string key = parse_string();
+      // Python's dict literal would keep the last value; a repeated key is a corrupt or crafted header.
+      CAMRT_CHECK((key != "descr" || !have_descr) && (key != "fortran_order" || !have_order) && (key != "shape" || !have_shape),
+                  src_ << ": malformed header: key '" << key << "' appears twice");
       skip_space();
       expect(':');
       skip_space();
@@ -99,7 +104,7 @@ class DictParser {
         h.shape = parse_shape();
         have_shape = true;
       } else {
-        CAMRT_FAIL(src_ << ": unexpected key '" << key << "' in the header (expected descr, fortran_order, shape)");
+        CAMRT_FAIL(src_ << ": unexpected key '" << printable_name(key, 40) << "' in the header (expected descr, fortran_order, shape)");
       }
       skip_space();
       if (peek() == ',') {
@@ -124,7 +129,7 @@ class DictParser {
  private:
   char peek() const { return p_ < end_ ? *p_ : '\0'; }
   std::string where() const {
-    return "at dict byte " + std::to_string(p_ - begin_) + (p_ < end_ ? std::string(" ('") + *p_ + "')" : " (end)");
+    return "at dict byte " + std::to_string(p_ - begin_) + (p_ < end_ ? " ('" + printable_name(std::string(1, *p_)) + "')" : " (end)");
   }
   void skip_space() {
     while (p_ < end_ && std::isspace(static_cast<unsigned char>(*p_))) ++p_;
@@ -171,6 +176,8 @@ class DictParser {
         v = v * 10 + digit;
       }
       if (peek() == 'L') ++p_;  // Python 2 long literal, written by old NumPy versions
+      CAMRT_CHECK(int64_t(shape.size()) < limits::kMaxRank,
+                  src_ << ": shape has more than " << limits::kMaxRank << " dimensions, the most camrt accepts");
       shape.push_back(v);
       skip_space();
       if (peek() == ',') {
@@ -220,8 +227,10 @@ NpyHeader parse_header(const uint8_t* p, size_t dict_begin, size_t header_end, u
     CAMRT_FAIL(src << ": " << e.what());
   }
   uint64_t nbytes = 0;
-  CAMRT_CHECK(!__builtin_mul_overflow(static_cast<uint64_t>(numel), uint64_t(dtype_size(h.dtype)), &nbytes),
-              src << ": shape " << shape_str(h.shape) << " is too large");
+  CAMRT_CHECK(!__builtin_mul_overflow(static_cast<uint64_t>(numel), uint64_t(dtype_size(h.dtype)), &nbytes) &&
+                  numel <= limits::kMaxTensorElements && nbytes <= uint64_t(limits::kMaxTensorBytes),
+              src << ": shape " << shape_str(h.shape) << " x " << dtype_name(h.dtype) << " exceeds camrt's per-tensor limit ("
+                  << limits::kMaxTensorElements << " elements, " << limits::kMaxTensorBytes << " bytes)");
   const uint64_t data_bytes = file_size - header_end;
   CAMRT_CHECK(data_bytes >= nbytes, src << ": truncated data: shape " << shape_str(h.shape) << " x " << dtype_name(h.dtype)
                                         << " needs " << nbytes << " bytes but the file holds " << data_bytes);
@@ -243,8 +252,13 @@ HostTensor parse_npy(const uint8_t* data, size_t size, const std::string& source
 
 HostTensor read_npy(const std::string& path) {
   std::error_code ec;
+  // A regular file only: a FIFO or device would block the open or report no size.
+  CAMRT_CHECK(std::filesystem::is_regular_file(path, ec), path << ": cannot read .npy file: "
+                                                              << (ec ? ec.message() : "not a regular file"));
   const uint64_t file_size = std::filesystem::file_size(path, ec);
   CAMRT_CHECK(!ec, path << ": cannot read .npy file: " << ec.message());
+  CAMRT_CHECK(file_size <= uint64_t(limits::kMaxFileBytes),
+              path << ": file of " << file_size << " bytes exceeds the " << limits::kMaxFileBytes << "-byte limit");
   std::ifstream in(path, std::ios::binary);
   CAMRT_CHECK(in, path << ": cannot open .npy file");
   // The longest preamble (versions 2.0/3.0) is 12 bytes.

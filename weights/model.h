@@ -50,6 +50,10 @@ struct Model {
 
 // Reads DIR/model.json (or any NAME.json) and the safetensors file it names. Errors name the file.
 Model load_model(const std::string& json_path);
+// The same checks on model.json text already in memory, with its weights given instead of read from the file
+// the JSON names (load_model reads the text, then calls the same parser). source_name prefixes every error.
+Model parse_model_json(const char* text, size_t size, std::map<std::string, HostTensor> weights,
+                       const std::string& source_name);
 // Writes DIR/model.json and DIR/model.safetensors atomically (temporary names, then rename).
 void save_model(const Model& model, const std::string& dir);
 

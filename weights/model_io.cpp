@@ -13,6 +13,8 @@
 
 #include "engine/atomic_file.h"
 #include "engine/error.h"
+#include "engine/image/image.h"
+#include "engine/limits.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
 
@@ -29,6 +31,9 @@ namespace fs = std::filesystem;
 
 constexpr const char* kJsonName = "model.json";
 constexpr const char* kWeightsName = "model.safetensors";
+// A model.json holds the graph only (weights are in the safetensors file): kMaxGraphNodes nodes of about
+// 1 KiB each stay well below this, and a larger text would mostly cost parsing memory (a DOM is ~10x the text).
+constexpr uint64_t kMaxModelJsonBytes = uint64_t(1) << 28;
 
 // ---- typed access to JSON fields; every error names the source file and the JSON path ----
 
@@ -65,7 +70,10 @@ class JsonFields {
   }
   std::string string(const json& v, const std::string& path) const {
     CAMRT_CHECK(v.is_string(), src_ << ": " << path << " must be a string, got " << describe(v));
-    return v.get<std::string>();
+    const std::string& s = v.get_ref<const std::string&>();
+    CAMRT_CHECK(static_cast<int64_t>(s.size()) <= limits::kMaxNameBytes,
+                src_ << ": " << path << " is " << s.size() << " bytes long (at most " << limits::kMaxNameBytes << ")");
+    return s;
   }
   int64_t integer(const json& v, const std::string& path) const {
     CAMRT_CHECK(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)),
@@ -78,11 +86,17 @@ class JsonFields {
     CAMRT_CHECK(std::isfinite(f), src_ << ": " << path << " must be a finite float, got " << v.dump());
     return f;
   }
-  std::vector<std::string> string_list(const json& v, const std::string& path) const {
+  // max_count: a limit from engine/limits.h on the list's length.
+  std::vector<std::string> string_list(const json& v, const std::string& path, int64_t max_count) const {
     bool ok = v.is_array();
     for (size_t i = 0; ok && i < v.size(); ++i) ok = v[i].is_string();
     CAMRT_CHECK(ok, src_ << ": " << path << " must be a list of strings, got " << describe(v));
-    return v.get<std::vector<std::string>>();
+    CAMRT_CHECK(static_cast<int64_t>(v.size()) <= max_count,
+                src_ << ": " << path << " lists " << v.size() << " names (at most " << max_count << ")");
+    std::vector<std::string> out;
+    out.reserve(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out.push_back(string(v[i], index(path, i)));
+    return out;
   }
   const std::string& source() const { return src_; }
 
@@ -106,12 +120,17 @@ ValueInfo parse_value_info(const JsonFields& f, const json& v, const std::string
   const std::string shape_path = JsonFields::join(path, "shape");
   const json& shape = f.required(v, path, "shape");
   CAMRT_CHECK(shape.is_array(), f.source() << ": " << shape_path << " must be a list of integers, got " << shape.type_name());
+  CAMRT_CHECK(static_cast<int64_t>(shape.size()) <= limits::kMaxRank,
+              f.source() << ": " << shape_path << " of '" << info.name << "' has rank " << shape.size() << " (at most "
+                         << limits::kMaxRank << ")");
   for (size_t i = 0; i < shape.size(); ++i) info.shape.push_back(f.integer(shape[i], JsonFields::index(shape_path, i)));
   return info;
 }
 
 std::vector<ValueInfo> parse_value_infos(const JsonFields& f, const json& v, const std::string& path) {
   CAMRT_CHECK(v.is_array(), f.source() << ": " << path << " must be a list of {name, dtype, shape} objects, got " << v.type_name());
+  CAMRT_CHECK(static_cast<int64_t>(v.size()) <= limits::kMaxNodeInputs,
+              f.source() << ": " << path << " lists " << v.size() << " tensors (at most " << limits::kMaxNodeInputs << ")");
   std::vector<ValueInfo> infos;
   for (size_t i = 0; i < v.size(); ++i) infos.push_back(parse_value_info(f, v[i], JsonFields::index(path, i)));
   return infos;
@@ -123,8 +142,8 @@ Node parse_node(const JsonFields& f, const json& v, const std::string& path) {
   Node node;
   node.op = f.string(f.required(v, path, "op"), JsonFields::join(path, "op"));
   node.name = f.string(f.required(v, path, "name"), JsonFields::join(path, "name"));
-  node.inputs = f.string_list(f.required(v, path, "inputs"), JsonFields::join(path, "inputs"));
-  node.outputs = f.string_list(f.required(v, path, "outputs"), JsonFields::join(path, "outputs"));
+  node.inputs = f.string_list(f.required(v, path, "inputs"), JsonFields::join(path, "inputs"), limits::kMaxNodeInputs);
+  node.outputs = f.string_list(f.required(v, path, "outputs"), JsonFields::join(path, "outputs"), limits::kMaxNodeInputs);
   if (const json* attrs = f.optional(v, "attrs")) {
     f.check_object(*attrs, JsonFields::join(path, "attrs"));
     node.attrs = *attrs;
@@ -217,6 +236,8 @@ void validate_model(const Model& m, const std::string& src) {
   const Preprocess& p = m.preprocess;
   CAMRT_CHECK(p.resize > 0 && p.crop > 0, src << ": preprocess.resize (" << p.resize << ") and preprocess.crop (" << p.crop
                                               << ") must be positive");
+  CAMRT_CHECK(p.resize <= kMaxImageSide, src << ": preprocess.resize (" << p.resize << ") exceeds the largest image side camrt reads ("
+                                            << kMaxImageSide << ")");
   CAMRT_CHECK(p.crop <= p.resize, src << ": preprocess.crop (" << p.crop << ") exceeds preprocess.resize (" << p.resize
                                       << "), the shorter side it is cut from");
   for (int c = 0; c < 3; ++c) {
@@ -226,7 +247,7 @@ void validate_model(const Model& m, const std::string& src) {
   }
 }
 
-Model parse_model_json(const json& doc, const std::string& src, std::string* weights_file) {
+Model parse_model_doc(const json& doc, const std::string& src, std::string* weights_file) {
   const JsonFields f(src);
   f.check_object(doc, "");
   // The version first: a future file may have a different schema, and that is the error to report.
@@ -243,10 +264,12 @@ Model parse_model_json(const json& doc, const std::string& src, std::string* wei
   m.outputs = parse_value_infos(f, f.required(doc, "", "outputs"), "outputs");
   const json& nodes = f.required(doc, "", "nodes");
   CAMRT_CHECK(nodes.is_array(), src << ": nodes must be a list of node objects, got " << nodes.type_name());
+  CAMRT_CHECK(static_cast<int64_t>(nodes.size()) <= limits::kMaxGraphNodes,
+              src << ": " << nodes.size() << " nodes (at most " << limits::kMaxGraphNodes << ")");
   m.nodes.reserve(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) m.nodes.push_back(parse_node(f, nodes[i], JsonFields::index("nodes", i)));
   if (const json* p = f.optional(doc, "preprocess")) m.preprocess = parse_preprocess(f, *p);
-  if (const json* labels = f.optional(doc, "labels")) m.labels = f.string_list(*labels, "labels");
+  if (const json* labels = f.optional(doc, "labels")) m.labels = f.string_list(*labels, "labels", limits::kMaxGraphValues);
   if (const json* layer = f.optional(doc, "explain_layer")) m.explain_layer = f.string(*layer, "explain_layer");
   if (const json* meta = f.optional(doc, "metadata")) {
     f.check_object(*meta, "metadata");
@@ -302,7 +325,57 @@ std::string dump_model_json(const Model& m) {
   return os.str();
 }
 
+// nlohmann's parser keeps its own stack, but copying, comparing and dumping a json value recurse once per
+// level: a file nested a million levels deep would overflow the C++ stack there. One cheap pass over the text
+// (brackets outside strings) refuses it before parsing.
+void check_json_nesting(const char* text, size_t size, const std::string& src) {
+  int64_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < size; ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;  // skip the escaped character (an escaped quote does not end the string)
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      CAMRT_CHECK(++depth <= limits::kMaxNesting, src << ": JSON nested deeper than " << limits::kMaxNesting
+                                                      << " levels at byte " << i);
+    } else if (c == ']' || c == '}') {
+      --depth;  // unbalanced brackets are the parser's to report
+    }
+  }
+}
+
+// model.json text -> Model without weights; *weights_file receives the "weights" field.
+Model parse_model_text(const char* text, size_t size, const std::string& src, std::string* weights_file) {
+  try {
+    CAMRT_CHECK(static_cast<uint64_t>(size) <= kMaxModelJsonBytes,
+                src << ": " << size << " bytes is too large for a model.json (at most " << kMaxModelJsonBytes << ")");
+    check_json_nesting(text, size, src);
+    const json doc = parse_json_strict(text, size, src);
+    return parse_model_doc(doc, src, weights_file);
+  } catch (const json::exception& e) {
+    // Every access is type-checked first; this is the safety net that keeps nlohmann's own exceptions
+    // from reaching a user.
+    CAMRT_FAIL(src << ": " << e.what());
+  }
+}
+
 }  // namespace
+
+Model parse_model_json(const char* text, size_t size, std::map<std::string, HostTensor> weights,
+                       const std::string& source_name) {
+  std::string weights_file;
+  Model m = parse_model_text(text, size, source_name, &weights_file);
+  m.weights = std::move(weights);
+  try {
+    validate_model(m, source_name);
+  } catch (const json::exception& e) {
+    CAMRT_FAIL(source_name << ": " << e.what());
+  }
+  return m;
+}
 
 Model load_model(const std::string& json_path) {
   std::error_code ec;
@@ -311,21 +384,23 @@ Model load_model(const std::string& json_path) {
   try {
     std::ifstream in(path, std::ios::binary);
     CAMRT_CHECK(in, path << ": cannot open model file" << (fs::exists(path, ec) ? "" : " (no such file)"));
-    std::ostringstream text;
-    text << in.rdbuf();
-    CAMRT_CHECK(!in.bad(), path << ": read error");
-    const std::string s = text.str();
-    const json doc = parse_json_strict(s.data(), s.size(), path);
+    const uintmax_t file_bytes = fs::file_size(path, ec);
+    CAMRT_CHECK(ec || file_bytes <= kMaxModelJsonBytes,
+                path << ": " << file_bytes << " bytes is too large for a model.json (at most " << kMaxModelJsonBytes << ")");
+    // Read into a string sized up front: streams swallow a failed allocation (badbit) and would hand the
+    // parser a truncated text, so out of memory must surface here as std::bad_alloc, not as "invalid JSON".
+    CAMRT_CHECK(!ec, path << ": cannot read the file size: " << ec.message());
+    std::string s(static_cast<size_t>(file_bytes), '\0');
+    in.read(s.data(), static_cast<std::streamsize>(s.size()));
+    CAMRT_CHECK(!in.bad() && in.gcount() == static_cast<std::streamsize>(s.size()), path << ": read error");
     std::string weights_file;
-    Model m = parse_model_json(doc, path, &weights_file);
+    Model m = parse_model_text(s.data(), s.size(), path, &weights_file);
     fs::path weights_path(weights_file);
     if (weights_path.is_relative()) weights_path = fs::path(path).parent_path() / weights_path;
     m.weights = read_safetensors(weights_path.string());
     validate_model(m, path);
     return m;
   } catch (const json::exception& e) {
-    // Every access above is type-checked first; this is the safety net that keeps nlohmann's own
-    // exceptions from reaching a user.
     CAMRT_FAIL(path << ": " << e.what());
   } catch (const fs::filesystem_error& e) {
     CAMRT_FAIL(path << ": " << e.what());

@@ -12,6 +12,8 @@
 
 #include "engine/atomic_file.h"
 #include "engine/error.h"
+#include "engine/limits.h"
+#include "engine/paths.h"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -26,13 +28,25 @@ nlohmann::json parse_json_strict(const char* text, size_t size, const std::strin
   // One set of seen keys per open object; nlohmann reports keys and object boundaries in document order.
   std::vector<std::unordered_set<std::string>> open_objects;
   std::string duplicate_key;
-  auto callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) -> bool {
+  bool too_deep = false;
+  auto callback = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
     switch (event) {
-      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        // depth counts the containers around this one. Returning false drops the container from the
+        // document, so a hostile "[[[[..." never becomes a deep tree (whose destruction would recurse).
+        if (depth >= limits::kMaxNesting) {
+          too_deep = true;
+          return false;
+        }
+        if (event == json::parse_event_t::object_start) open_objects.emplace_back();
+        break;
       case json::parse_event_t::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
         break;
       case json::parse_event_t::key: {
+        // Keys of dropped (too deep) objects arrive with no open object recorded for them.
+        if (too_deep || open_objects.empty()) break;
         const std::string& key = parsed.get_ref<const std::string&>();
         if (!open_objects.back().insert(key).second && duplicate_key.empty()) duplicate_key = key;
         break;
@@ -58,12 +72,15 @@ nlohmann::json parse_json_strict(const char* text, size_t size, const std::strin
         detail = rest.substr(colon + 2);
       }
     }
+    // The detail quotes the offending bytes, which may be anything: escape them.
     CAMRT_FAIL(source_name << ": invalid JSON at byte " << e.byte << (location.empty() ? "" : " (" + location + ")")
-                           << ": " << detail);
+                           << ": " << printable_name(detail));
   } catch (const json::exception& e) {
-    CAMRT_FAIL(source_name << ": invalid JSON: " << e.what());
+    CAMRT_FAIL(source_name << ": invalid JSON: " << printable_name(e.what()));
   }
-  CAMRT_CHECK(duplicate_key.empty(), source_name << ": invalid JSON: key '" << duplicate_key << "' appears twice in one object");
+  CAMRT_CHECK(!too_deep, source_name << ": invalid JSON: nesting deeper than " << limits::kMaxNesting << " levels");
+  CAMRT_CHECK(duplicate_key.empty(),
+              source_name << ": invalid JSON: key '" << printable_name(duplicate_key) << "' appears twice in one object");
   return document;
 }
 
@@ -109,18 +126,26 @@ std::vector<Entry> parse_header(const char* text, size_t size, uint64_t buffer_s
   const json header = parse_json_strict(text, size, source);
   CAMRT_CHECK(header.is_object(), source << ": header is not a JSON object (got " << header.type_name() << ")");
   if (metadata) metadata->clear();
+  CAMRT_CHECK(header.size() <= size_t(limits::kMaxGraphValues),
+              source << ": header lists " << header.size() << " tensors, more than the " << limits::kMaxGraphValues << " camrt accepts");
+  // The data section bounds all weights together; checked here so a read never starts on a file camrt refuses.
+  CAMRT_CHECK(buffer_size <= uint64_t(limits::kMaxModelBytes),
+              source << ": data section of " << buffer_size << " bytes exceeds the " << limits::kMaxModelBytes << "-byte limit");
   std::vector<Entry> entries;
   entries.reserve(header.size());
   for (const auto& [name, value] : header.items()) {
     if (name == "__metadata__") {
       CAMRT_CHECK(value.is_object(), source << ": __metadata__ must be an object of strings, got " << value.type_name());
       for (const auto& [key, item] : value.items()) {
-        CAMRT_CHECK(item.is_string(), source << ": __metadata__['" << key << "'] must be a string, got " << item.type_name());
+        CAMRT_CHECK(item.is_string(), source << ": __metadata__['" << printable_name(key) << "'] must be a string, got " << item.type_name());
         if (metadata) (*metadata)[key] = item.get<std::string>();
       }
       continue;
     }
-    const std::string where = source + ": tensor '" + name + "'";
+    const std::string where = source + ": tensor '" + printable_name(name) + "'";
+    CAMRT_CHECK(!name.empty(), source << ": a tensor has an empty name");
+    CAMRT_CHECK(name.size() <= size_t(limits::kMaxNameBytes),
+                where << ": name of " << name.size() << " bytes exceeds the " << limits::kMaxNameBytes << "-byte limit");
     CAMRT_CHECK(value.is_object(), where << ": entry must be a JSON object, got " << value.type_name());
     Entry entry;
     entry.name = name;
@@ -130,14 +155,16 @@ std::vector<Entry> parse_header(const char* text, size_t size, uint64_t buffer_s
     CAMRT_CHECK(dtype_it->is_string(), where << ": dtype must be a string, got " << dtype_it->type_name());
     const std::string dtype_str = dtype_it->get<std::string>();
     CAMRT_CHECK(dtype_from_name(dtype_str, &entry.dtype),
-                where << ": dtype '" << dtype_str << "' is not supported by camrt (supported: " << supported_dtype_list() << ")");
+                where << ": dtype '" << printable_name(dtype_str, 40) << "' is not supported by camrt (supported: " << supported_dtype_list() << ")");
 
     const auto shape_it = value.find("shape");
     CAMRT_CHECK(shape_it != value.end(), where << ": missing 'shape'");
     CAMRT_CHECK(shape_it->is_array(), where << ": shape must be a list of non-negative integers, got " << shape_it->type_name());
+    CAMRT_CHECK(shape_it->size() <= size_t(limits::kMaxRank),
+                where << ": shape has " << shape_it->size() << " dimensions, more than the " << limits::kMaxRank << " camrt accepts");
     for (size_t i = 0; i < shape_it->size(); ++i) {
       const json& dim = (*shape_it)[i];
-      CAMRT_CHECK(dim.is_number_integer(), where << ": shape[" << i << "] must be an integer, got " << dim.dump());
+      CAMRT_CHECK(dim.is_number_integer(), where << ": shape[" << i << "] must be an integer, got " << printable_name(dim.dump(), 40));
       // nlohmann stores non-negative integers as unsigned, negative ones as signed.
       CAMRT_CHECK(dim.is_number_unsigned(), where << ": shape[" << i << "] is " << dim.dump() << ", a negative dimension");
       CAMRT_CHECK(dim.get<uint64_t>() <= uint64_t(INT64_MAX), where << ": shape[" << i << "] = " << dim.dump() << " is too large");
@@ -149,7 +176,7 @@ std::vector<Entry> parse_header(const char* text, size_t size, uint64_t buffer_s
     const json& offsets = *offsets_it;
     const bool offsets_ok = offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
                             offsets[1].is_number_unsigned();
-    CAMRT_CHECK(offsets_ok, where << ": data_offsets must be two non-negative integers [begin, end], got " << offsets.dump());
+    CAMRT_CHECK(offsets_ok, where << ": data_offsets must be two non-negative integers [begin, end], got " << printable_name(offsets.dump(), 80));
     entry.begin = offsets[0].get<uint64_t>();
     entry.end = offsets[1].get<uint64_t>();
     CAMRT_CHECK(entry.begin <= entry.end, where << ": data_offsets [" << entry.begin << ", " << entry.end << "] have begin > end");
@@ -165,6 +192,9 @@ std::vector<Entry> parse_header(const char* text, size_t size, uint64_t buffer_s
     uint64_t nbytes = 0;
     CAMRT_CHECK(!__builtin_mul_overflow(static_cast<uint64_t>(numel), uint64_t(dtype_size(entry.dtype)), &nbytes),
                 where << ": shape " << shape_str(entry.shape) << " x " << dtype_str << " overflows a 64-bit byte count");
+    CAMRT_CHECK(numel <= limits::kMaxTensorElements && nbytes <= uint64_t(limits::kMaxTensorBytes),
+                where << ": shape " << shape_str(entry.shape) << " x " << dtype_str << " exceeds camrt's per-tensor limit ("
+                      << limits::kMaxTensorElements << " elements, " << limits::kMaxTensorBytes << " bytes)");
     CAMRT_CHECK(nbytes == entry.end - entry.begin, where << ": shape " << shape_str(entry.shape) << " x " << dtype_str << " = "
                                                          << nbytes << " bytes but data_offsets span " << entry.end - entry.begin);
     entries.push_back(std::move(entry));
@@ -177,10 +207,11 @@ std::vector<Entry> parse_header(const char* text, size_t size, uint64_t buffer_s
   uint64_t covered = 0;
   const Entry* previous = nullptr;
   for (const Entry& e : entries) {
-    CAMRT_CHECK(e.begin >= covered || !previous, source << ": tensors '" << previous->name << "' [" << previous->begin << ", " << previous->end
-                                           << "] and '" << e.name << "' [" << e.begin << ", " << e.end << "] overlap");
+    CAMRT_CHECK(e.begin >= covered || !previous, source << ": tensors '" << printable_name(previous->name) << "' ["
+                                                        << previous->begin << ", " << previous->end << "] and '"
+                                                        << printable_name(e.name) << "' [" << e.begin << ", " << e.end << "] overlap");
     CAMRT_CHECK(e.begin == covered, source << ": gap in the data buffer: bytes [" << covered << ", " << e.begin
-                                           << ") before tensor '" << e.name << "' belong to no tensor");
+                                           << ") before tensor '" << printable_name(e.name) << "' belong to no tensor");
     covered = e.end;
     previous = &e;
   }
@@ -211,8 +242,13 @@ std::map<std::string, HostTensor> parse_safetensors(const uint8_t* data, size_t 
 
 std::map<std::string, HostTensor> read_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
   std::error_code ec;
+  // A regular file only: a FIFO or device would block the open or report no size.
+  CAMRT_CHECK(std::filesystem::is_regular_file(path, ec), path << ": cannot read safetensors file: "
+                                                              << (ec ? ec.message() : "not a regular file"));
   const uint64_t file_size = std::filesystem::file_size(path, ec);
   CAMRT_CHECK(!ec, path << ": cannot read safetensors file: " << ec.message());
+  CAMRT_CHECK(file_size <= uint64_t(limits::kMaxFileBytes),
+              path << ": file of " << file_size << " bytes exceeds the " << limits::kMaxFileBytes << "-byte limit");
   std::ifstream in(path, std::ios::binary);
   CAMRT_CHECK(in, path << ": cannot open safetensors file");
   CAMRT_CHECK(file_size >= 8, path << ": file is " << file_size << " bytes, too short for the 8-byte header size (truncated?)");
@@ -230,7 +266,7 @@ std::map<std::string, HostTensor> read_safetensors(const std::string& path, std:
     HostTensor t(e.dtype, e.shape);
     if (!t.bytes.empty()) {
       CAMRT_CHECK(in.read(reinterpret_cast<char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size())),
-                  path << ": tensor '" << e.name << "': read error (file changed or truncated while reading?)");
+                  path << ": tensor '" << printable_name(e.name) << "': read error (file changed or truncated while reading?)");
     }
     tensors.emplace(e.name, std::move(t));
   }

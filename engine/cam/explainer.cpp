@@ -6,8 +6,10 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <new>
 #include <random>
 #include <set>
+#include <stdexcept>
 
 #include "kernels/cpu/cam.h"
 #if CAMRT_WITH_CUDA
@@ -83,7 +85,7 @@ TargetRule parse_target(const std::string& text) {
     long long v = -1;
     try {
       v = std::stoll(s, &used);
-    } catch (...) {
+    } catch (const std::logic_error&) {  // invalid_argument, out_of_range; std::bad_alloc goes on up
       used = 0;
     }
     CAMRT_CHECK(!s.empty() && used == s.size() && v >= 0,
@@ -297,7 +299,14 @@ struct Explainer::Impl {
   T* buffer(const std::string& name, int64_t count) {
     const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
     Arena& arena = buffers[name];
-    if (arena.bytes() < bytes) arena = Arena(bytes, k.device, k.cuda);
+    // A failed allocation leaves the old (smaller or empty) arena in place: the next call tries again.
+    if (arena.bytes() < bytes) {
+      try {
+        arena = Arena(bytes, k.device, k.cuda, name.c_str());
+      } catch (const Error& e) {
+        throw Error(graph.source_name() + ": " + e.what(), e.file(), e.line(), e.expression().c_str());
+      }
+    }
     return reinterpret_cast<T*>(arena.data());
   }
   // Host-side buffers (logits of chunks, scores, weights computed on the host), reused the same way.
@@ -852,6 +861,16 @@ Explainer::~Explainer() = default;
 const PlanStats& Explainer::main_plan_stats() const { return impl_->main->stats(); }
 
 Explanation Explainer::run(const HostTensor& input) {
+  try {
+    return run_unguarded(input);
+  } catch (const std::bad_alloc&) {
+    CAMRT_FAIL(impl_->graph.source_name() << ": out of memory while explaining");
+  } catch (const std::length_error& e) {
+    CAMRT_FAIL(impl_->graph.source_name() << ": out of memory while explaining (" << e.what() << ")");
+  }
+}
+
+Explanation Explainer::run_unguarded(const HostTensor& input) {
   Impl& m = *impl_;
   CAMRT_CHECK(input.dtype == DType::F32 && input.shape == (Shape{m.batch, m.channels, m.height, m.width}),
               "explain input must be float32 " << shape_str({m.batch, m.channels, m.height, m.width}) << ", got "

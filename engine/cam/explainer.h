@@ -61,7 +61,8 @@ class Explainer {
   Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool, CudaRuntime* cuda = nullptr);
   ~Explainer();
 
-  // input: (B, C, H, W) float32, preprocessed.
+  // input: (B, C, H, W) float32, preprocessed. Out of memory is a camrt::Error; after any failed run the
+  // next run works as if the failed one had never happened (working buffers are complete or absent).
   Explanation run(const HostTensor& input);
 
   const ExplainOptions& options() const { return options_; }
@@ -70,6 +71,7 @@ class Explainer {
   const PlanStats& main_plan_stats() const;
 
  private:
+  Explanation run_unguarded(const HostTensor& input);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   ExplainOptions options_;

@@ -15,6 +15,9 @@
 #include <memory>
 
 #include "engine/error.h"
+#include "engine/image/stb_alloc.h"
+#include "engine/limits.h"
+#include "engine/paths.h"
 
 namespace camrt {
 
@@ -30,14 +33,15 @@ const char* format_name(const uint8_t* data, size_t size) {
   return "image";
 }
 
-const char* stb_reason() {
+// stb's reason can quote bytes of the file (an unknown PNG chunk's type), so it is escaped for the message.
+std::string stb_reason() {
   const char* reason = stbi_failure_reason();
-  return reason ? reason : "unknown error";
+  return reason ? printable_name(reason) : "unknown error";
 }
 
 // stb_image fills missing BMP pixel rows with zeros instead of failing (PNG and JPEG decoding does fail on
-// truncation), so an uncompressed BMP is checked against the size its header implies. RLE BMPs, which stb
-// rejects anyway, are left to stb.
+// truncation), so a BMP is checked against the size its header implies. stb refuses only the RLE
+// compressions (1 and 2) and reads every other value as uncompressed data, so only those are left to stb.
 void check_bmp_complete(const uint8_t* data, size_t size, int64_t width, int64_t height, const std::string& name) {
   if (size < 30 || data[0] != 'B' || data[1] != 'M') return;
   const uint32_t pixel_offset = le32(data + 10);
@@ -51,12 +55,103 @@ void check_bmp_complete(const uint8_t* data, size_t size, int64_t width, int64_t
   } else {
     return;
   }
-  constexpr uint32_t kRgb = 0, kBitfields = 3, kAlphaBitfields = 6;
-  if (compression != kRgb && compression != kBitfields && compression != kAlphaBitfields) return;
+  constexpr uint32_t kRle8 = 1, kRle4 = 2;
+  if (compression == kRle8 || compression == kRle4) return;
   const int64_t row_bytes = (width * bits_per_pixel + 31) / 32 * 4;  // rows are padded to 4 bytes
   const int64_t needed = int64_t(pixel_offset) + row_bytes * height;
   CAMRT_CHECK(int64_t(size) >= needed, name << ": truncated BMP data: the file has " << size
                                             << " bytes, its pixel rows end at byte " << needed);
+}
+
+// stb_image 2.27 trusts the symbol counts of a JPEG Huffman table (DHT): counts summing past 256 write past
+// its 256-entry tables. Every DHT segment, before the first scan and between scans, is checked here, walking
+// the markers as stb does: a marker is 0xFF followed by a byte other than 0x00 (a stuffed 0xFF) and the
+// restart markers 0xD0-0xD7, after any number of 0xFF fill bytes; other bytes (entropy-coded data, or
+// padding between segments, which stb skips too) are passed over. A truncated DHT is checked up to the end.
+// `start`: the byte after the SOI marker.
+void check_jpeg_tables(const uint8_t* data, size_t size, size_t start, const std::string& name) {
+  // stb also decodes with a Huffman table no DHT defined, reading its uninitialized memory as indices; so
+  // every table a scan will decode with must have been defined before the scan.
+  bool defined[2][4] = {};  // [DC, AC][table id]
+  bool progressive = false, have_frame = false;
+  size_t i = start;
+  while (i < size) {
+    if (data[i] != 0xFF) {
+      ++i;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < size && data[j] == 0xFF) ++j;  // fill bytes
+    if (j >= size) return;
+    const uint8_t marker = data[j];
+    if (marker == 0x00 || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) {  // stuffing, restart, TEM
+      i = j + 1;
+      continue;
+    }
+    if (marker == 0xD9) return;  // EOI
+    if (j + 2 >= size) return;
+    const size_t length = size_t(data[j + 1]) << 8 | data[j + 2];  // includes its own two bytes
+    const size_t begin = j + 3, end = j + 1 + length;
+    if (length < 2) return;
+    if (marker == 0xC4) {
+      // stb reads a whole table header whenever the segment has a byte left, even past the segment's end
+      // (and zeros past the file's end), so the check does the same.
+      for (size_t p = begin; p < std::min(end, size);) {
+        size_t symbols = 0;
+        for (size_t k = 1; k <= 16 && p + k < size; ++k) symbols += data[p + k];
+        CAMRT_CHECK(symbols <= 256, name << ": corrupt JPEG: Huffman table at byte " << p << " declares " << symbols
+                                         << " codes, at most 256 exist");
+        const int table_class = data[p] >> 4, id = data[p] & 15;
+        if (table_class <= 1 && id <= 3) defined[table_class][id] = true;  // stb refuses other values
+        p += 17 + symbols;
+      }
+    } else if ((marker == 0xC0 || marker == 0xC1 || marker == 0xC2) && !have_frame) {  // stb's SOF types
+      have_frame = true;
+      progressive = marker == 0xC2;
+    } else if (marker == 0xDA) {  // SOS: component count, (id, DC table << 4 | AC table) each, Ss, Se, Ah|Al
+      if (begin >= size) return;
+      const size_t components = data[begin];
+      if (begin + 1 + 2 * components + 3 > size) return;
+      const uint8_t ss = data[begin + 1 + 2 * components], ah = data[begin + 3 + 2 * components] >> 4;
+      // Baseline scans decode DC and AC; progressive ones DC only (first DC pass, Ah == 0) or AC only (Ss > 0).
+      const bool uses_dc = !progressive || (ss == 0 && ah == 0), uses_ac = !progressive || ss > 0;
+      for (size_t k = 0; k < components; ++k) {
+        const int dc = data[begin + 2 + 2 * k] >> 4, ac = data[begin + 2 + 2 * k] & 15;
+        if (dc > 3 || ac > 3) return;  // stb refuses the scan
+        CAMRT_CHECK((!uses_dc || defined[0][dc]) && (!uses_ac || defined[1][ac]),
+                    name << ": corrupt JPEG: the scan at byte " << j - 1 << " uses Huffman table "
+                         << (uses_dc && !defined[0][dc] ? "DC " + std::to_string(dc) : "AC " + std::to_string(ac))
+                         << ", which no DHT segment defined before it");
+      }
+    }
+    i = end;  // past the end of the file for a truncated segment: the walk is over
+  }
+}
+
+// stb_image 2.27 copies a PNG's first IDAT chunk through a null pointer when that chunk is empty (undefined
+// behaviour, though harmless on glibc). Empty IDAT chunks are legal and carry nothing, so the ones before
+// the first non-empty IDAT are removed, in a copy (kept in `storage`), before stb sees the file. Returns the
+// bytes to decode: `data` itself when nothing needs removing.
+const uint8_t* drop_leading_empty_idat(const uint8_t* data, size_t* size, std::vector<uint8_t>* storage) {
+  if (*size < 8 || std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) != 0) return data;
+  std::vector<std::pair<size_t, size_t>> drop;  // byte ranges of chunks to remove
+  for (size_t pos = 8; pos + 12 <= *size;) {
+    const uint64_t length = uint64_t(data[pos]) << 24 | uint64_t(data[pos + 1]) << 16 | uint64_t(data[pos + 2]) << 8 | data[pos + 3];
+    if (std::memcmp(data + pos + 4, "IDAT", 4) == 0) {
+      if (length > 0) break;
+      if (pos > 8) drop.emplace_back(pos, pos + 12);  // a first chunk other than IHDR stays, for stb to refuse
+    }
+    if (length > *size - pos - 12) break;
+    pos += 12 + size_t(length);
+  }
+  if (drop.empty()) return data;
+  storage->assign(data, data + drop[0].first);
+  for (size_t k = 0; k < drop.size(); ++k) {
+    const size_t next = k + 1 < drop.size() ? drop[k + 1].first : *size;
+    storage->insert(storage->end(), data + drop[k].second, data + next);
+  }
+  *size = storage->size();
+  return storage->data();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -185,18 +280,54 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source_n
   CAMRT_CHECK(size > 0, source_name << ": empty file, not an image");
   CAMRT_CHECK(size <= size_t(INT_MAX), source_name << ": " << size << " bytes is larger than the 2 GiB the image decoder reads");
   const int len = int(size);
+  // Even stbi_info parses a JPEG's Huffman tables, so they are checked first.
+  // stb takes a file for a JPEG when it starts with the SOI marker, 0xFF 0xD8, after any 0xFF fill bytes.
+  size_t soi = 1;
+  while (soi < size && data[soi] == 0xFF) ++soi;
+  const bool is_jpeg = data[0] == 0xFF && soi < size && data[soi] == 0xD8;
+  if (is_jpeg) check_jpeg_tables(data, size, soi + 1, source_name);
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(data, len, &w, &h, &comp))
     CAMRT_FAIL(source_name << ": not a supported image (PNG, JPEG, BMP): " << stb_reason());
+  // A BMP stores top-down rows as a negative height, which stbi_info passes on; stb's loader takes abs(),
+  // undefined for INT_MIN, which the size check below refuses.
+  if (size >= 2 && data[0] == 'B' && data[1] == 'M' && h < 0 && h != INT_MIN) h = -h;
   CAMRT_CHECK(w > 0 && h > 0 && w <= kMaxImageSide && h <= kMaxImageSide && int64_t(w) * h <= kMaxImagePixels,
               source_name << ": image is " << w << "x" << h << "; camrt reads images up to " << kMaxImageSide
                           << " pixels a side and " << kMaxImagePixels << " pixels in all");
   check_bmp_complete(data, size, w, h, source_name);
+  // stb decodes a truncated JPEG by padding the entropy-coded data with zeros, so a few hundred bytes could
+  // claim 16384x16384 and cost gigabytes and seconds. Huffman-coded JPEG (the only kind stb reads) spends at
+  // least one bit per 8x8 block of the full-resolution component (its DC code), so a real file has at least
+  // w*h/512 bytes.
+  if (is_jpeg) {
+    const int64_t min_bytes = int64_t(w) * h / 512;
+    CAMRT_CHECK(int64_t(size) >= min_bytes, source_name << ": truncated or corrupt JPEG: " << w << "x" << h
+                                                        << " pixels need at least " << min_bytes
+                                                        << " bytes of data, the file has " << size);
+  }
+  // stb allocates a PNG's whole inflated size up front, from the header. Deflate expands at most 1032-fold
+  // (a 258-byte match in 2 bits), so a file that cannot hold its pixels even at that ratio is refused first.
+  if (size >= 26 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(data + 12, "IHDR", 4) == 0) {
+    const int64_t depth = data[24], color = data[25];
+    const int64_t channels = color == 2 ? 3 : color == 4 ? 2 : color == 6 ? 4 : 1;
+    const int64_t raw_bytes = int64_t(h) * (1 + (int64_t(w) * depth * channels + 7) / 8);  // rows + filter bytes
+    CAMRT_CHECK(raw_bytes <= 1032 * int64_t(size), source_name << ": truncated or corrupt PNG: " << w << "x" << h
+                                                               << " pixels cannot be compressed into " << size << " bytes");
+  }
+  // No legitimate stb allocation for a w x h image exceeds 16 bytes a pixel: 16-bit RGBA is 8, and the
+  // zlib buffer for an interlaced PNG may double once past its initial guess; padding to JPEG MCUs (up to
+  // 32 pixels) and small tables are covered by the rest.
+  const detail::StbAllocationCap cap(size_t(16) * size_t(w) * size_t(h) + size_t(32) * (size_t(w) + size_t(h)) +
+                                     (size_t(1) << 20));
 
+  std::vector<uint8_t> cleaned;
+  size_t decode_size = size;
+  const uint8_t* decode_data = drop_leading_empty_idat(data, &decode_size, &cleaned);
   int dw = 0, dh = 0, file_channels = 0;
   // req_comp = 3: stb replicates gray, expands palettes, drops alpha and keeps the high byte of 16-bit
   // samples, which is PIL's convert("RGB") (see image.h for the one divergence).
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(stbi_load_from_memory(data, len, &dw, &dh, &file_channels, 3),
+  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(stbi_load_from_memory(decode_data, int(decode_size), &dw, &dh, &file_channels, 3),
                                                    stbi_image_free);
   if (!pixels)
     CAMRT_FAIL(source_name << ": cannot decode " << format_name(data, size)
@@ -211,10 +342,18 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source_n
 Image read_image(const std::string& path) {
   std::error_code ec;
   CAMRT_CHECK(!std::filesystem::is_directory(path, ec), path << ": is a directory, not an image file");
+  // A regular file only: a FIFO or a device would block the open or never end.
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    CAMRT_CHECK(std::filesystem::exists(path, ec), path << ": cannot open image file: no such file");
+    CAMRT_FAIL(path << ": not a regular file, cannot read it as an image");
+  }
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) CAMRT_FAIL(path << ": cannot open image file: " << std::strerror(errno));
   const std::streamoff size = in.tellg();
   CAMRT_CHECK(size >= 0, path << ": cannot determine the size of the image file");
+  // Checked before the buffer is allocated: stb reads at most INT_MAX bytes.
+  CAMRT_CHECK(size <= std::streamoff(std::min<int64_t>(INT_MAX, limits::kMaxFileBytes)),
+              path << ": image file of " << size << " bytes exceeds the " << INT_MAX << "-byte limit");
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
   in.seekg(0);
   in.read(reinterpret_cast<char*>(bytes.data()), size);

@@ -10,18 +10,18 @@ namespace {
 constexpr std::align_val_t kArenaAlignment{64};
 }
 
-Arena::Arena(size_t bytes, Device device, CudaRuntime* cuda) : bytes_(bytes), device_(device) {
+Arena::Arena(size_t bytes, Device device, CudaRuntime* cuda, const char* what) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
   if (device == Device::CUDA) {
     CAMRT_CHECK(cuda, "Arena: a device arena needs a CUDA runtime");
-    data_ = static_cast<uint8_t*>(cuda->allocate(bytes, "activation arena"));
+    data_ = static_cast<uint8_t*>(cuda->allocate(bytes, what));
     cuda_ = cuda;
     return;
   }
   try {
     data_ = static_cast<uint8_t*>(::operator new(bytes, kArenaAlignment));
   } catch (const std::bad_alloc&) {
-    CAMRT_FAIL("out of memory: cannot allocate an arena of " << bytes << " bytes (" << (bytes >> 20) << " MiB)");
+    CAMRT_FAIL("out of memory: " << what << " needs " << bytes << " bytes (" << (bytes >> 20) << " MiB) of host memory");
   }
 }
 

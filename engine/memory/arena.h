@@ -12,8 +12,8 @@ namespace camrt {
 class Arena {
  public:
   Arena() = default;
-  // cuda: required for Device::CUDA, ignored for the CPU.
-  Arena(size_t bytes, Device device, CudaRuntime* cuda = nullptr);
+  // cuda: required for Device::CUDA, ignored for the CPU. what: names the memory in the out-of-memory Error.
+  Arena(size_t bytes, Device device, CudaRuntime* cuda = nullptr, const char* what = "activation arena");
   ~Arena();
   Arena(Arena&& other) noexcept;
   Arena& operator=(Arena&& other) noexcept;

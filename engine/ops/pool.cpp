@@ -142,6 +142,14 @@ class PoolOp : public Op {
     Shape out = {x[0], x[1]};
     PoolGeometry geometry;
     geometry.planes = checked_numel({x[0], x[1]});
+    // Attributes come from model files: bounded first, so the extent and padded-span arithmetic cannot overflow
+    // (2^31 is far beyond any real kernel, stride, dilation, pad or input side).
+    constexpr int64_t kMaxAttribute = int64_t(1) << 31;
+    for (const std::vector<int64_t>* list : {&kernel_, &strides_, &dilations_, &pads_})
+      for (int64_t v : *list)
+        CAMRT_CHECK(v >= -kMaxAttribute && v <= kMaxAttribute, where() << "attribute value " << v << " is out of range (|v| <= 2^31)");
+    for (size_t i = 2; i < x.size(); ++i)
+      CAMRT_CHECK(x[i] <= kMaxAttribute, where() << "input " << shape_str(x) << ": spatial size out of range");
     for (size_t i = 0; i < n; ++i) {
       const int64_t in = x[2 + i], k = kernel_[i];
       const int64_t s = strides_.empty() ? 1 : strides_[i];

@@ -288,6 +288,12 @@ CAMRT_INLINE_LOOPS void depthwise_forward(float* out, const float* in, const flo
 }  // namespace
 
 std::string conv2d_shape_error(const Conv2dShape& s) {
+  // Attributes come from model files: bound them first so the span and padded-size arithmetic below cannot
+  // overflow int64 (2^31 is far beyond any real kernel, stride, dilation, pad or input side).
+  constexpr int64_t kMaxAttribute = int64_t(1) << 31;
+  for (int64_t v : {s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.dilation_h, s.dilation_w, s.pad_top, s.pad_left,
+                    s.pad_bottom, s.pad_right, s.in_h, s.in_w})
+    if (v > kMaxAttribute || v < -kMaxAttribute) return "conv sizes and attributes must be within +-2^31, got " + std::to_string(v);
   const int64_t span_h = s.dilation_h * (s.kernel_h - 1) + 1, span_w = s.dilation_w * (s.kernel_w - 1) + 1;
   std::ostringstream err;
   if (s.batch < 0 || s.in_channels <= 0 || s.in_h <= 0 || s.in_w <= 0 || s.out_channels <= 0)

@@ -27,6 +27,7 @@ class ThreadPool {
 
  private:
   void worker_loop(int worker_index);
+  void shutdown();  // stops and joins the workers (destructor, or a constructor that failed half-way)
 
   int num_threads_ = 1;
   std::vector<std::thread> workers_;

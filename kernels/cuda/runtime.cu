@@ -62,8 +62,13 @@ void* CudaRuntime::allocate(size_t bytes, const char* what) {
                                      << device_name_ << " (" << cudaGetErrorString(status)
                                      << "); try a smaller --batch or --chunk");
   }
+  try {
+    device_sizes_[pointer] = bytes;
+  } catch (...) {  // no host memory to record it: give the device memory back rather than leak it
+    cudaFree(pointer);
+    throw;
+  }
   ++device_allocations_;
-  device_sizes_[pointer] = bytes;
   device_bytes_in_use_ += bytes;
   device_bytes_peak_ = std::max(device_bytes_peak_, device_bytes_in_use_);
   return pointer;

@@ -1,6 +1,10 @@
 // camrt bench: latency of a forward pass and of explanations, as JSON lines that line up with the PyTorch
 // baselines (../shared/bench/torch_baseline.py): one line per (batch, scenario) with percentiles, per-image
 // time, throughput and planned peak memory. Warm-up runs are excluded; inputs are seeded random tensors.
+// --soak N runs N explanations through one camrt::Session, as a long-running embedder would, and fails (exit 1)
+// when resident memory grows.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +16,7 @@
 #include <thread>
 
 #include "engine/cam/explainer.h"
+#include "engine/camrt.h"
 #include "kernels/cuda/runtime.h"
 #include "tools/camrt/args.h"
 #include "tools/camrt/commands.h"
@@ -35,10 +40,114 @@ double percentile(std::vector<double> sorted, double q) {
   return sorted[lo] + (pos - lo) * (sorted[hi] - sorted[lo]);
 }
 
+double mib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
+// Resident set size of this process: the second field of /proc/self/statm, in pages.
+size_t resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  CAMRT_CHECK(f, "camrt bench --soak: cannot read /proc/self/statm (resident memory is measured on Linux only)");
+  unsigned long long size_pages = 0, resident_pages = 0;
+  const int read = std::fscanf(f, "%llu %llu", &size_pages, &resident_pages);
+  std::fclose(f);
+  CAMRT_CHECK(read == 2, "camrt bench --soak: cannot parse /proc/self/statm");
+  return static_cast<size_t>(resident_pages) * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// The soak: one Session, warm-up calls, then `iterations` explanations of one seeded input. Memory is read after
+// the warm-up (start) and after the last call (end); the call times of the first and last 1000 show a slow-down.
+int run_soak(const Args& args, const std::string& path, const std::string& name, bool gpu, Precision precision) {
+  const int64_t iterations = args.get_int("soak");
+  CAMRT_CHECK(iterations >= 1, "--soak: expected a positive number of explanations");
+  const int64_t warmup = args.has("warmup") ? args.get_int("warmup") : 100;
+  CAMRT_CHECK(warmup >= 0, "--warmup must not be negative");
+  int64_t batch = 1;
+  if (args.has("batch")) {
+    try {
+      batch = std::stoll(args.get("batch"));
+    } catch (const std::logic_error&) {
+      batch = 0;
+    }
+    CAMRT_CHECK(batch >= 1, "--soak takes one --batch size, got '" << args.get("batch") << "'");
+  }
+  ExplainOptions options;
+  options.methods = args.has("method") ? split_list(args.get("method")) : std::vector<std::string>{"gradcam"};
+  CAMRT_CHECK(!options.methods.empty(), "--method: expected CAM methods");
+  for (const auto& method : options.methods)
+    CAMRT_CHECK(is_cam_method(method), "--soak --method '" << method << "': expected CAM methods (a soak explains)");
+  const double max_growth_pct = std::stod(args.get("max-rss-growth"));
+  const int threads = static_cast<int>(args.get_int("threads"));
+
+  Session session(path, batch, options, threads, gpu ? Device::CUDA : Device::CPU, precision);
+  std::vector<float> x(static_cast<size_t>(checked_numel(session.input_shape())));
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (float& v : x) v = normal(rng);
+
+  const CudaRuntime* cuda = session.cuda_runtime();
+  auto device_used = [&] {
+    size_t free_bytes = 0, total_bytes = 0;
+    cuda->memory_info(&free_bytes, &total_bytes);
+    return total_bytes - free_bytes;
+  };
+  // Zero-filled before the start is measured, so its pages are already resident (10,000 times = 80 KB).
+  std::vector<double> times(static_cast<size_t>(iterations));
+  for (int64_t i = 0; i < warmup; ++i) session.explain(x.data());
+  const size_t rss_start = resident_bytes();
+  const size_t device_start = cuda ? cuda->device_bytes_in_use() : 0, device_used_start = cuda ? device_used() : 0;
+  for (int64_t i = 0; i < iterations; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    session.explain(x.data());
+    times[static_cast<size_t>(i)] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if ((i + 1) % 100 == 0) std::fprintf(stderr, "  soak: %lld/%lld\r", static_cast<long long>(i + 1), static_cast<long long>(iterations));
+  }
+  const size_t rss_end = resident_bytes();
+  const size_t device_end = cuda ? cuda->device_bytes_in_use() : 0, device_used_end = cuda ? device_used() : 0;
+  std::fprintf(stderr, "%*s\r", 40, "");
+
+  const size_t window = std::min<size_t>(1000, times.size());
+  const double growth_pct = 100.0 * (static_cast<double>(rss_end) - static_cast<double>(rss_start)) / static_cast<double>(rss_start);
+  std::string methods;
+  for (const auto& m : options.methods) methods += (methods.empty() ? "" : ",") + m;
+  const int pool_threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  nlohmann::json row = {{"model", name},
+                        {"scenario", "soak"},
+                        {"method", methods},
+                        {"batch", batch},
+                        {"iterations", iterations},
+                        {"warmup", warmup},
+                        {"rss_mib_start", mib(rss_start)},
+                        {"rss_mib_end", mib(rss_end)},
+                        {"rss_growth_pct", growth_pct},
+                        {"median_ms", percentile(times, 0.5)},
+                        {"ms_first_1000", percentile(std::vector<double>(times.begin(), times.begin() + window), 0.5)},
+                        {"ms_last_1000", percentile(std::vector<double>(times.end() - window, times.end()), 0.5)},
+                        {"device", cuda ? cuda->device_name() : "cpu x" + std::to_string(pool_threads)}};
+  if (cuda) {
+    row["precision"] = precision_name(precision);
+    row["device_mib_start"] = mib(device_start);
+    row["device_mib_end"] = mib(device_end);
+    row["device_used_mib_start"] = mib(device_used_start);  // the whole GPU (cudaMemGetInfo), other processes too
+    row["device_used_mib_end"] = mib(device_used_end);
+  }
+  std::cout << row.dump() << std::endl;
+  if (growth_pct > max_growth_pct) {
+    std::fprintf(stderr, "camrt bench --soak: resident memory grew %.2f%% (%.1f MiB -> %.1f MiB) over %lld explanations, "
+                 "more than %.2f%%\n", growth_pct, mib(rss_start), mib(rss_end), static_cast<long long>(iterations), max_growth_pct);
+    return 1;
+  }
+  if (device_end > device_start) {
+    std::fprintf(stderr, "camrt bench --soak: camrt's GPU memory grew from %.1f MiB to %.1f MiB over %lld explanations\n",
+                 mib(device_start), mib(device_end), static_cast<long long>(iterations));
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int run_bench(const std::vector<std::string>& argv) {
-  Args args("bench", "camrt bench MODEL.json [--batch 1,8] [--method forward,gradcam] [--device cpu|cuda] [--precision P] [--iters N]",
+  Args args("bench", "camrt bench MODEL.json [--batch 1,8] [--method forward,gradcam] [--device cpu|cuda] [--precision P] [--iters N]\n"
+            "       camrt bench MODEL.json --soak N [--method gradcam] [--batch 1] [--device D] [--max-rss-growth PCT]",
             "Times forward passes and explanations on seeded random inputs and prints one JSON line per\n"
             "scenario: model, batch, scenario, median_ms, min_ms, p90_ms, p99_ms, max_ms, per_image_ms,\n"
             "images_per_s, peak_mib, planned_mib, precision, device (and h2d_ms / d2h_ms on the GPU).\n"
@@ -47,7 +156,16 @@ int run_bench(const std::vector<std::string>& argv) {
             "device and the maps left there (as frameworks time it); the host copies are h2d_ms / d2h_ms and\n"
             "end_to_end_ms covers all (host input in, host maps out). On the CPU there are no copies. peak_mib is the measured peak of camrt's device allocations (weights, arenas, buffers),\n"
             "planned_mib the executor's plan (main plan arena + workspace + weights). On the CPU both are\n"
-            "the plan.");
+            "the plan.\n"
+            "\n"
+            "--soak N: N explanations (default --method gradcam, --batch 1) through one camrt::Session after\n"
+            "100 warm-up calls (or --warmup), as a long-running process would. One JSON line: model, scenario\n"
+            "\"soak\", iterations, rss_mib_start, rss_mib_end, rss_growth_pct (resident memory from\n"
+            "/proc/self/statm, after the warm-up and after the last call), median_ms, ms_first_1000 and\n"
+            "ms_last_1000 (medians of the first and last 1000 calls), device, and on the GPU device_mib_start /\n"
+            "device_mib_end (camrt's device memory in use) and device_used_mib_* (cudaMemGetInfo). Exits with\n"
+            "status 1 and one line on stderr when resident memory grows by more than --max-rss-growth percent\n"
+            "(default 1) or camrt's device memory grows at all.");
   args.option("batch", "LIST", "comma-separated batch sizes", "1,8")
       .option("method", "LIST", "forward and/or CAM methods", "forward,gradcam")
       .option("iters", "N", "timed iterations per scenario", "20")
@@ -55,7 +173,9 @@ int run_bench(const std::vector<std::string>& argv) {
       .option("device", "D", "cpu, cuda, or auto (cuda when a GPU is present)", "auto")
       .option("precision", "P", "fp32, tf32 or fp16 for convolutions/GEMMs on the GPU (default tf32; the CPU runs fp32)")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
-      .option("name", "NAME", "model name in the JSON (default: the model's directory name)");
+      .option("name", "NAME", "model name in the JSON (default: the model's directory name)")
+      .option("soak", "N", "run N explanations through one Session and check memory (see above)")
+      .option("max-rss-growth", "PCT", "--soak fails above this resident memory growth, percent", "1");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt bench: expected one model.json (see camrt bench --help)");
   const std::string path = args.positionals()[0];
@@ -69,12 +189,13 @@ int run_bench(const std::vector<std::string>& argv) {
   const Precision precision = args.has("precision") ? parse_precision(args.get("precision")) : gpu ? Precision::TF32 : Precision::FP32;
   CAMRT_CHECK(gpu || precision == Precision::FP32, "--precision " << args.get("precision") << ": the CPU backend runs fp32 only");
   const std::string input_name = graph.values()[graph.input_ids()[0]].name;
+  if (args.has("soak")) return run_soak(args, path, name, gpu, precision);
 
   for (const std::string& batch_text : split_list(args.get("batch"))) {
     int64_t batch = 0;
     try {
       batch = std::stoll(batch_text);
-    } catch (...) {
+    } catch (const std::logic_error&) {  // not a number, or out of range
     }
     CAMRT_CHECK(batch >= 1, "--batch: '" << batch_text << "' is not a positive integer");
     const auto shapes = graph.input_shapes_for_batch(batch);

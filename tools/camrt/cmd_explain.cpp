@@ -14,6 +14,7 @@
 #include "engine/image/image.h"
 #include "engine/image/png.h"
 #include "engine/npy.h"
+#include "engine/paths.h"
 #include "kernels/cuda/runtime.h"
 #include "tools/camrt/args.h"
 #include "tools/camrt/commands.h"
@@ -190,7 +191,7 @@ int run_explain(const std::vector<std::string>& argv) {
           Shape shape = input_space ? Shape{B, C, H, W} : Shape{B, H, W};
           HostTensor maps(DType::F32, shape);
           std::memcpy(maps.bytes.data(), r.maps.f32() + t * B * per_image, maps.bytes.size());
-          write_npy((out_dir / (npy_stem + "." + r.method + suffix + ".npy")).string(), maps);
+          write_npy(safe_output_path(out_dir.string(), npy_stem + "." + r.method + suffix, ".npy"), maps);
         }
         for (int64_t b = 0; b < B; ++b) {
           const float* map = r.maps.f32() + (t * B + b) * per_image;
@@ -198,11 +199,11 @@ int run_explain(const std::vector<std::string>& argv) {
           if (npy_stem.empty()) {
             HostTensor one(DType::F32, input_space ? Shape{C, H, W} : Shape{H, W});
             std::memcpy(one.bytes.data(), map, one.bytes.size());
-            write_npy((out_dir / (names[b] + "." + r.method + target_suffix + ".npy")).string(), one);
+            write_npy(safe_output_path(out_dir.string(), names[b] + "." + r.method + target_suffix, ".npy"), one);
           }
           const Image shown = display_image(x.f32() + b * C * H * W, C, H, W, pre);
           const Image picture = input_space ? visualize_gradient(map, H, W) : overlay_cam(shown, map, cmap);
-          write_png((out_dir / (names[b] + "." + r.method + target_suffix + ".png")).string(), picture);
+          write_png(safe_output_path(out_dir.string(), names[b] + "." + r.method + target_suffix, ".png"), picture);
         }
       }
     }
@@ -226,13 +227,15 @@ int run_explain(const std::vector<std::string>& argv) {
       nlohmann::json entry;
       entry["name"] = names[b];
       entry["top"] = nlohmann::json::array();
-      std::printf("%s:", names[b].c_str());
+      std::printf("%s:", printable_name(names[b]).c_str());
       for (int64_t i = 0; i < k; ++i) {
         const int64_t c = order[i];
         const double p = std::exp(double(z[c]) - max_z) / sum;
         const std::string label = c < static_cast<int64_t>(model->labels.size()) ? model->labels[c] : "";
         entry["top"].push_back({{"class", c}, {"probability", p}, {"logit", z[c]}, {"label", label}});
-        if (i < 3) std::printf("  %s%lld (%.3f)", label.empty() ? "class " : (label + " ").c_str(), static_cast<long long>(c), p);
+        // Labels come from model.json: escaped, so a crafted one cannot send terminal control sequences.
+        if (i < 3)
+          std::printf("  %s%lld (%.3f)", label.empty() ? "class " : (printable_name(label) + " ").c_str(), static_cast<long long>(c), p);
       }
       std::printf("\n");
       entry["targets"] = nlohmann::json::array();
@@ -275,7 +278,8 @@ int run_explain(const std::vector<std::string>& argv) {
       progress(done_images, total_images, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   results["total_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  const std::string text = results.dump(1);
+  // File names and labels need not be UTF-8, which JSON requires: such bytes become U+FFFD instead of an error.
+  const std::string text = results.dump(1, ' ', false, nlohmann::json::error_handler_t::replace);
   write_file_atomic((out_dir / "results.json").string(), text.data(), text.size());
   std::fprintf(stderr, "wrote %s\n", (out_dir / "results.json").string().c_str());
   return 0;

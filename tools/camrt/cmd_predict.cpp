@@ -10,6 +10,7 @@
 
 #include "engine/executor.h"
 #include "engine/npy.h"
+#include "engine/paths.h"
 #include "kernels/cuda/runtime.h"
 #include "tools/camrt/args.h"
 #include "tools/camrt/commands.h"
@@ -73,7 +74,7 @@ int run_predict(const std::vector<std::string>& argv) {
       const double p = std::exp(static_cast<double>(z[c] - max_logit)) / sum;
       const std::string label = c < static_cast<int64_t>(model->labels.size()) ? model->labels[c] : "";
       std::printf("  %2lld. class %-5lld p=%.4f logit=%9.4f  %s\n", static_cast<long long>(i + 1),
-                  static_cast<long long>(c), p, z[c], label.c_str());
+                  static_cast<long long>(c), p, z[c], printable_name(label).c_str());  // escaped: labels come from model.json
     }
   }
   if (cuda)

@@ -26,6 +26,7 @@
 #include <unordered_set>
 
 #include "engine/error.h"
+#include "engine/limits.h"
 #include "engine/ops/op.h"
 #include "weights/onnx/protobuf.h"
 
@@ -271,14 +272,19 @@ HostTensor decode_tensor(Reader r, std::string* name_out, const std::string& own
   Field f;
   while (r.next(&f)) {
     switch (f.number) {
-      case 1: r.append_int64s(f, &dims); break;
+      case 1:
+        r.append_int64s(f, &dims);
+        if (static_cast<int64_t>(dims.size()) > limits::kMaxRank)
+          r.fail(f.offset, "tensor of rank " + std::to_string(dims.size()) + " (at most " +
+                               std::to_string(limits::kMaxRank) + ")");
+        break;
       case 2: data_type = r.as_int32(f); break;
       case 3: has_segment = true; break;
       case 4: r.append_floats(f, &float_data); break;
       case 5: r.append_int64s(f, &int32_data); break;
       case 6: ++string_count; break;
       case 7: r.append_int64s(f, &int64_data); break;
-      case 8: name = r.as_string(f); break;
+      case 8: name = r.as_name(f, "tensor name"); break;
       case 9:
         r.expect_wire(f, WireType::LengthDelimited, "bytes (raw_data)");
         raw = f.data;
@@ -317,6 +323,9 @@ HostTensor decode_tensor(Reader r, std::string* name_out, const std::string& own
   check_file_dims(shape, what);
   const int64_t numel = numel_of(shape, what);
   const size_t elem = dtype_size(dtype);
+  CAMRT_CHECK(numel <= limits::kMaxTensorElements && numel <= limits::kMaxTensorBytes / static_cast<int64_t>(elem),
+              what << ": shape " << shape_str(shape) << " exceeds camrt's limits (" << limits::kMaxTensorElements
+                   << " elements, " << limits::kMaxTensorBytes << " bytes)");
   if (has_raw) {
     // Compare before allocating: the declared shape may be absurd, the raw bytes are bounded by the file.
     CAMRT_CHECK(raw_size % elem == 0 && static_cast<uint64_t>(numel) == raw_size / elem,
@@ -367,6 +376,8 @@ Shape decode_shape(Reader r) {
   Field f;
   while (r.next(&f)) {
     if (f.number != 1) continue;
+    if (static_cast<int64_t>(dims.size()) >= limits::kMaxRank)
+      r.fail(f.offset, "shape of rank above " + std::to_string(limits::kMaxRank));
     Reader dim = r.message(f, "TensorShapeProto.Dimension");
     int64_t value = -1;
     Field g;
@@ -389,7 +400,7 @@ OnnxValueInfo decode_value_info(Reader r) {
   Field f;
   while (r.next(&f)) {
     if (f.number == 1) {
-      info.name = r.as_string(f);
+      info.name = r.as_name(f, "value name");
     } else if (f.number == 2) {
       Reader type = r.message(f, "TypeProto");
       Field g;
@@ -416,7 +427,7 @@ OnnxAttribute decode_attribute(Reader r) {
   Field f;
   while (r.next(&f)) {
     switch (f.number) {
-      case 1: a.name = r.as_string(f); break;
+      case 1: a.name = r.as_name(f, "attribute name"); break;
       case 2: a.f = r.as_float(f); a.has_f = true; break;
       case 3: a.i = r.as_int64(f); a.has_i = true; break;
       case 4: a.s = r.as_string(f); a.has_s = true; break;
@@ -454,12 +465,25 @@ OnnxNode decode_node(Reader r) {
   Field f;
   while (r.next(&f)) {
     switch (f.number) {
-      case 1: node.inputs.push_back(r.as_string(f)); break;
-      case 2: node.outputs.push_back(r.as_string(f)); break;
-      case 3: node.name = r.as_string(f); break;
-      case 4: node.op_type = r.as_string(f); break;
-      case 5: node.attributes.push_back(decode_attribute(r.message(f, "AttributeProto"))); break;
-      case 7: node.domain = r.as_string(f); break;
+      case 1:
+      case 2: {
+        std::vector<std::string>& list = f.number == 1 ? node.inputs : node.outputs;
+        if (static_cast<int64_t>(list.size()) >= limits::kMaxNodeInputs)
+          r.fail(f.offset, "node '" + sanitized(node.name) + "' has more than " +
+                               std::to_string(limits::kMaxNodeInputs) + (f.number == 1 ? " inputs" : " outputs"));
+        list.push_back(r.as_name(f, "tensor name"));
+        break;
+      }
+      case 3: node.name = r.as_name(f, "node name"); break;
+      case 4: node.op_type = r.as_name(f, "op type"); break;
+      case 5:
+        // An op has a handful of attributes; the same cap as for inputs keeps a hostile node's memory bounded.
+        if (static_cast<int64_t>(node.attributes.size()) >= limits::kMaxNodeInputs)
+          r.fail(f.offset, "node '" + sanitized(node.name) + "' has more than " +
+                               std::to_string(limits::kMaxNodeInputs) + " attributes");
+        node.attributes.push_back(decode_attribute(r.message(f, "AttributeProto")));
+        break;
+      case 7: node.domain = r.as_name(f, "domain"); break;
       default: break;
     }
   }
@@ -469,19 +493,33 @@ OnnxNode decode_node(Reader r) {
 OnnxGraph decode_graph(Reader r) {
   OnnxGraph g;
   Field f;
+  int64_t values = 0, weight_bytes = 0;
+  auto count_value = [&]() {
+    if (++values > limits::kMaxGraphValues)
+      r.fail(f.offset, "more than " + std::to_string(limits::kMaxGraphValues) + " initializers and value infos");
+  };
   while (r.next(&f)) {
     switch (f.number) {
-      case 1: g.nodes.push_back(decode_node(r.message(f, "NodeProto"))); break;
-      case 2: g.name = r.as_string(f); break;
+      case 1:
+        if (static_cast<int64_t>(g.nodes.size()) >= limits::kMaxGraphNodes)
+          r.fail(f.offset, "more than " + std::to_string(limits::kMaxGraphNodes) + " nodes");
+        g.nodes.push_back(decode_node(r.message(f, "NodeProto")));
+        break;
+      case 2: g.name = r.as_name(f, "graph name"); break;
       case 5: {
+        count_value();
         std::string name;
         HostTensor t = decode_tensor(r.message(f, "TensorProto"), &name, "");
+        weight_bytes += static_cast<int64_t>(t.bytes.size());
+        if (weight_bytes > limits::kMaxModelBytes)
+          r.fail(f.offset, "initializers exceed " + std::to_string(limits::kMaxModelBytes) + " bytes (at '" +
+                               sanitized(name) + "')");
         g.initializers.emplace_back(std::move(name), std::move(t));
         break;
       }
-      case 11: g.inputs.push_back(decode_value_info(r.message(f, "ValueInfoProto"))); break;
-      case 12: g.outputs.push_back(decode_value_info(r.message(f, "ValueInfoProto"))); break;
-      case 13: g.value_info.push_back(decode_value_info(r.message(f, "ValueInfoProto"))); break;
+      case 11: count_value(); g.inputs.push_back(decode_value_info(r.message(f, "ValueInfoProto"))); break;
+      case 12: count_value(); g.outputs.push_back(decode_value_info(r.message(f, "ValueInfoProto"))); break;
+      case 13: count_value(); g.value_info.push_back(decode_value_info(r.message(f, "ValueInfoProto"))); break;
       case 15: g.has_sparse_initializers = true; break;
       default: break;
     }
@@ -505,12 +543,14 @@ OnnxModel decode_model(const uint8_t* data, size_t size, const std::string& sour
         m.has_graph = true;
         break;
       case 8: {
+        if (static_cast<int64_t>(m.opsets.size()) >= limits::kMaxNodeInputs)
+          r.fail(f.offset, "more than " + std::to_string(limits::kMaxNodeInputs) + " opset imports");
         Reader opset = r.message(f, "OperatorSetIdProto");
         std::string domain;
         int64_t version = 0;
         Field g;
         while (opset.next(&g)) {
-          if (g.number == 1) domain = opset.as_string(g);
+          if (g.number == 1) domain = opset.as_name(g, "opset domain");
           if (g.number == 2) version = opset.as_int64(g);
         }
         m.opsets.emplace_back(domain, version);
@@ -538,11 +578,25 @@ std::vector<uint8_t> read_file(const std::string& path) {
 // Inputs are small (shape vectors, scalars) or weights; results are capped so that a malicious
 // ConstantOfShape or Range cannot exhaust memory.
 
-constexpr int64_t kMaxFoldElements = int64_t(1) << 24;
+// Per result: a 2048 x 2048 weight still folds (e.g. a Cast of an initializer). A file smaller than that many
+// bytes gets a proportionally smaller cap (at least kMinFoldCap): a result much larger than the file's own data
+// can only come from an amplifying op (ConstantOfShape, Range, broadcasting), never from a real shape chain.
+constexpr int64_t kMaxFoldElements = int64_t(1) << 22;
+constexpr int64_t kMinFoldCap = int64_t(1) << 16;
+// All folds of one import together, counting the elements each evaluation reads and writes: shape
+// computations are tiny, and a chain of ops each just under the per-result cap would otherwise multiply the
+// work (a 2 KB hostile file folding for seconds). Past the budget, runtime ops stay runtime ops on constant
+// inputs; the others cannot be imported.
+// The budget is this many elements plus two per byte of the file: the worst case of a small file stays well
+// under a second even in a sanitizer + coverage build (~300 ns per element there, ~100x less in a release build).
+constexpr int64_t kMinFoldWork = int64_t(1) << 18;
 
-void check_fold_size(const Shape& shape) {
+// cap: the import's per-result cap (Importer::fold_cap_), at most kMaxFoldElements.
+void check_fold_size(const Shape& shape, int64_t cap) {
+  CAMRT_CHECK(static_cast<int64_t>(shape.size()) <= limits::kMaxRank,
+              "result of rank " << shape.size() << " (at most " << limits::kMaxRank << ")");
   const int64_t n = numel_of(shape, "folded constant");
-  CAMRT_CHECK(n <= kMaxFoldElements,
+  CAMRT_CHECK(n <= cap,
               "result of shape " << shape_str(shape) << " is too large to fold (" << n << " elements)");
 }
 
@@ -661,10 +715,10 @@ void for_each_broadcast(const Shape& out, const Shape& a, const Shape& b, Fn fn)
   }
 }
 
-HostTensor binary(const std::string& op, const HostTensor& a, const HostTensor& b) {
+HostTensor binary(const std::string& op, const HostTensor& a, const HostTensor& b, int64_t cap) {
   CAMRT_CHECK(a.dtype == b.dtype, op << " of " << dtype_name(a.dtype) << " and " << dtype_name(b.dtype));
   const Shape out = broadcast_shape(a.shape, b.shape);
-  check_fold_size(out);
+  check_fold_size(out, cap);
   const char code = op[0];  // Add, Sub, Mul, Div
   if (is_float_dtype(a.dtype)) {
     // Each op computed in double and rounded once equals the float32 result (53 >= 2 * 24 + 2 bits).
@@ -697,7 +751,7 @@ HostTensor binary(const std::string& op, const HostTensor& a, const HostTensor& 
   return int_tensor(a.dtype, out, r);
 }
 
-HostTensor gather(const HostTensor& data, const HostTensor& indices, int64_t axis) {
+HostTensor gather(const HostTensor& data, const HostTensor& indices, int64_t axis, int64_t cap) {
   const int64_t rank = static_cast<int64_t>(data.shape.size());
   CAMRT_CHECK(rank >= 1, "Gather on a scalar");
   axis = normalize_axis(axis, rank);
@@ -710,7 +764,7 @@ HostTensor gather(const HostTensor& data, const HostTensor& indices, int64_t axi
   Shape out(data.shape.begin(), data.shape.begin() + axis);
   out.insert(out.end(), indices.shape.begin(), indices.shape.end());
   out.insert(out.end(), data.shape.begin() + axis + 1, data.shape.end());
-  check_fold_size(out);
+  check_fold_size(out, cap);
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < axis; ++d) outer *= data.shape[d];
   for (int64_t d = axis + 1; d < rank; ++d) inner *= data.shape[d];
@@ -725,7 +779,7 @@ HostTensor gather(const HostTensor& data, const HostTensor& indices, int64_t axi
   return result;
 }
 
-HostTensor concat(const std::vector<const HostTensor*>& inputs, int64_t axis) {
+HostTensor concat(const std::vector<const HostTensor*>& inputs, int64_t axis, int64_t cap) {
   CAMRT_CHECK(!inputs.empty(), "Concat without inputs");
   const HostTensor& first = *inputs[0];
   const int64_t rank = static_cast<int64_t>(first.shape.size());
@@ -742,7 +796,7 @@ HostTensor concat(const std::vector<const HostTensor*>& inputs, int64_t axis) {
                   "Concat of shapes " << shape_str(first.shape) << " and " << shape_str(t->shape));
     out[axis] += t->shape[axis];
   }
-  check_fold_size(out);
+  check_fold_size(out, cap);
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < axis; ++d) outer *= out[d];
   for (int64_t d = axis + 1; d < rank; ++d) inner *= out[d];
@@ -789,6 +843,7 @@ Shape reshape_target(const Shape& in, const std::vector<int64_t>& spec, bool all
 
 Shape unsqueeze_shape(const Shape& in, const std::vector<int64_t>& axes) {
   const int64_t rank = static_cast<int64_t>(in.size() + axes.size());
+  CAMRT_CHECK(rank <= limits::kMaxRank, "Unsqueeze to rank " << rank << " (at most " << limits::kMaxRank << ")");
   std::vector<bool> inserted(static_cast<size_t>(rank), false);
   for (int64_t a : axes) {
     const int64_t axis = normalize_axis(a, rank);
@@ -820,8 +875,8 @@ Shape squeeze_shape(const Shape& in, const std::vector<int64_t>& axes) {
 
 // Copies the strided sub-tensor start[d] + i * step[d], i < count[d].
 HostTensor strided_copy(const HostTensor& t, const std::vector<int64_t>& start, const std::vector<int64_t>& step,
-                        const Shape& count) {
-  check_fold_size(count);
+                        const Shape& count, int64_t cap) {
+  check_fold_size(count, cap);
   HostTensor out(t.dtype, count);
   const size_t rank = count.size(), elem = dtype_size(t.dtype);
   std::vector<int64_t> suffix(rank + 1, 1);  // suffix[d]: elements in dims d.. ; dim d's stride is suffix[d + 1]
@@ -841,7 +896,7 @@ HostTensor strided_copy(const HostTensor& t, const std::vector<int64_t>& start, 
 }
 
 HostTensor slice(const HostTensor& data, const std::vector<int64_t>& starts, const std::vector<int64_t>& ends,
-                 std::vector<int64_t> axes, std::vector<int64_t> steps) {
+                 std::vector<int64_t> axes, std::vector<int64_t> steps, int64_t cap) {
   const int64_t rank = static_cast<int64_t>(data.shape.size());
   CAMRT_CHECK(starts.size() == ends.size(), "Slice: " << starts.size() << " starts but " << ends.size() << " ends");
   if (axes.empty())
@@ -875,7 +930,7 @@ HostTensor slice(const HostTensor& data, const std::vector<int64_t>& starts, con
     step[axis] = p;
     count[axis] = n;
   }
-  return strided_copy(data, start, step, count);
+  return strided_copy(data, start, step, count, cap);
 }
 
 HostTensor cast(const HostTensor& t, DType to) {
@@ -900,15 +955,19 @@ HostTensor cast(const HostTensor& t, DType to) {
   return int_tensor(to, shape, values);
 }
 
-HostTensor range(const HostTensor& start, const HostTensor& limit, const HostTensor& delta) {
+HostTensor range(const HostTensor& start, const HostTensor& limit, const HostTensor& delta, int64_t cap) {
   CAMRT_CHECK(start.numel() == 1 && limit.numel() == 1 && delta.numel() == 1, "Range inputs must be scalars");
   CAMRT_CHECK(start.dtype == limit.dtype && start.dtype == delta.dtype, "Range inputs differ in dtype");
+  // Before computing anything: folding produces these dtypes only.
+  CAMRT_CHECK(start.dtype == DType::F32 || start.dtype == DType::F64 || start.dtype == DType::I64 ||
+                  start.dtype == DType::I32,
+              "Range of " << dtype_name(start.dtype) << " is not supported");
   if (is_float_dtype(start.dtype)) {
     const double s = float_values(start)[0], l = float_values(limit)[0], d = float_values(delta)[0];
     CAMRT_CHECK(d != 0.0 && std::isfinite(s) && std::isfinite(l) && std::isfinite(d),
                 "Range(" << s << ", " << l << ", " << d << ")");
     const double n = std::max(std::ceil((l - s) / d), 0.0);
-    CAMRT_CHECK(n <= static_cast<double>(kMaxFoldElements), "Range of " << n << " elements is too large to fold");
+    CAMRT_CHECK(n <= static_cast<double>(cap), "Range of " << n << " elements is too large to fold");
     std::vector<double> values(static_cast<size_t>(n));
     for (size_t i = 0; i < values.size(); ++i) values[i] = s + static_cast<double>(i) * d;
     return float_tensor(start.dtype, {static_cast<int64_t>(values.size())}, values);
@@ -918,7 +977,7 @@ HostTensor range(const HostTensor& start, const HostTensor& limit, const HostTen
   // Count in double first: it cannot overflow, and anything near the cap is refused anyway.
   const double span = static_cast<double>(l) - static_cast<double>(s);
   const double n_estimate = std::max(std::ceil(span / static_cast<double>(d)), 0.0);
-  CAMRT_CHECK(n_estimate <= static_cast<double>(kMaxFoldElements),
+  CAMRT_CHECK(n_estimate <= static_cast<double>(cap),
               "Range of " << n_estimate << " elements is too large to fold");
   std::vector<int64_t> values;
   for (int64_t v = s; d > 0 ? v < l : v > l;) {
@@ -974,8 +1033,14 @@ constexpr int64_t kDynamicDimValue[2] = {1, 2};
 class Importer {
  public:
   // Takes the initializers out of onnx (moved, not copied: weights can be most of the memory).
-  Importer(OnnxModel& onnx, const std::string& source, const OnnxImportOptions& options)
-      : onnx_(onnx), source_(source), options_(options) {}
+  // file_bytes: the size of the .onnx file, which scales the folding limits (see kMaxFoldElements).
+  Importer(OnnxModel& onnx, const std::string& source, const OnnxImportOptions& options, size_t file_bytes)
+      : onnx_(onnx),
+        source_(source),
+        options_(options),
+        fold_cap_(std::clamp<int64_t>(static_cast<int64_t>(std::min<size_t>(file_bytes, size_t(1) << 40)), kMinFoldCap,
+                                      kMaxFoldElements)),
+        fold_budget_(kMinFoldWork + 2 * static_cast<int64_t>(std::min<size_t>(file_bytes, size_t(1) << 40))) {}
 
   Model run() {
     find_opset();
@@ -1337,15 +1402,37 @@ class Importer {
     return false;
   }
 
+  // Runs evaluate() against the import's folding budget: the inputs it reads are charged before, what it
+  // produced after, and a failed evaluation the per-result cap (what it may have computed first).
+  std::vector<HostTensor> budgeted_evaluate(const WorkNode& wn, int world) {
+    for (const std::string& name : wn.node.inputs) {
+      const WalkValue* v = name.empty() ? nullptr : lookup(world, name);
+      if (v && v->constant) fold_work_ += v->constant->numel();
+    }
+    CAMRT_CHECK(fold_work_ <= fold_budget_,
+                "constant folding exceeds its budget of " << fold_budget_ << " elements for the whole model");
+    std::vector<HostTensor> results;
+    try {
+      results = evaluate(wn, world);
+    } catch (const Error&) {
+      fold_work_ += fold_cap_;
+      throw;
+    }
+    for (const HostTensor& t : results) fold_work_ += t.numel();
+    CAMRT_CHECK(fold_work_ <= fold_budget_,
+                "constant folding exceeds its budget of " << fold_budget_ << " elements for the whole model");
+    return results;
+  }
+
   void fold(const WorkNode& wn) {
     const Node& node = wn.node;
-    std::vector<HostTensor> primary = evaluate(wn, 0);
+    std::vector<HostTensor> primary = budgeted_evaluate(wn, 0);
     CAMRT_CHECK(primary.size() <= node.outputs.size(), "expected " << primary.size() << " outputs");
     std::vector<HostTensor> shadow;
     const bool differs = shadow_differs(node);
     if (differs) {
       try {
-        shadow = evaluate(wn, 1);
+        shadow = budgeted_evaluate(wn, 1);
       } catch (const Error& e) {
         note("dynamic batch: " + label(node) + " could not be evaluated with batch 2 (" + e.what() +
              "); values after it are treated as independent of the batch");
@@ -1402,13 +1489,13 @@ class Importer {
                   "Cast to " << onnx_type_name(static_cast<int32_t>(code)) << " is not supported");
       return {cast(input(0), to)};
     }
-    if (op == "Gather") return {gather(input(0), input(1), json_int(attrs, "axis", 0))};
+    if (op == "Gather") return {gather(input(0), input(1), json_int(attrs, "axis", 0), fold_cap_)};
     if (op == "Concat") {
       CAMRT_CHECK(attrs.contains("axis"), "Concat without an axis");
       std::vector<const HostTensor*> inputs;
       for (size_t i = 0; i < node.inputs.size(); ++i)
         if (present(i)) inputs.push_back(&input(i));
-      return {concat(inputs, json_int(attrs, "axis", 0))};
+      return {concat(inputs, json_int(attrs, "axis", 0), fold_cap_)};
     }
     if (op == "Unsqueeze" || op == "Squeeze") {
       const std::vector<int64_t> axes = present(1) ? int_values(input(1), "axes") : json_ints(attrs, "axes");
@@ -1432,21 +1519,21 @@ class Importer {
     }
     if (op == "Slice") {
       if (opset_ < 10)
-        return {slice(input(0), json_ints(attrs, "starts"), json_ints(attrs, "ends"), json_ints(attrs, "axes"), {})};
+        return {slice(input(0), json_ints(attrs, "starts"), json_ints(attrs, "ends"), json_ints(attrs, "axes"), {}, fold_cap_)};
       return {slice(input(0), int_values(input(1), "starts"), int_values(input(2), "ends"),
                     present(3) ? int_values(input(3), "axes") : std::vector<int64_t>{},
-                    present(4) ? int_values(input(4), "steps") : std::vector<int64_t>{})};
+                    present(4) ? int_values(input(4), "steps") : std::vector<int64_t>{}, fold_cap_)};
     }
     if (op == "Add" || op == "Sub" || op == "Mul" || op == "Div") {
       // Opset < 7 had an explicit broadcast/axis form with other semantics; leave those to the runtime.
       CAMRT_CHECK(!attrs.contains("axis") && !attrs.contains("broadcast"), "legacy broadcast attributes");
-      return {binary(op, input(0), input(1))};
+      return {binary(op, input(0), input(1), fold_cap_)};
     }
     if (op == "ConstantOfShape") {
       const HostTensor& shape_tensor = input(0);
       const std::vector<int64_t> dims = int_values(shape_tensor, "ConstantOfShape shape");
       const Shape shape(dims.begin(), dims.end());
-      check_fold_size(shape);
+      check_fold_size(shape, fold_cap_);
       HostTensor fill = make_f32({1}, {0.f});
       for (const OnnxAttribute& a : wn.onnx->attributes)
         if (a.name == "value") {
@@ -1459,7 +1546,7 @@ class Importer {
       for (int64_t i = 0; i < out.numel(); ++i) std::memcpy(out.bytes.data() + i * elem, fill.bytes.data(), elem);
       return {out};
     }
-    if (op == "Range") return {range(input(0), input(1), input(2))};
+    if (op == "Range") return {range(input(0), input(1), input(2), fold_cap_)};
     CAMRT_FAIL("no folding rule for " << op);
   }
 
@@ -1889,6 +1976,9 @@ class Importer {
   std::vector<std::string> batch_problems_;
   std::vector<std::string> notes_;
   int64_t bn_folded_ = 0;
+  const int64_t fold_cap_;     // elements of one folded result
+  const int64_t fold_budget_;  // elements all evaluations together may read and write
+  int64_t fold_work_ = 0;      // elements folding has read and written so far
 };
 
 }  // namespace
@@ -1897,7 +1987,7 @@ Model import_onnx_bytes(const uint8_t* data, size_t size, const std::string& sou
                         const OnnxImportOptions& options) {
   const std::string source = source_name;  // decoded readers keep a pointer to it
   OnnxModel onnx = decode_model(data, size, source);
-  return Importer(onnx, source, options).run();
+  return Importer(onnx, source, options, size).run();
 }
 
 Model import_onnx(const std::string& path, const OnnxImportOptions& options) {

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "engine/error.h"
+#include "engine/limits.h"
 
 // Fixed-width payloads are copied as-is: protobuf stores them little-endian.
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -26,8 +27,12 @@ const char* wire_name(WireType wire_type) {
 }
 }  // namespace
 
-Reader::Reader(const uint8_t* data, size_t size, const std::string& source, const char* message, size_t base_offset)
-    : data_(data), size_(size), source_(&source), message_(message), base_offset_(base_offset) {}
+Reader::Reader(const uint8_t* data, size_t size, const std::string& source, const char* message, size_t base_offset,
+               int64_t depth)
+    : data_(data), size_(size), source_(&source), message_(message), base_offset_(base_offset), depth_(depth) {
+  if (depth_ > limits::kMaxNesting)
+    fail(base_offset_, "messages nested deeper than " + std::to_string(limits::kMaxNesting) + " levels");
+}
 
 void Reader::fail(size_t offset, const std::string& what) const {
   CAMRT_FAIL(*source_ << ": malformed protobuf in " << message_ << " at byte " << offset << ": " << what
@@ -106,7 +111,7 @@ void Reader::expect_wire(const Field& field, WireType wire_type, const char* exp
 Reader Reader::message(const Field& field, const char* message_name) const {
   expect_wire(field, WireType::LengthDelimited, "a nested message");
   const size_t payload_offset = base_offset_ + static_cast<size_t>(field.data - data_);
-  return Reader(field.data, field.size, *source_, message_name, payload_offset);
+  return Reader(field.data, field.size, *source_, message_name, payload_offset, depth_ + 1);
 }
 
 uint64_t Reader::as_uint64(const Field& field) const {
@@ -146,6 +151,14 @@ double Reader::as_double(const Field& field) const {
 
 std::string Reader::as_string(const Field& field) const {
   expect_wire(field, WireType::LengthDelimited, "a string");
+  return std::string(reinterpret_cast<const char*>(field.data), field.size);
+}
+
+std::string Reader::as_name(const Field& field, const char* what) const {
+  expect_wire(field, WireType::LengthDelimited, "a string");
+  if (static_cast<int64_t>(field.size) > limits::kMaxNameBytes)
+    fail(field.offset, std::string(what) + " of " + std::to_string(field.size) + " bytes (at most " +
+                           std::to_string(limits::kMaxNameBytes) + ")");
   return std::string(reinterpret_cast<const char*>(field.data), field.size);
 }
 

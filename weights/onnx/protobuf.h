@@ -26,13 +26,15 @@ struct Field {
 class Reader {
  public:
   // source names the file in errors; message names the message type ("ModelProto");
-  // base_offset is where data starts inside the whole file (for error offsets).
-  Reader(const uint8_t* data, size_t size, const std::string& source, const char* message, size_t base_offset = 0);
+  // base_offset is where data starts inside the whole file (for error offsets); depth counts the messages
+  // it is nested in, refused beyond limits::kMaxNesting.
+  Reader(const uint8_t* data, size_t size, const std::string& source, const char* message, size_t base_offset = 0,
+         int64_t depth = 0);
 
   // Reads the next field into *field; returns false at the end of the message.
   bool next(Field* field);
 
-  // A reader over a LengthDelimited field's payload (a nested message).
+  // A reader over a LengthDelimited field's payload (a nested message), one level deeper.
   Reader message(const Field& field, const char* message_name) const;
 
   // Scalar accessors: each checks the wire type and throws naming the field otherwise.
@@ -42,6 +44,9 @@ class Reader {
   float as_float(const Field& field) const;      // fixed32
   double as_double(const Field& field) const;    // fixed64
   std::string as_string(const Field& field) const;  // LengthDelimited bytes
+  // A name (node, tensor, attribute, op type): as_string, refused beyond limits::kMaxNameBytes; what says
+  // which name it is for the message.
+  std::string as_name(const Field& field, const char* what) const;
 
   // Repeated scalars: accept both the packed form (one LengthDelimited field) and the unpacked
   // form (one field per element), as protobuf parsers must; elements are appended.
@@ -67,6 +72,7 @@ class Reader {
   const std::string* source_;
   const char* message_;
   size_t base_offset_;
+  int64_t depth_;
 };
 
 }  // namespace protobuf
