@@ -47,7 +47,8 @@ Session::Session(const std::string& model_json, int64_t batch, ExplainOptions op
     cuda_ = std::make_unique<CudaRuntime>(0, precision);
     plan.cuda = cuda_.get();
   }
-  predictor_ = std::make_unique<Executor>(*graph_, shapes, *pool_, plan);
+  predict_graph_ = options_.fuse_activations ? graph_->fused({}) : std::make_unique<Graph>(model_, graph_->source_name());
+  predictor_ = std::make_unique<Executor>(*predict_graph_, shapes, *pool_, plan);
   if (!options_.methods.empty()) explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
   input_ = HostTensor(DType::F32, input_shape_);
 } catch (const std::bad_alloc&) {
@@ -64,7 +65,7 @@ const Graph& Session::graph() const { return *graph_; }
 Tensor Session::predict_unlocked(const float* input) {
   predictor_->set_input(input_name_, input);
   predictor_->forward();
-  const int out = graph_->output_ids()[0];
+  const int out = predict_graph_->output_ids()[0];
   if (predictor_->device() == Device::CPU) return predictor_->value(out);
   const Tensor device_view = predictor_->value(out);
   if (logits_.shape != device_view.shape) logits_ = HostTensor(device_view.dtype, device_view.shape);

@@ -74,6 +74,7 @@ class Session {
   std::mutex mutex_;        // serializes every call (see the class comment)
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Graph> graph_;
+  std::unique_ptr<Graph> predict_graph_;  // the predictor's plan: activation-fused (see ExplainOptions)
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<CudaRuntime> cuda_;  // declared before the plans that use it, so it outlives them
   std::unique_ptr<Executor> predictor_;

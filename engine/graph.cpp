@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "engine/fusion.h"
 #include "engine/limits.h"
 
 namespace camrt {
@@ -38,7 +39,7 @@ void check_name(const std::string& name, const std::string& source, const char* 
 
 }  // namespace
 
-Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
+Graph::Graph(std::shared_ptr<const Model> model, std::string source_name, GraphOptions options)
     : model_(std::move(model)), source_name_(std::move(source_name)) {
   CAMRT_CHECK(model_ != nullptr, "Graph: null model");
   const Model& m = *model_;
@@ -91,9 +92,17 @@ Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
     input_ids_.push_back(id);
   }
 
+  std::map<std::string, std::string> absorbed;  // activation node name -> fused node name
+  if (options.fuse_activations) {
+    FusedNodes fusion = fuse_activations(m, options.keep);
+    fused_nodes_ = std::move(fusion.nodes);
+    absorbed = std::move(fusion.absorbed);
+    fused_pairs_ = static_cast<int64_t>(absorbed.size());
+  }
+  const std::vector<Node>& model_nodes = options.fuse_activations ? fused_nodes_ : m.nodes;
   std::vector<std::string> unknown;
-  for (size_t n = 0; n < m.nodes.size(); ++n) {
-    const Node& node = m.nodes[n];
+  for (size_t n = 0; n < model_nodes.size(); ++n) {
+    const Node& node = model_nodes[n];
     check_name(node.name, source_name_, "node");
     check_name(node.op, source_name_, "op");
     const std::string where = source_name_ + ": node '" + node.name + "' (" + node.op + ")";
@@ -149,12 +158,20 @@ Graph::Graph(std::shared_ptr<const Model> model, std::string source_name)
     CAMRT_FAIL(source_name_ << ": " << unknown.size() << " node(s) with unsupported ops: " << list
                             << " (supported: " << supported << ")");
   }
+  for (const auto& [activation, producer] : absorbed) node_by_name_.emplace(activation, node_by_name_.at(producer));
   for (size_t i = 0; i < m.outputs.size(); ++i) {
     const int id = find_value(m.outputs[i].name);
     CAMRT_CHECK(id >= 0, source_name_ << ": graph output '" << m.outputs[i].name << "' is not produced by any node");
     values_[id].output_index = static_cast<int>(i);
     output_ids_.push_back(id);
   }
+}
+
+std::unique_ptr<Graph> Graph::fused(const std::vector<std::string>& keep) const {
+  GraphOptions options;
+  options.fuse_activations = true;
+  options.keep = keep;
+  return std::make_unique<Graph>(model_, source_name_, std::move(options));
 }
 
 int Graph::find_value(const std::string& tensor_name) const {

@@ -22,6 +22,14 @@ struct Value {
   int output_index = -1;                 // position among the graph outputs, or -1
 };
 
+// How a Graph is built from its model. fuse_activations: merge Conv/Add + Relu/Clip pairs (engine/fusion.h) except
+// where the intermediate tensor is a graph output or named in `keep`; plans of such a graph compute the same
+// values with fewer kernels. Absorbed activation node names resolve (find_node) to the fused node.
+struct GraphOptions {
+  bool fuse_activations = false;
+  std::vector<std::string> keep;  // tensor or node names that must stay computed (e.g. the explained layer)
+};
+
 struct GraphNode {
   const Node* node = nullptr;
   std::unique_ptr<Op> op;
@@ -34,11 +42,14 @@ class Graph {
   // Takes ownership of the model. Throws camrt::Error naming the node for unknown ops, undefined tensors,
   // tensors produced twice, or nodes out of topological order. source_name prefixes messages (the file).
   // The model is shared, not copied: weights can be large. Only its graph fields are read.
-  explicit Graph(std::shared_ptr<const Model> model, std::string source_name = "model");
-  explicit Graph(Model model, std::string source_name = "model")
-      : Graph(std::make_shared<const Model>(std::move(model)), std::move(source_name)) {}
+  explicit Graph(std::shared_ptr<const Model> model, std::string source_name = "model", GraphOptions options = {});
+  explicit Graph(Model model, std::string source_name = "model", GraphOptions options = {})
+      : Graph(std::make_shared<const Model>(std::move(model)), std::move(source_name), std::move(options)) {}
+  // The same model as a fused graph (GraphOptions::fuse_activations) keeping those tensors; shares the weights.
+  std::unique_ptr<Graph> fused(const std::vector<std::string>& keep) const;
 
   const Model& model() const { return *model_; }
+  const std::shared_ptr<const Model>& shared_model() const { return model_; }
   const std::string& source_name() const { return source_name_; }
   const std::vector<Value>& values() const { return values_; }
   const std::vector<GraphNode>& nodes() const { return nodes_; }
@@ -55,6 +66,9 @@ class Graph {
   // Shape inference over the whole graph: one desc per value id. Errors name the node and the file.
   std::vector<TensorDesc> infer(const std::map<std::string, Shape>& input_shapes) const;
 
+  // Activation nodes merged into their producer (0 unless built with fuse_activations).
+  int64_t fused_pairs() const { return fused_pairs_; }
+
   // Number of parameters (elements of all float weights).
   int64_t parameter_count() const;
   // The default explanation layer: the model's explain_layer if set, else the last node whose output is
@@ -64,6 +78,8 @@ class Graph {
  private:
   std::shared_ptr<const Model> model_;
   std::string source_name_;
+  std::vector<Node> fused_nodes_;  // the rewritten node list of a fused graph (GraphNode::node points here)
+  int64_t fused_pairs_ = 0;
   std::vector<Value> values_;
   std::vector<GraphNode> nodes_;
   std::vector<int> input_ids_, output_ids_;

@@ -45,7 +45,7 @@ double relative_logit_error(const Graph& graph, const fs::path& dir, ThreadPool&
 
 }  // namespace
 
-TEST_CASE("golden models: camrt logits match PyTorch (BN folded and not folded, after a save/load round trip)") {
+TEST_CASE("golden models: camrt logits match PyTorch (BN folded and not folded, activations fused and not, after a save/load round trip)") {
   const auto dirs = golden_model_dirs();
   REQUIRE_MESSAGE(dirs.size() >= 7, "expected the 7 golden fixture models; run tools/golden/make_golden.py");
   ThreadPool pool(2);
@@ -64,6 +64,15 @@ TEST_CASE("golden models: camrt logits match PyTorch (BN folded and not folded, 
       const double err = relative_logit_error(graph, dir, pool);
       std::cout << "golden " << name << (fold ? " (BN folded)" : " (BN kept)") << ": max rel logit error " << err << "\n";
       CHECK(err <= 1e-4);
+      // The activation-fused plan (what camrt predict and explain run) against PyTorch too.
+      const auto fused = graph.fused({});
+      const double fused_err = relative_logit_error(*fused, dir, pool);
+      std::cout << "golden " << name << (fold ? " (BN folded)" : " (BN kept)") << ", " << fused->fused_pairs()
+                << " activations fused: max rel logit error " << fused_err << "\n";
+      CHECK(fused_err <= 1e-4);
+      const bool has_relu_or_clip = std::any_of(imported.nodes.begin(), imported.nodes.end(),
+                                                [](const Node& n) { return n.op == "Relu" || n.op == "Clip"; });
+      if (fold && has_relu_or_clip) CHECK(fused->fused_pairs() > 0);
       fs::remove_all(out);
     }
   }

@@ -69,6 +69,15 @@ TEST_CASE("gpu models: golden logits at fp32 and tf32") {
       // fp32: the CPU suite's bound (1e-4 of the largest logit). TF32 rounds conv/GEMM inputs to a 10-bit
       // mantissa (relative 2^-11 ~ 5e-4 per product), accumulated over a few layers: 1e-2.
       CHECK(err <= (precision == Precision::FP32 ? 1e-4 : 1e-2));
+      // The activation-fused graph (what predict and explain plan): cuDNN's fused conv + bias + relu, Add + relu.
+      const auto fused = graph.fused({});
+      const auto fused_out = run_model(*fused, {{input_name, x}}, pool, runtime);
+      const HostTensor& fused_logits = fused_out.begin()->second;
+      REQUIRE(fused_logits.numel() == ref.numel());
+      const double fused_err = max_abs_diff(fused_logits.f32(), ref.f32(), ref.numel()) / max_abs(ref.f32(), ref.numel());
+      std::cout << "gpu logits " << name << " " << precision_name(precision) << ", " << fused->fused_pairs()
+                << " activations fused: max rel error " << fused_err << "\n";
+      CHECK(fused_err <= (precision == Precision::FP32 ? 1e-4 : 1e-2));
     }
     runtime->set_precision(Precision::FP32);
   }

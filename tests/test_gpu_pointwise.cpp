@@ -331,6 +331,20 @@ TEST_CASE("gpu pointwise: binary ops forward and backward match the CPU twin ove
       DeviceVector<float> d_y(*runtime, std::vector<float>(y.size(), 0.f));
       cuda::binary_forward(d_y.data(), d_a.data(), d_b.data(), plan, op, runtime->stream());
       expect_equal(d_y.download(), y, "forward");
+      if (op == BinaryOp::Add) {  // a fused activation (relu; clip with both bounds inside the value range)
+        FusedActivation relu, clip;
+        relu.kind = FusedActivation::kRelu;
+        clip.kind = FusedActivation::kClip;
+        clip.min = -0.5f;
+        clip.max = 0.75f;
+        for (const FusedActivation& act : {relu, clip}) {
+          std::vector<float> y_act(static_cast<size_t>(n));
+          binary_forward(y_act.data(), a.data(), b.data(), plan, op, cpu_pool(), act);
+          DeviceVector<float> d_y_act(*runtime, std::vector<float>(y_act.size(), 0.f));
+          cuda::binary_forward(d_y_act.data(), d_a.data(), d_b.data(), plan, op, runtime->stream(), act);
+          expect_equal(d_y_act.download(), y_act, act.kind == FusedActivation::kRelu ? "forward + relu" : "forward + clip");
+        }
+      }
       if (na == n) {  // out may alias a full-size a
         DeviceVector<float> inplace(*runtime, a);
         cuda::binary_forward(inplace.data(), inplace.data(), d_b.data(), plan, op, runtime->stream());
@@ -721,6 +735,12 @@ TEST_CASE("gpu pointwise: ops dispatch to CUDA and agree with their CPU path") {
     cases.push_back({make_node(type, 2), {random_tensor({2, 16, 64, 65}, 14), b}, {false, false},
                      [](size_t) { return 1e-5; }, type});
   }
+  // Residual Add with a fused activation (engine/fusion.h): forward act(a + b), backward masked by the output.
+  cases.push_back({make_node("Add", 2, {{"activation", "relu"}}), {random_tensor({2, 16, 9, 9}, 15), random_tensor({2, 16, 9, 9}, 16)},
+                   {false, false}, exact, "Add + fused relu"});
+  cases.push_back({make_node("Add", 2, {{"activation", "clip"}, {"activation_min", 0.0}, {"activation_max", 0.5}}),
+                   {random_tensor({2, 16, 9, 9}, 17), make_f32({1, 16, 1, 1}, nonzero_values(16, 18))}, {false, false},
+                   [](size_t) { return 1e-5; }, "Add + fused clip, broadcast"});
   uint32_t seed = 2000;
   for (const Case& c : cases) {
     const std::string label = c.label;  // (CAPTURE of a const char* would print the pointer)

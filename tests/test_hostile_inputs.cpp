@@ -722,3 +722,30 @@ TEST_CASE("cli explain: hostile labels and image names write only sanitized file
   // The printed labels are escaped: no raw escape character reaches the terminal.
   CHECK(text.find('\x1b') == std::string::npos);
 }
+
+TEST_CASE("cli explain: inputs whose output names would collide get distinct names, none overwritten") {
+  const fs::path model = kSource / "weights/models/fashion-canvas/model.json";
+  REQUIRE(fs::exists(model));
+  TempDir sandbox;
+  // "a\nb.png" and "a_b.png" sanitize to the same stem; in1/cat.png and in2/CAT.png differ only in folder and case.
+  const fs::path in1 = sandbox.path / "in1", in2 = sandbox.path / "in2";
+  fs::create_directories(in1);
+  fs::create_directories(in2);
+  for (const fs::path& p : {in1 / "a\nb.png", in1 / "a_b.png", in1 / "cat.png", in2 / "CAT.png"})
+    fs::copy_file(kSource / "tests/fixtures/image/rgb.png", p);
+  const fs::path out = sandbox.path / "out";
+  const fs::path log = sandbox.path / "log.txt";
+  const int code = run_cli("explain '" + model.string() + "' '" + in1.string() + "' '" + in2.string() +
+                               "' --method gradcam --out '" + out.string() + "' --device cpu --threads 1",
+                           log);
+  INFO(read_text(log));
+  REQUIRE(code == 0);
+  const std::set<std::string> outputs = tree(out);
+  for (const char* name : {"a_b.gradcam.png", "a_b-2.gradcam.png", "cat.gradcam.png", "CAT-2.gradcam.png"}) {
+    CAPTURE(name);
+    CHECK(outputs.count(name) == 1);
+  }
+  int64_t maps = 0;
+  for (const std::string& name : outputs) maps += name.size() > 12 && name.substr(name.size() - 12) == ".gradcam.png";
+  CHECK(maps == 4);  // one per input: nothing was written twice under one name
+}

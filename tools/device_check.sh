@@ -56,6 +56,7 @@ bench() { "$camrt" bench "/tmp/camrt-models/$1/model.json" --device cuda "${@:2}
             || log "bench $* failed: $(tail -2 "$out/bench.err")"; }
 for m in ${models//,/ }; do
   bench $m --batch 1,32 --method forward,gradcam,eigencam --precision tf32 --iters 30
+  bench $m --batch 1,32 --method forward,gradcam --precision tf32 --iters 30 --fusion off  # what fusion buys
   bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
   bench $m --batch 1 --method gradcam,forward --precision fp16 --iters 30
   bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
@@ -81,6 +82,7 @@ for f in ("camrt_bench.jsonl", "torch_baseline.jsonl"):
                     rows.append(r)
 for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
     e2e = f'  end-to-end {r["end_to_end_ms"]:9.3f} ms' if "end_to_end_ms" in r else ""
-    print(f'{r["model"]:>13} b{r["batch"]:<3} {r["scenario"]:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB{e2e}')
+    scenario = r["scenario"] + ("_unfused" if r.get("fusion") is False else "")
+    print(f'{r["model"]:>13} b{r["batch"]:<3} {scenario:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB{e2e}')
 PY
 log "done"

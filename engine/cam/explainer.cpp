@@ -273,6 +273,7 @@ struct CamKernels {
 }  // namespace
 
 struct Explainer::Impl {
+  std::unique_ptr<const Graph> planned_graph;  // the graph every plan runs: activation-fused unless disabled
   const Graph& graph;
   ThreadPool& pool;
   CamKernels k;
@@ -290,7 +291,7 @@ struct Explainer::Impl {
   std::unique_ptr<Executor> main, guided, score;
   std::vector<std::unique_ptr<Executor>> tails;  // per layer, for Ablation-CAM
 
-  Impl(const Graph& g, ThreadPool& p) : graph(g), pool(p) {}
+  Impl(std::unique_ptr<const Graph> g, ThreadPool& p) : planned_graph(std::move(g)), graph(*planned_graph), pool(p) {}
 
   // Working buffers on the plan's device, by name: allocated on first use, reused by every later call of the
   // same shapes (the steady state allocates nothing).
@@ -738,9 +739,32 @@ struct Explainer::Impl {
   }
 };
 
-Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, ThreadPool& pool, CudaRuntime* cuda)
-    : impl_(std::make_unique<Impl>(graph, pool)), options_(std::move(options)) {
+Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions options, ThreadPool& pool, CudaRuntime* cuda)
+    : options_(std::move(options)) {
+  // The explained layers, as tensors of the model's graph: they must survive fusion.
+  std::vector<std::string> layers = options_.layers;
+  if (layers.empty() || (layers.size() == 1 && layers[0] == "auto")) {
+    const std::string layer = model_graph.default_explain_layer();
+    CAMRT_CHECK(!layer.empty(), model_graph.source_name() << ": no default explanation layer (no spatial layer before global pooling); pass --layer");
+    layers = {layer};
+  }
+  std::vector<std::string> layer_tensors;
+  for (const auto& name : layers) {
+    int id = model_graph.find_value(name);
+    if (id < 0) {
+      const int node = model_graph.find_node(name);
+      CAMRT_CHECK(node >= 0, model_graph.source_name() << ": --layer '" << name << "' is neither a node nor a tensor name");
+      id = model_graph.nodes()[node].outputs[0];
+    }
+    layer_tensors.push_back(model_graph.values()[id].name);
+    const int producer = model_graph.values()[id].producer;
+    layer_names_.push_back(producer >= 0 ? model_graph.nodes()[producer].node->name : model_graph.values()[id].name);
+  }
+  impl_ = std::make_unique<Impl>(options_.fuse_activations ? model_graph.fused(layer_tensors)
+                                                           : std::make_unique<Graph>(model_graph.shared_model(), model_graph.source_name()),
+                                 pool);
   Impl& m = *impl_;
+  const Graph& graph = m.graph;
   m.options = options_;
   m.k.device = cuda ? Device::CUDA : Device::CPU;
   m.k.pool = &pool;
@@ -774,25 +798,13 @@ Explainer::Explainer(const Graph& graph, int64_t batch, ExplainOptions options, 
   m.height = in_shape[2];
   m.width = in_shape[3];
 
-  std::vector<std::string> layers = options_.layers;
-  if (layers.empty() || (layers.size() == 1 && layers[0] == "auto")) {
-    const std::string layer = graph.default_explain_layer();
-    CAMRT_CHECK(!layer.empty(), graph.source_name() << ": no default explanation layer (no spatial layer before global pooling); pass --layer");
-    layers = {layer};
-  }
   const bool map_methods = std::any_of(options_.methods.begin(), options_.methods.end(),
                                        [](const std::string& s) { return s != "guided-backprop"; });
-  for (const auto& name : layers) {
-    int id = graph.find_value(name);
-    if (id < 0) {
-      const int node = graph.find_node(name);
-      CAMRT_CHECK(node >= 0, graph.source_name() << ": --layer '" << name << "' is neither a node nor a tensor name");
-      id = graph.nodes()[node].outputs[0];
-    }
+  for (const auto& tensor : layer_tensors) {
+    const int id = graph.find_value(tensor);
+    CAMRT_CHECK(id >= 0, graph.source_name() << ": layer tensor '" << tensor << "' vanished from the planned graph");
     m.layer_ids.push_back(id);
-    m.layer_tensors.push_back(graph.values()[id].name);
-    const int producer = graph.values()[id].producer;
-    layer_names_.push_back(producer >= 0 ? graph.nodes()[producer].node->name : graph.values()[id].name);
+    m.layer_tensors.push_back(tensor);
   }
 
   PlanOptions main_options = plan_options();

@@ -36,6 +36,9 @@ struct ExplainOptions {
   int64_t smooth_samples = 8;    // Smooth Grad-CAM++ noisy copies
   uint64_t seed = 0;             // Smooth Grad-CAM++ noise generator
   int64_t chunk = 0;             // batch of Score-CAM / Ablation-CAM extra forwards; 0: 16 on the CPU, from free memory on the GPU
+  // Plan on the activation-fused graph (engine/fusion.h; the explained layers stay tensors): same values, fewer
+  // kernels. false: plan the model's nodes as they are (for comparisons).
+  bool fuse_activations = true;
   // Tests only: the Smooth Grad-CAM++ noise (n, B, C, H, W) to use instead of the generator's.
   std::shared_ptr<const HostTensor> smooth_noise;
 };

@@ -2,11 +2,16 @@
 // forward and float32 backward (gradients summed over broadcast dims); the loops are in
 // kernels/cpu/elementwise.cpp. Output 0 may share input 0's buffer when the output has input 0's shape
 // (forward checks this, see can_run_in_place).
+// camrt extension (Add only): attribute "activation" ("relu" | "clip", with "activation_min"/"activation_max") fuses
+// the activation that follows into the add, out = act(a + b); engine/fusion.cpp sets it for residual Add+Relu.
 #include <algorithm>
+#include <limits>
 
 #include "engine/ops/factories.h"
+#include "kernels/cpu/conv.h"  // conv2d_activation_backward: the fused activation's gradient mask
 #include "kernels/cpu/elementwise.h"
 #if CAMRT_WITH_CUDA
+#include "kernels/cuda/conv.h"
 #include "kernels/cuda/elementwise.h"
 #endif
 
@@ -21,7 +26,22 @@ std::string input_name(const Node& node, size_t i) {
 
 class BinaryArithmeticOp final : public Op {
  public:
-  BinaryArithmeticOp(const Node& node, BinaryOp op) : Op(node), op_(op) {}
+  BinaryArithmeticOp(const Node& node, BinaryOp op) : Op(node), op_(op) {
+    const std::string activation = attr_string("activation", "");
+    CAMRT_CHECK(activation.empty() || op_ == BinaryOp::Add,
+                where(node_) << ": a fused activation is supported on Add only");
+    if (activation == "relu") {
+      act_.kind = FusedActivation::kRelu;
+    } else if (activation == "clip") {
+      act_.kind = FusedActivation::kClip;
+      act_.min = attr_float("activation_min", -std::numeric_limits<float>::infinity());
+      act_.max = attr_float("activation_max", std::numeric_limits<float>::infinity());
+      CAMRT_CHECK(act_.min <= act_.max,
+                  where(node_) << ": activation_min " << act_.min << " is above activation_max " << act_.max);
+    } else {
+      CAMRT_CHECK(activation.empty(), where(node_) << ": unknown fused activation '" << activation << "' (relu or clip)");
+    }
+  }
 
   std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
     expect_inputs(inputs, 2, 2);
@@ -34,6 +54,8 @@ class BinaryArithmeticOp final : public Op {
     CAMRT_CHECK(inputs[0].dtype == inputs[1].dtype,
                 where(node_) << ": inputs '" << input_name(node_, 0) << "' (" << dtype_name(inputs[0].dtype) << ") and '"
                              << input_name(node_, 1) << "' (" << dtype_name(inputs[1].dtype) << ") differ in dtype");
+    CAMRT_CHECK(act_.kind == FusedActivation::kNone || inputs[0].dtype == DType::F32,
+                where(node_) << ": a fused activation needs F32 inputs, got " << dtype_name(inputs[0].dtype));
     return {TensorDesc{inputs[0].dtype, broadcast_dynamic(inputs[0].shape, inputs[1].shape)}};
   }
 
@@ -65,7 +87,7 @@ class BinaryArithmeticOp final : public Op {
     if (ctx.device == Device::CUDA) {
       // Integer Div by zero cannot be reported from a kernel: it yields 0 there (see kernels/cuda/elementwise.h).
       if (a.dtype == DType::F32) {
-        cuda::binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, ctx.cuda->stream());
+        cuda::binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, ctx.cuda->stream(), act_);
       } else if (a.dtype == DType::I64) {
         cuda::binary_forward(out.i64(), a.i64(), b.i64(), plan, op_, ctx.cuda->stream());
       } else {
@@ -75,7 +97,7 @@ class BinaryArithmeticOp final : public Op {
     }
 #endif
     if (a.dtype == DType::F32) {
-      binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, *ctx.pool);
+      binary_forward(out.f32(), a.f32(), b.f32(), plan, op_, *ctx.pool, act_);
     } else if (a.dtype == DType::I64) {
       try {
         binary_forward(out.i64(), a.i64(), b.i64(), plan, op_, *ctx.pool);
@@ -89,11 +111,12 @@ class BinaryArithmeticOp final : public Op {
 
   // Constants never receive a gradient, so an operand read only for the other's gradient is needed only when
   // that other operand is not a constant (x * weight keeps nothing; x * gate keeps both).
-  //   Add, Sub: nothing.  Mul: a for db, b for da.
+  //   Add, Sub: nothing (a fused activation: y, where dy passes).  Mul: a for db, b for da.
   //   Div: b for either gradient; db also needs a or y: a when a is smaller than the output (a broadcast
   //   operand is cheaper to keep), else y (a full-size a may then be overwritten by an in-place forward).
   BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
     BackwardNeeds needs{std::vector<bool>(inputs.size(), false), std::vector<bool>(num_outputs, false)};
+    if (act_.kind != FusedActivation::kNone && num_outputs > 0) needs.outputs[0] = true;
     if (inputs.size() != 2 || op_ == BinaryOp::Add || op_ == BinaryOp::Sub) return needs;
     const bool da_wanted = inputs[0].constant == nullptr;
     const bool db_wanted = inputs[1].constant == nullptr;
@@ -115,23 +138,25 @@ class BinaryArithmeticOp final : public Op {
 
   // The CUDA backward may split the reduction onto a small operand (a bias, a scalar) over more blocks; its
   // partial sums live in the workspace. The CPU needs none.
+  // A fused activation's masked dy comes first (output-sized, rounded to 256 bytes), the partial sums after it.
   size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
-#if CAMRT_WITH_CUDA
-    if (ctx.device == Device::CUDA && inputs.size() == 2 && inputs[0].dtype == DType::F32) {
-      for (const TensorDesc& d : inputs)
-        for (int64_t n : d.shape)
-          if (n < 0) return 0;  // not a concrete plan's shapes
-      try {
-        return cuda::binary_backward_workspace_bytes(make_broadcast_plan(inputs[0].shape, inputs[1].shape));
-      } catch (const Error& e) {
-        CAMRT_FAIL(where(node_) << ": " << e.what());
-      }
+    if (inputs.size() != 2 || inputs[0].dtype != DType::F32) return 0;
+    for (const TensorDesc& d : inputs)
+      for (int64_t n : d.shape)
+        if (n < 0) return 0;  // not a concrete plan's shapes
+    BroadcastPlan plan;
+    try {
+      plan = make_broadcast_plan(inputs[0].shape, inputs[1].shape);
+    } catch (const Error& e) {
+      CAMRT_FAIL(where(node_) << ": " << e.what());
     }
+    size_t bytes = masked_bytes(plan.numel);
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) bytes += cuda::binary_backward_workspace_bytes(plan);
 #else
-    (void)inputs;
     (void)ctx;
 #endif
-    return 0;
+    return bytes;
   }
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
@@ -163,16 +188,38 @@ class BinaryArithmeticOp final : public Op {
     // Div's db reads y when a is as large as the output (the rule backward_needs announced), else a.
     const float* y = nullptr;
     if (op_ == BinaryOp::Div && db != nullptr && a.numel() == plan.numel) y = outputs.at(0)->f32();
+    // A fused activation: dy through its derivative first, decided from the output y (kept by backward_needs).
+    const float* grad = dy.f32();
+    unsigned char* scratch = static_cast<unsigned char*>(ctx.workspace);
+    size_t scratch_bytes = ctx.workspace_bytes;
+    if (act_.kind != FusedActivation::kNone) {
+      const size_t bytes = masked_bytes(plan.numel);
+      CAMRT_CHECK(outputs.size() == 1 && outputs[0] != nullptr && scratch != nullptr && scratch_bytes >= bytes,
+                  where(node_) << ": backward of the fused activation needs the output and " << bytes << " bytes of workspace");
+      float* masked = reinterpret_cast<float*>(scratch);
+#if CAMRT_WITH_CUDA
+      if (ctx.device == Device::CUDA) {
+        cuda::conv2d_activation_backward(masked, grad, outputs[0]->f32(), plan.numel, act_, ctx.guided_relu,
+                                         ctx.cuda->stream());
+      } else
+#endif
+      {
+        conv2d_activation_backward(masked, grad, outputs[0]->f32(), plan.numel, act_, ctx.guided_relu, *ctx.pool);
+      }
+      grad = masked;
+      scratch += bytes;
+      scratch_bytes -= bytes;
+    }
     try {
 #if CAMRT_WITH_CUDA
       if (ctx.device == Device::CUDA) {
         // Deterministic reductions (no atomics); the workspace (backward_workspace_bytes) holds partial sums.
-        cuda::binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, dy.f32(), a.f32(), b.f32(), y, plan,
-                              op_, ctx.workspace, ctx.workspace_bytes, ctx.cuda->stream());
+        cuda::binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, grad, a.f32(), b.f32(), y, plan,
+                              op_, scratch_bytes ? scratch : nullptr, scratch_bytes, ctx.cuda->stream());
         return;
       }
 #endif
-      binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, dy.f32(), a.f32(), b.f32(), y, plan, op_,
+      binary_backward(da ? da->f32() : nullptr, db ? db->f32() : nullptr, grad, a.f32(), b.f32(), y, plan, op_,
                       *ctx.pool);
     } catch (const Error& e) {
       CAMRT_FAIL(where(node_) << ": " << e.what());
@@ -238,7 +285,13 @@ class BinaryArithmeticOp final : public Op {
     return out;
   }
 
+  size_t masked_bytes(int64_t numel) const {
+    if (act_.kind == FusedActivation::kNone) return 0;
+    return (static_cast<size_t>(numel) * sizeof(float) + 255) / 256 * 256;
+  }
+
   BinaryOp op_;
+  FusedActivation act_;
 };
 
 }  // namespace

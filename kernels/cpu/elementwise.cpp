@@ -46,9 +46,25 @@ bool is_contiguous(const std::vector<int64_t>& strides, const std::vector<int64_
 
 // out, full: (rows, inner); vec: (count,) with row r using vec[r % count]. Covers per-channel
 // (N, C, HW) op (C) with count = C and per-sample-channel (N*C, HW) op (N*C) with count = rows.
+// A fused activation over a row just written (still in L1), so it costs no extra pass over memory. The same
+// arithmetic as the Relu/Clip ops and the conv epilogue: relu x > 0 ? x : 0, clip min(max(x, lo), hi).
+template <typename T>
+inline void activate_row(T* o, int64_t n, const FusedActivation& act) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (act.kind == FusedActivation::kRelu) {
+      for (int64_t i = 0; i < n; ++i) o[i] = o[i] > 0.f ? o[i] : 0.f;
+    } else if (act.kind == FusedActivation::kClip) {
+      const float lo = act.min, hi = act.max;
+      for (int64_t i = 0; i < n; ++i) o[i] = std::min(std::max(o[i], lo), hi);
+    }
+  } else {
+    (void)o, (void)n, (void)act;
+  }
+}
+
 template <BinaryOp OP, typename T>
 void run_rows(T* out, const T* full, const T* vec, int64_t rows, int64_t inner, int64_t count, bool vec_first,
-              ThreadPool& pool) {
+              const FusedActivation& act, ThreadPool& pool) {
   pool.parallel_for(
       rows,
       [=](int64_t begin, int64_t end) {
@@ -61,6 +77,7 @@ void run_rows(T* out, const T* full, const T* vec, int64_t rows, int64_t inner, 
           } else {
             for (int64_t i = 0; i < inner; ++i) o[i] = apply<OP>(f[i], v);
           }
+          activate_row(o, inner, act);
         }
       },
       std::max<int64_t>(1, kMinChunk / inner));
@@ -83,7 +100,8 @@ inline void inner_loop(T* o, const T* pa, const T* pb, int64_t n, int64_t sa, in
 // Any broadcast: the outer dims are walked with an odometer (offsets updated incrementally), the last
 // dim is a tight inner loop.
 template <BinaryOp OP, typename T>
-void run_strided(T* out, const T* a, const T* b, const BroadcastPlan& plan, ThreadPool& pool) {
+void run_strided(T* out, const T* a, const T* b, const BroadcastPlan& plan, const FusedActivation& act,
+                 ThreadPool& pool) {
   const std::vector<int64_t>& dims = plan.dims;
   const std::vector<int64_t>& sa = plan.a_strides;
   const std::vector<int64_t>& sb = plan.b_strides;
@@ -103,6 +121,7 @@ void run_strided(T* out, const T* a, const T* b, const BroadcastPlan& plan, Thre
         }
         for (int64_t row = begin; row < end; ++row) {
           inner_loop<OP>(out + row * inner, a + a_off, b + b_off, inner, sa.back(), sb.back());
+          activate_row(out + row * inner, inner, act);
           for (size_t k = outer_rank; k-- > 0;) {
             a_off += sa[k];
             b_off += sb[k];
@@ -116,16 +135,26 @@ void run_strided(T* out, const T* a, const T* b, const BroadcastPlan& plan, Thre
       std::max<int64_t>(1, kMinChunk / inner));
 }
 
+// Elements per block of a one-dim launch: computed, then activated while in L1.
+constexpr int64_t kActivateBlock = 4096;
+
 template <BinaryOp OP, typename T>
-void run(T* out, const T* a, const T* b, const BroadcastPlan& plan, ThreadPool& pool) {
+void run(T* out, const T* a, const T* b, const BroadcastPlan& plan, const FusedActivation& act, ThreadPool& pool) {
   if (plan.numel == 0) return;
   const std::vector<int64_t>& d = plan.dims;
   const std::vector<int64_t>& sa = plan.a_strides;
   const std::vector<int64_t>& sb = plan.b_strides;
   if (d.size() == 1) {
-    const int64_t n = d[0];
+    const int64_t n = d[0], sa0 = sa[0], sb0 = sb[0];
     pool.parallel_for(
-        n, [=](int64_t begin, int64_t end) { inner_loop<OP>(out + begin, a + begin * sa[0], b + begin * sb[0], end - begin, sa[0], sb[0]); },
+        n,
+        [=, &act](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; i += kActivateBlock) {
+            const int64_t len = std::min(kActivateBlock, end - i);
+            inner_loop<OP>(out + i, a + i * sa0, b + i * sb0, len, sa0, sb0);
+            activate_row(out + i, len, act);
+          }
+        },
         kMinChunk);
     return;
   }
@@ -137,20 +166,21 @@ void run(T* out, const T* a, const T* b, const BroadcastPlan& plan, ThreadPool& 
     const T* vec = a_full ? b : a;
     const bool vec_first = !a_full;
     if (d.size() == 2 && sv[0] == 1 && sv[1] == 0)
-      return run_rows<OP>(out, full, vec, d[0], d[1], d[0], vec_first, pool);
+      return run_rows<OP>(out, full, vec, d[0], d[1], d[0], vec_first, act, pool);
     if (d.size() == 3 && sv[0] == 0 && sv[1] == 1 && sv[2] == 0)
-      return run_rows<OP>(out, full, vec, d[0] * d[1], d[2], d[1], vec_first, pool);
+      return run_rows<OP>(out, full, vec, d[0] * d[1], d[2], d[1], vec_first, act, pool);
   }
-  run_strided<OP>(out, a, b, plan, pool);
+  run_strided<OP>(out, a, b, plan, act, pool);
 }
 
 template <typename T>
-void dispatch(T* out, const T* a, const T* b, const BroadcastPlan& plan, BinaryOp op, ThreadPool& pool) {
+void dispatch(T* out, const T* a, const T* b, const BroadcastPlan& plan, BinaryOp op, const FusedActivation& act,
+              ThreadPool& pool) {
   switch (op) {
-    case BinaryOp::Add: return run<BinaryOp::Add>(out, a, b, plan, pool);
-    case BinaryOp::Sub: return run<BinaryOp::Sub>(out, a, b, plan, pool);
-    case BinaryOp::Mul: return run<BinaryOp::Mul>(out, a, b, plan, pool);
-    case BinaryOp::Div: return run<BinaryOp::Div>(out, a, b, plan, pool);
+    case BinaryOp::Add: return run<BinaryOp::Add>(out, a, b, plan, act, pool);
+    case BinaryOp::Sub: return run<BinaryOp::Sub>(out, a, b, plan, act, pool);
+    case BinaryOp::Mul: return run<BinaryOp::Mul>(out, a, b, plan, act, pool);
+    case BinaryOp::Div: return run<BinaryOp::Div>(out, a, b, plan, act, pool);
   }
 }
 
@@ -520,13 +550,13 @@ BroadcastPlan make_broadcast_plan(const std::vector<int64_t>& a_shape, const std
 }
 
 void binary_forward(float* out, const float* a, const float* b, const BroadcastPlan& plan, BinaryOp op,
-                    ThreadPool& pool) {
-  dispatch(out, a, b, plan, op, pool);
+                    ThreadPool& pool, const FusedActivation& act) {
+  dispatch(out, a, b, plan, op, act, pool);
 }
 
 void binary_forward(int64_t* out, const int64_t* a, const int64_t* b, const BroadcastPlan& plan, BinaryOp op,
                     ThreadPool& pool) {
-  dispatch(out, a, b, plan, op, pool);
+  dispatch(out, a, b, plan, op, FusedActivation{}, pool);
 }
 
 void binary_backward(float* da, float* db, const float* dy, const float* a, const float* b, const float* y,

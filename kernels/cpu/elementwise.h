@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/gemm.h"  // FusedActivation
 #include "kernels/cpu/parallel.h"
 
 namespace camrt {
@@ -32,8 +33,9 @@ BroadcastPlan make_broadcast_plan(const std::vector<int64_t>& a_shape, const std
 
 // out: (plan.numel,) contiguous; a, b: laid out as the plan says. out may alias a (or b) when that operand
 // has the output's shape. Integer Div truncates toward zero and throws on division by zero or overflow.
+// act: a fused activation applied to each result (float only), out = act(a op b), as a Relu/Clip after it would.
 void binary_forward(float* out, const float* a, const float* b, const BroadcastPlan& plan, BinaryOp op,
-                    ThreadPool& pool);
+                    ThreadPool& pool, const FusedActivation& act = {});
 void binary_forward(int64_t* out, const int64_t* a, const int64_t* b, const BroadcastPlan& plan, BinaryOp op,
                     ThreadPool& pool);
 

@@ -66,19 +66,37 @@ __device__ __forceinline__ int64_t apply(int64_t a, int64_t b) {
   }
 }
 
+// A fused activation (float only; int64 never has one): the CPU twin's comparisons, so NaN handling matches.
+struct DeviceActivation {
+  int kind = FusedActivation::kNone;
+  float lo = 0.f, hi = 0.f;
+};
+
+__device__ __forceinline__ float activate(float v, const DeviceActivation& act) {
+  if (act.kind == FusedActivation::kRelu) {
+    v = v > 0.f ? v : 0.f;
+  } else if (act.kind == FusedActivation::kClip) {
+    v = v < act.lo ? act.lo : v;
+    v = act.hi < v ? act.hi : v;
+  }
+  return v;
+}
+__device__ __forceinline__ int64_t activate(int64_t v, const DeviceActivation&) { return v; }
+
 // One-dim plan: a and b advance by strides sa, sb in {0, 1}.
 template <BinaryOp OP, typename T>
-__global__ void binary_flat_kernel(T* out, const T* a, const T* b, int64_t n, int64_t sa, int64_t sb) {
+__global__ void binary_flat_kernel(T* out, const T* a, const T* b, int64_t n, int64_t sa, int64_t sb,
+                                   DeviceActivation act) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = apply<OP>(a[i * sa], b[i * sb]);
+    out[i] = activate(apply<OP>(a[i * sa], b[i * sb]), act);
 }
 
 // Any plan: the output index is split over the plan dims (innermost first). I is the index type: 32-bit when
 // the output has fewer than 2^31 elements (integer division is several times cheaper), else int64.
 // In-place: an operand aliasing out is full-size, so it is read at offset i, by the thread that writes i.
 template <BinaryOp OP, typename T, typename I>
-__global__ void binary_strided_kernel(T* out, const T* a, const T* b, I n, DevicePlan plan) {
+__global__ void binary_strided_kernel(T* out, const T* a, const T* b, I n, DevicePlan plan, DeviceActivation act) {
   const I stride = static_cast<I>(blockDim.x) * gridDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     I rest = i;
@@ -90,17 +108,18 @@ __global__ void binary_strided_kernel(T* out, const T* a, const T* b, I n, Devic
       a_off += static_cast<int64_t>(index) * plan.a_strides[k];
       b_off += static_cast<int64_t>(index) * plan.b_strides[k];
     }
-    out[i] = apply<OP>(a[a_off], b[b_off]);
+    out[i] = activate(apply<OP>(a[a_off], b[b_off]), act);
   }
 }
 
 template <BinaryOp OP, typename T>
-void launch_forward(T* out, const T* a, const T* b, const BroadcastPlan& plan, cudaStream_t stream) {
+void launch_forward(T* out, const T* a, const T* b, const BroadcastPlan& plan, DeviceActivation act,
+                    cudaStream_t stream) {
   const int64_t n = plan.numel;
   if (n <= 0) return;
   if (plan.dims.size() == 1) {
     binary_flat_kernel<OP, T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(out, a, b, n, plan.a_strides[0],
-                                                                             plan.b_strides[0]);
+                                                                             plan.b_strides[0], act);
     CAMRT_CUDA_CHECK_LAUNCH("binary_flat_kernel");
     return;
   }
@@ -108,20 +127,21 @@ void launch_forward(T* out, const T* a, const T* b, const BroadcastPlan& plan, c
   if (n <= std::numeric_limits<int32_t>::max()) {
     // uint32 arithmetic cannot overflow: i < 2^31 and the grid stride is below 2^28 (grid_for's cap).
     binary_strided_kernel<OP, T, uint32_t><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-        out, a, b, static_cast<uint32_t>(n), dp);
+        out, a, b, static_cast<uint32_t>(n), dp, act);
   } else {
-    binary_strided_kernel<OP, T, int64_t><<<grid_for(n, kThreads), kThreads, 0, stream>>>(out, a, b, n, dp);
+    binary_strided_kernel<OP, T, int64_t><<<grid_for(n, kThreads), kThreads, 0, stream>>>(out, a, b, n, dp, act);
   }
   CAMRT_CUDA_CHECK_LAUNCH("binary_strided_kernel");
 }
 
 template <typename T>
-void dispatch_forward(T* out, const T* a, const T* b, const BroadcastPlan& plan, BinaryOp op, cudaStream_t stream) {
+void dispatch_forward(T* out, const T* a, const T* b, const BroadcastPlan& plan, BinaryOp op, DeviceActivation act,
+                      cudaStream_t stream) {
   switch (op) {
-    case BinaryOp::Add: return launch_forward<BinaryOp::Add>(out, a, b, plan, stream);
-    case BinaryOp::Sub: return launch_forward<BinaryOp::Sub>(out, a, b, plan, stream);
-    case BinaryOp::Mul: return launch_forward<BinaryOp::Mul>(out, a, b, plan, stream);
-    case BinaryOp::Div: return launch_forward<BinaryOp::Div>(out, a, b, plan, stream);
+    case BinaryOp::Add: return launch_forward<BinaryOp::Add>(out, a, b, plan, act, stream);
+    case BinaryOp::Sub: return launch_forward<BinaryOp::Sub>(out, a, b, plan, act, stream);
+    case BinaryOp::Mul: return launch_forward<BinaryOp::Mul>(out, a, b, plan, act, stream);
+    case BinaryOp::Div: return launch_forward<BinaryOp::Div>(out, a, b, plan, act, stream);
   }
 }
 
@@ -378,13 +398,13 @@ void operand_grad(GradJob job, const BroadcastPlan& plan, const std::vector<int6
 }  // namespace
 
 void binary_forward(float* out, const float* a, const float* b, const BroadcastPlan& plan, BinaryOp op,
-                    cudaStream_t stream) {
-  dispatch_forward(out, a, b, plan, op, stream);
+                    cudaStream_t stream, const FusedActivation& act) {
+  dispatch_forward(out, a, b, plan, op, DeviceActivation{int(act.kind), act.min, act.max}, stream);
 }
 
 void binary_forward(int64_t* out, const int64_t* a, const int64_t* b, const BroadcastPlan& plan, BinaryOp op,
                     cudaStream_t stream) {
-  dispatch_forward(out, a, b, plan, op, stream);
+  dispatch_forward(out, a, b, plan, op, DeviceActivation{}, stream);
 }
 
 size_t binary_backward_workspace_bytes(const BroadcastPlan& plan) {

@@ -13,9 +13,9 @@ namespace camrt::cuda {
 // out = a op b; out: (plan.numel,) contiguous; a, b laid out as the plan says (device memory; the plan itself is
 // host memory, passed to the kernel by value). out may alias a (or b) when that operand has the output's shape.
 // Throws if the plan has more than 16 dims (after merging). Integer Div cannot throw from a kernel: division by
-// zero gives 0 and INT64_MIN / -1 gives INT64_MIN (the CPU twin throws on both).
+// zero gives 0 and INT64_MIN / -1 gives INT64_MIN (the CPU twin throws on both). act: out = act(a op b), float only.
 void binary_forward(float* out, const float* a, const float* b, const BroadcastPlan& plan, BinaryOp op,
-                    cudaStream_t stream);
+                    cudaStream_t stream, const FusedActivation& act = {});
 void binary_forward(int64_t* out, const int64_t* a, const int64_t* b, const BroadcastPlan& plan, BinaryOp op,
                     cudaStream_t stream);
 

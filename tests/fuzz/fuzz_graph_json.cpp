@@ -122,6 +122,12 @@ void plan_batch_one(camrt::Model model, const char* source) {
   if (plan.buffer_requests().size() <= 512 && !plan_is_valid(plan.buffer_requests(), plan.memory_plan()))
     __builtin_trap();
   (void)graph.default_explain_layer();
+  // The activation-fused graph that predict and explain plan: never more nodes, and it plans the same way.
+  const auto fused = graph.fused({});
+  if (fused->nodes().size() + static_cast<size_t>(fused->fused_pairs()) != graph.nodes().size()) __builtin_trap();
+  Executor fused_plan(*fused, shapes, pool);
+  if (fused_plan.buffer_requests().size() <= 512 && !plan_is_valid(fused_plan.buffer_requests(), fused_plan.memory_plan()))
+    __builtin_trap();
 }
 
 }  // namespace

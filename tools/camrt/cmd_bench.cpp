@@ -173,6 +173,7 @@ int run_bench(const std::vector<std::string>& argv) {
       .option("device", "D", "cpu, cuda, or auto (cuda when a GPU is present)", "auto")
       .option("precision", "P", "fp32, tf32 or fp16 for convolutions/GEMMs on the GPU (default tf32; the CPU runs fp32)")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
+      .option("fusion", "on|off", "plan the activation-fused graph (Conv/Add + Relu/Clip as one node)", "on")
       .option("name", "NAME", "model name in the JSON (default: the model's directory name)")
       .option("soak", "N", "run N explanations through one Session and check memory (see above)")
       .option("max-rss-growth", "PCT", "--soak fails above this resident memory growth, percent", "1");
@@ -189,7 +190,12 @@ int run_bench(const std::vector<std::string>& argv) {
   const Precision precision = args.has("precision") ? parse_precision(args.get("precision")) : gpu ? Precision::TF32 : Precision::FP32;
   CAMRT_CHECK(gpu || precision == Precision::FP32, "--precision " << args.get("precision") << ": the CPU backend runs fp32 only");
   const std::string input_name = graph.values()[graph.input_ids()[0]].name;
+  CAMRT_CHECK(args.get("fusion") == "on" || args.get("fusion") == "off", "--fusion: expected on or off, got '" << args.get("fusion") << "'");
+  const bool fusion = args.get("fusion") == "on";
   if (args.has("soak")) return run_soak(args, path, name, gpu, precision);
+  // The forward scenario plans what a Session's predictor plans.
+  const std::unique_ptr<Graph> fused_graph = fusion ? graph.fused({}) : nullptr;
+  const Graph& forward_graph = fusion ? *fused_graph : graph;
 
   for (const std::string& batch_text : split_list(args.get("batch"))) {
     int64_t batch = 0;
@@ -221,10 +227,10 @@ int run_bench(const std::vector<std::string>& argv) {
       if (scenario == "forward") {
         PlanOptions plan;
         plan.cuda = cuda.get();
-        executor = std::make_unique<Executor>(graph, shapes, pool, plan);
+        executor = std::make_unique<Executor>(forward_graph, shapes, pool, plan);
         executor->set_input(input_name, x);
         planned_bytes = executor->stats().arena_bytes + executor->stats().workspace_bytes + executor->stats().weight_bytes;
-        const int out = graph.output_ids()[0];  // captured by value: the lambda outlives this block
+        const int out = forward_graph.output_ids()[0];  // captured by value: the lambda outlives this block
         logits = HostTensor(executor->descs()[out].dtype, executor->descs()[out].shape);
         // On the GPU the forward alone is timed by events; the transfers are timed separately.
         run = [&] { executor->forward(); };
@@ -245,6 +251,7 @@ int run_bench(const std::vector<std::string>& argv) {
         CAMRT_CHECK(is_cam_method(scenario), "--method '" << scenario << "': expected forward or a CAM method");
         ExplainOptions options;
         options.methods = {scenario};
+        options.fuse_activations = fusion;
         explainer = std::make_unique<Explainer>(graph, batch, options, pool, cuda.get());
         const PlanStats& s = explainer->main_plan_stats();
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
@@ -296,6 +303,7 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"peak_mib", gpu ? static_cast<double>(cuda->device_bytes_peak()) / (1024.0 * 1024.0) : planned_mib},
                             {"planned_mib", planned_mib},
                             {"precision", precision_name(precision)},
+                            {"fusion", fusion},
                             {"device", device},
                             {"iters", iters}};
       if (!phase_times.empty()) {

@@ -2,10 +2,12 @@
 // float32 map (.npy) per input and method out, and a results.json describing the run. Several methods share
 // the forward and backward passes; directories are processed in batches with a progress bar on stderr.
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include "engine/atomic_file.h"
@@ -43,7 +45,26 @@ bool is_image_file(const fs::path& p) {
 struct InputItem {
   fs::path path;
   bool is_npy = false;
+  std::string name;  // the stem its outputs are named after, unique among the inputs (see unique_output_names)
 };
+
+// Output stems for the inputs: the sanitized file stem, with "-2", "-3", ... appended where two inputs would share
+// one (cat.png and cat.jpg, a/cat.png and b/cat.png, names differing only in bytes sanitizing replaces), so no
+// output overwrites another's. Compared in lower case: on case-insensitive file systems Cat and cat collide too.
+void unique_output_names(std::vector<InputItem>& items) {
+  std::set<std::string> used;
+  auto lower = [](std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  for (InputItem& item : items) {
+    const std::string base = sanitize_file_name(item.path.stem().string());
+    std::string name = base;
+    for (int n = 2; used.count(lower(name)); ++n) name = base + "-" + std::to_string(n);
+    used.insert(lower(name));
+    item.name = name;
+  }
+}
 
 // The picture the user sees for a preprocessed tensor: undo mean/std, clamp, uint8 (H, W, 3).
 Image display_image(const float* x, int64_t C, int64_t H, int64_t W, const Preprocess& pre) {
@@ -143,11 +164,12 @@ int run_explain(const std::vector<std::string>& argv) {
         if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path());
       std::sort(files.begin(), files.end());
       CAMRT_CHECK(!files.empty(), p.string() << ": no PNG, JPEG or BMP images in this directory");
-      for (const auto& f : files) items.push_back({f, false});
+      for (const auto& f : files) items.push_back({f, false, ""});
     } else {
-      items.push_back({p, p.extension() == ".npy"});
+      items.push_back({p, p.extension() == ".npy", ""});
     }
   }
+  unique_output_names(items);
   const fs::path out_dir = args.get("out");
   fs::create_directories(out_dir);
   ThreadPool pool(static_cast<int>(args.get_int("threads")));
@@ -253,7 +275,7 @@ int run_explain(const std::vector<std::string>& argv) {
                   items[i].path.string() << ": expected float32 (B, " << C << ", H, W), got " << dtype_name(x.dtype) << " " << shape_str(x.shape));
       CAMRT_CHECK(model_in[2] < 0 || (x.shape[2] == model_in[2] && x.shape[3] == model_in[3]),
                   items[i].path.string() << ": the model expects " << model_in[2] << "x" << model_in[3] << " inputs, got " << x.shape[2] << "x" << x.shape[3]);
-      const std::string stem = items[i].path.stem().string();
+      const std::string stem = items[i].name;
       std::vector<std::string> names;
       for (int64_t b = 0; b < x.shape[0]; ++b) names.push_back(x.shape[0] == 1 ? stem : stem + ".b" + std::to_string(b));
       write_outputs(explainer_for(x.shape[0]).run(x), x, names, stem);
@@ -269,7 +291,7 @@ int run_explain(const std::vector<std::string>& argv) {
     for (int64_t b = 0; b < B; ++b) {
       const Image image = read_image(group[b]->path.string());
       preprocess_image(x.f32() + b * 3 * pre.crop * pre.crop, image, pre.resize, pre.crop, pre.mean.data(), pre.std.data());
-      names.push_back(group[b]->path.stem().string());
+      names.push_back(group[b]->name);
     }
     CAMRT_CHECK(C == 3, model_path << ": image inputs need a 3-channel model, this one takes " << C);
     write_outputs(explainer_for(B).run(x), x, names, "");

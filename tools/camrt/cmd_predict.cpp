@@ -35,7 +35,8 @@ int run_predict(const std::vector<std::string>& argv) {
   CAMRT_CHECK(topk >= 1, "--topk must be at least 1");
 
   auto model = std::make_shared<const Model>(load_model(path));
-  Graph graph(model, std::filesystem::path(path).filename().string());
+  // Activation-fused (engine/fusion.h): only the outputs are read, so every Conv/Add + Relu/Clip pair merges.
+  Graph graph(model, std::filesystem::path(path).filename().string(), GraphOptions{true, {}});
   CAMRT_CHECK(graph.input_ids().size() == 1, path << ": predict needs a model with one input, this one has " << graph.input_ids().size());
   HostTensor input = read_npy(args.get("input"));
   CAMRT_CHECK(input.dtype == DType::F32, args.get("input") << ": expected float32 data, got " << dtype_name(input.dtype));
