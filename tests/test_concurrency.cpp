@@ -155,6 +155,7 @@ TEST_CASE("concurrency: camrt bench --soak prints its JSON line and fails on mem
   CHECK(row.at("iterations") == 20);
   CHECK(row.at("rss_mib_start").get<double>() > 0);
   CHECK(row.at("rss_mib_end").get<double>() > 0);
+  CHECK(row.at("rss_mib_max").get<double>() >= row.at("rss_mib_end").get<double>());
   CHECK(row.at("median_ms").get<double>() > 0);
   CHECK(row.contains("ms_first_1000"));
   CHECK(row.contains("ms_last_1000"));
