@@ -2,7 +2,7 @@
 // node, a Relu or a Clip with constant bounds, becomes one node computing act(conv(...)) or act(a + b) (the ops'
 // "activation" attribute, see engine/ops/conv.cpp and engine/ops/elementwise.cpp). The pre-activation tensor then
 // never exists: one kernel (and one memory pass) less per pair, on the CPU and the GPU, and one buffer less to
-// plan. ResNet-50 has 49 such pairs (33 Conv+Relu, 16 residual Add+Relu), MobileNetV2 35 Conv+Clip.
+// plan. torchvision's ResNet-50 has 49 such pairs (33 Conv+Relu, 16 residual Add+Relu), MobileNetV2 35 Conv+Clip.
 //
 // Backward passes are unchanged in value: the fused op masks dy with its own output exactly as the Relu/Clip did
 // (y > 0; min < y < max; Guided Backprop's dy > 0 as well), so a gradient target on the activation's output keeps
