@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
@@ -202,5 +203,51 @@ TEST_CASE("fusion: every CAM method gives the same maps on the fused and the unf
     CAPTURE(a.results[i].method);
     REQUIRE(a.results[i].maps.shape == b.results[i].maps.shape);
     CHECK(max_abs_diff(a.results[i].maps.f32(), b.results[i].maps.f32(), a.results[i].maps.numel()) == 0.0);
+  }
+}
+
+TEST_CASE("fusion: a broadcasting Add + Relu/Clip fuses and its gradients (reduced over broadcast dims) match") {
+  ThreadPool pool(2);
+  for (const std::string activation : {"Relu", "Clip"}) {
+    for (bool small_first : {false, true}) {
+      CAPTURE(activation);
+      CAPTURE(small_first);
+      Model m;
+      m.inputs = {ValueInfo{"x", DType::F32, {2, 3, 4, 5}}, ValueInfo{"b", DType::F32, {1, 3, 1, 1}}};
+      m.outputs = {ValueInfo{"y", DType::F32, {2, 3, 4, 5}}};
+      m.nodes = {node("Add", "add", small_first ? std::vector<std::string>{"b", "x"} : std::vector<std::string>{"x", "b"}, "s"),
+                 activation == "Relu" ? node("Relu", "act", {"s"}, "y")
+                                      : node("Clip", "act", {"s"}, "y", {{"min", -0.25}, {"max", 0.5}})};
+      const Graph plain(std::make_shared<const Model>(m), "add");
+      const auto fused = plain.fused({});
+      REQUIRE(fused->fused_pairs() == 1);
+      const HostTensor x = random_tensor({2, 3, 4, 5}, 21, 1.f), b = random_tensor({1, 3, 1, 1}, 22, 1.f);
+      const HostTensor seed = random_tensor({2, 3, 4, 5}, 23, 1.f);
+      auto run = [&](const Graph& g, std::vector<HostTensor>* grads) {
+        PlanOptions options;
+        options.grad_targets = {"x", "b"};
+        Executor executor(g, {{"x", x.shape}, {"b", b.shape}}, pool, options);
+        executor.set_input("x", x);
+        executor.set_input("b", b);
+        executor.forward();
+        HostTensor y = executor.fetch(g.find_value("y"));
+        executor.backward(seed);
+        for (const char* name : {"x", "b"}) {
+          const Tensor t = executor.gradient(name);
+          grads->emplace_back(DType::F32, t.shape);
+          std::memcpy(grads->back().bytes.data(), t.data, t.nbytes());
+        }
+        return y;
+      };
+      std::vector<HostTensor> want_grads, got_grads;
+      const HostTensor want = run(plain, &want_grads), got = run(*fused, &got_grads);
+      CHECK(max_abs_diff(want.f32(), got.f32(), want.numel()) == 0.0);
+      for (size_t i = 0; i < 2; ++i) {
+        CHECK(max_abs_diff(want_grads[i].f32(), got_grads[i].f32(), want_grads[i].numel()) == 0.0);
+        double norm = 0;
+        for (int64_t j = 0; j < want_grads[i].numel(); ++j) norm += std::fabs(want_grads[i].f32()[j]);
+        CHECK(norm > 0);
+      }
+    }
   }
 }
