@@ -19,6 +19,7 @@ bool clip_bound(const Model& model, const Node& clip, size_t input, const char* 
     *bound = it->second.f32()[0];
     return true;
   }
+  if (!clip.attrs.is_object()) return false;
   auto it = clip.attrs.find(attr);
   if (it == clip.attrs.end()) return true;
   if (!it->is_number()) return false;  // the op itself will say what is wrong with it
@@ -29,7 +30,7 @@ bool clip_bound(const Model& model, const Node& clip, size_t input, const char* 
 // The attributes that make `producer` apply `activation`, or false if the pair cannot be fused.
 bool fused_attributes(const Model& model, const Node& producer, const Node& activation, nlohmann::json* attrs) {
   if (producer.op != "Conv" && producer.op != "Add") return false;
-  if (producer.outputs.size() != 1 || producer.attrs.contains("activation")) return false;
+  if (producer.outputs.size() != 1 || !producer.attrs.is_object() || producer.attrs.contains("activation")) return false;
   *attrs = producer.attrs;
   if (activation.op == "Relu" && activation.inputs.size() == 1) {
     (*attrs)["activation"] = "relu";
