@@ -289,6 +289,10 @@ struct Explainer::Impl {
   std::vector<Shape> layer_shapes;     // (B, K, h, w) per layer
   bool any_gradient = false, any_guided = false, any_score = false, any_ablation = false;
   std::unique_ptr<Executor> main, guided, score;
+  // Smooth Grad-CAM++: noisy copies batched smooth_per_pass at a time (S x B images) through one forward and one
+  // backward of this plan, so the main plan's activations stay those of the clean input.
+  std::unique_ptr<Executor> smooth;
+  int64_t smooth_per_pass = 1;
   std::vector<std::unique_ptr<Executor>> tails;  // per layer, for Ablation-CAM
 
   Impl(std::unique_ptr<const Graph> g, ThreadPool& p) : planned_graph(std::move(g)), graph(*planned_graph), pool(p) {}
@@ -612,13 +616,10 @@ struct Explainer::Impl {
       x_device = copy;
       timings["upload"] += ms_since(t0);
     }
-    // The activations stay in the plan's arena (kept); copies only where a later pass would overwrite them.
-    const bool smoothing = std::find(options.methods.begin(), options.methods.end(), "smooth-gradcampp") != options.methods.end();
+    // The activations stay in the plan's arena (kept): no later pass of this call runs the main plan forward.
+    const bool smoothing = smooth != nullptr;
     std::vector<const float*> A(L);
-    for (size_t l = 0; l < L; ++l) {
-      const Tensor view = main->value(layer_ids[l]);
-      A[l] = smoothing ? keep_copy("A " + std::to_string(l), view) : view.f32();
-    }
+    for (size_t l = 0; l < L; ++l) A[l] = main->value(layer_ids[l]).f32();
 
     for (size_t t = 0; t < T; ++t) {
       std::vector<const float*> G(L, nullptr);
@@ -702,25 +703,42 @@ struct Explainer::Impl {
       CAMRT_CHECK(options.smooth_noise->shape == (Shape{n, batch, channels, height, width}),
                   "smooth noise must be " << shape_str({n, batch, channels, height, width}));
     std::mt19937_64 rng(options.seed);
-    HostTensor noisy(DType::F32, x.shape);
+    // Passes of S noisy copies: copy s of image b is row s * B + b of the S x B batch. The noise is drawn in the
+    // order of (sample, image, pixel), whatever S is, so every S gives the same copies.
+    const int64_t S = smooth_per_pass;
+    HostTensor noisy(DType::F32, {S * batch, channels, height, width});
     const int out_id = graph.output_ids()[0];
-    std::vector<float>& logits = host_buffer("smooth logits", batch * out_per_image);
-    for (int64_t s = 0; s < n; ++s) {
-      for (int64_t b = 0; b < batch; ++b) {
-        const float* xb = x.f32() + b * plane;
-        // sigma = 0.2 * (max x - min x) per image (spec).
-        const auto [lo, hi] = std::minmax_element(xb, xb + plane);
-        std::normal_distribution<float> normal(0.f, 0.2f * (*hi - *lo));
-        const float* injected = options.smooth_noise ? options.smooth_noise->f32() + (s * batch + b) * plane : nullptr;
-        for (int64_t i = 0; i < plane; ++i) noisy.f32()[b * plane + i] = xb[i] + (injected ? injected[i] : normal(rng));
+    std::vector<float>& logits = host_buffer("smooth logits", S * batch * out_per_image);
+    std::vector<float>& seeds = host_buffer("smooth seeds", S * batch * out_per_image);
+    for (int64_t s0 = 0; s0 < n; s0 += S) {
+      const int64_t count = std::min(S, n - s0);  // copies in this pass; the rest of the batch is zeros, unused
+      std::fill(noisy.f32() + count * batch * plane, noisy.f32() + S * batch * plane, 0.f);
+      for (int64_t s = 0; s < count; ++s) {
+        for (int64_t b = 0; b < batch; ++b) {
+          const float* xb = x.f32() + b * plane;
+          // sigma = 0.2 * (max x - min x) per image (spec).
+          const auto [lo, hi] = std::minmax_element(xb, xb + plane);
+          std::normal_distribution<float> normal(0.f, 0.2f * (*hi - *lo));
+          const float* injected = options.smooth_noise ? options.smooth_noise->f32() + ((s0 + s) * batch + b) * plane : nullptr;
+          float* row = noisy.f32() + (s * batch + b) * plane;
+          for (int64_t i = 0; i < plane; ++i) row[i] = xb[i] + (injected ? injected[i] : normal(rng));
+        }
       }
-      main->set_input(input_name, noisy);
-      main->forward();
-      main->fetch(out_id, logits.data());
-      main->backward(seed_for(logits.data(), cls).data());
+      smooth->set_input(input_name, noisy);
+      smooth->forward();
+      smooth->fetch(out_id, logits.data());
+      // One seed per copy, from that copy's own outputs (the softmax target's derivative depends on them).
+      std::fill(seeds.begin(), seeds.begin() + S * batch * out_per_image, 0.f);
+      for (int64_t s = 0; s < count; ++s) {
+        const std::vector<float> seed = seed_for(logits.data() + s * batch * out_per_image, cls);
+        std::copy(seed.begin(), seed.end(), seeds.begin() + s * batch * out_per_image);
+      }
+      smooth->backward(seeds.data());
       for (size_t l = 0; l < L; ++l) {
-        const Tensor g = main->gradient(layer_tensors[l]);
-        k.smooth_accumulate(d[l][0], d[l][1], d[l][2], g.f32(), g.numel());
+        const Tensor g = smooth->gradient(layer_tensors[l]);
+        const int64_t per_copy = g.numel() / S;
+        for (int64_t s = 0; s < count; ++s)
+          k.smooth_accumulate(d[l][0], d[l][1], d[l][2], g.f32() + s * per_copy, per_copy);
       }
     }
     // Sums to means: scale every channel by 1/n (the channel-scaling kernel with constant weights).
@@ -733,9 +751,6 @@ struct Explainer::Impl {
       k.upload(inverse_device, inverse.data(), static_cast<size_t>(BK) * sizeof(float));
       for (float* t : d[l]) k.scale(t, t, inverse_device, shape[0], shape[1], shape[2], shape[3]);
     }
-    // Later targets' backward passes read the clean forward's activations again.
-    main->set_input(input_name, x);
-    main->forward();
   }
 };
 
@@ -810,7 +825,7 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
   PlanOptions main_options = plan_options();
   main_options.keep = m.layer_tensors;
   if (m.any_gradient) main_options.grad_targets = m.layer_tensors;
-  main_options.repeat_backward = true;  // several targets / smooth samples reuse one forward's activations
+  main_options.repeat_backward = true;  // several targets reuse one forward's activations
   m.main = std::make_unique<Executor>(graph, shapes, pool, main_options);
   for (int id : m.layer_ids) {
     const Shape& s = m.main->descs()[id].shape;
@@ -859,6 +874,13 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
   };
   const int64_t chunk = options_.chunk > 0 ? options_.chunk : auto_chunk();
   if (m.any_score) m.score = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(chunk), pool, plan_options());
+  if (std::find(options_.methods.begin(), options_.methods.end(), "smooth-gradcampp") != options_.methods.end()) {
+    // As many noisy copies per pass as the extra-forward chunk allows (each copy is `batch` images).
+    m.smooth_per_pass = std::clamp<int64_t>(chunk / batch, 1, options_.smooth_samples);
+    PlanOptions smooth_options = plan_options();
+    smooth_options.grad_targets = m.layer_tensors;
+    m.smooth = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(m.smooth_per_pass * batch), pool, smooth_options);
+  }
   if (m.any_ablation) {
     for (const auto& tensor : m.layer_tensors) {
       PlanOptions tail_options = plan_options();

@@ -35,7 +35,9 @@ struct ExplainOptions {
   bool scorecam_paper = false;   // --scorecam=paper weighting
   int64_t smooth_samples = 8;    // Smooth Grad-CAM++ noisy copies
   uint64_t seed = 0;             // Smooth Grad-CAM++ noise generator
-  int64_t chunk = 0;             // batch of Score-CAM / Ablation-CAM extra forwards; 0: 16 on the CPU, from free memory on the GPU
+  // Images per extra pass: Score-CAM / Ablation-CAM forwards, Smooth Grad-CAM++ noisy copies (chunk / batch
+  // copies of the batch per forward + backward); 0: 16 on the CPU, from free memory on the GPU.
+  int64_t chunk = 0;
   // Plan on the activation-fused graph (engine/fusion.h; the explained layers stay tensors): same values, fewer
   // kernels. false: plan the model's nodes as they are (for comparisons).
   bool fuse_activations = true;
