@@ -36,7 +36,8 @@ struct ExplainOptions {
   int64_t smooth_samples = 8;    // Smooth Grad-CAM++ noisy copies
   uint64_t seed = 0;             // Smooth Grad-CAM++ noise generator
   // Images per extra pass: Score-CAM / Ablation-CAM forwards, Smooth Grad-CAM++ noisy copies (chunk / batch
-  // copies of the batch per forward + backward); 0: 16 on the CPU, from free memory on the GPU.
+  // copies of the batch per forward + backward); 0: from free memory on the GPU; on the CPU 16 forwards and one
+  // noisy copy per pass (faster there: the activations of a bigger batch fall out of cache).
   int64_t chunk = 0;
   // Plan on the activation-fused graph (engine/fusion.h; the explained layers stay tensors): same values, fewer
   // kernels. false: plan the model's nodes as they are (for comparisons).
