@@ -116,6 +116,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     if (keep[id]) last_step[id] = end_step;
   }
   std::vector<bool> needed_by_backward(num_values, false);
+  std::vector<bool> reads_activations(static_cast<size_t>(num_backward), false);  // per backward step
   for (int64_t j = 0; j < num_backward; ++j) {
     const GraphNode& gn = nodes[backward_nodes[j]];
     std::vector<TensorDesc> in_descs;
@@ -129,6 +130,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     auto extend = [&](int id) {
       if (id < 0 || values[id].constant) return;
       needed_by_backward[id] = true;
+      reads_activations[j] = true;
       last_step[id] = std::max(last_step[id], options.repeat_backward ? end_step : backward_step(j));
     };
     for (size_t i = 0; i < gn.inputs.size() && i < needs.inputs.size(); ++i)
@@ -137,6 +139,36 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
       if (needs.outputs[i]) extend(gn.outputs[i]);
   }
   for (size_t id = 0; id < num_values; ++id) stats_.kept_for_backward += needed_by_backward[id] ? 1 : 0;
+
+  // --- Several seeds per backward pass: the shapes of a pass over S seeds are those of the graph at S times the
+  // batch, which is what the gradients are. Only where every tensor the backward touches scales in dim 0 alone
+  // (the batch), so that seed s is one contiguous slice; otherwise one seed per pass.
+  std::vector<TensorDesc> wide_descs = descs_;
+  if (options.seeds_per_backward > 1 && num_backward > 0) {
+    const int64_t S = options.seeds_per_backward;
+    std::map<std::string, Shape> wide_shapes = input_shapes;
+    for (auto& [name, shape] : wide_shapes)
+      if (!shape.empty()) shape[0] *= S;
+    bool batch_major = true;
+    try {
+      wide_descs = graph_.infer(wide_shapes);
+    } catch (const Error&) {  // e.g. a Reshape to a fixed batch: the model only runs at its own batch
+      batch_major = false;
+    }
+    auto scales_with_batch = [&](int id) {
+      if (id < 0 || values[id].constant) return true;
+      const Shape& narrow = descs_[id].shape;
+      const Shape& wide = wide_descs[id].shape;
+      return !narrow.empty() && wide.size() == narrow.size() && wide[0] == narrow[0] * S &&
+             std::equal(narrow.begin() + 1, narrow.end(), wide.begin() + 1);
+    };
+    for (int64_t j = 0; j < num_backward && batch_major; ++j) {
+      for (int id : nodes[backward_nodes[j]].inputs) batch_major = batch_major && scales_with_batch(id);
+      for (int id : nodes[backward_nodes[j]].outputs) batch_major = batch_major && scales_with_batch(id);
+    }
+    if (batch_major) seeds_ = S;
+    else wide_descs = descs_;
+  }
 
   // --- Forward buffers: one per computed value, except in-place outputs that take over their input's buffer.
   buffer_of_value_.assign(num_values, -1);
@@ -191,7 +223,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     if (first < 0) continue;  // nothing contributes (cannot happen for values on a path)
     if (last < first) last = first;
     buffer_of_gradient_[id] = static_cast<int>(buffers_.size());
-    buffers_.push_back(BufferRequest{static_cast<size_t>(checked_numel(descs_[id].shape)) * sizeof(float), first, last});
+    buffers_.push_back(BufferRequest{static_cast<size_t>(checked_numel(wide_descs[id].shape)) * sizeof(float), first, last});
     if (static_cast<int>(id) != seed_value_) backward_steps_[first - num_forward - 1].zero_before.push_back(static_cast<int>(id));
   }
 
@@ -212,19 +244,24 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   context_.device = options.cuda ? Device::CUDA : Device::CPU;
   context_.pool = &pool_;
   context_.cuda = options.cuda;
-  auto input_descs = [&](const GraphNode& gn) {
+  auto input_descs = [&](const GraphNode& gn, const std::vector<TensorDesc>& shapes_of) {
     std::vector<TensorDesc> in;
     for (int id : gn.inputs) {
       TensorDesc d;
-      if (id >= 0) d = descs_[id];
+      if (id >= 0) d = shapes_of[id];
       else d.present = false;
       in.push_back(d);
     }
     return in;
   };
-  for (int n : active) stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(input_descs(nodes[n]), context_));
-  for (int n : backward_nodes)
-    stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->backward_workspace_bytes(input_descs(nodes[n]), context_));
+  for (int n : active)
+    stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(input_descs(nodes[n], descs_), context_));
+  for (int64_t j = 0; j < num_backward; ++j) {  // a step over all seeds at once sees the wide shapes
+    const GraphNode& gn = nodes[backward_nodes[j]];
+    const bool per_seed = seeds_ > 1 && reads_activations[j];
+    stats_.workspace_bytes = std::max(stats_.workspace_bytes,
+                                      gn.op->backward_workspace_bytes(input_descs(gn, per_seed ? descs_ : wide_descs), context_));
+  }
   const size_t workspace_offset = (memory_plan_.arena_bytes + 255) / 256 * 256;
   try {
     arena_ = Arena(workspace_offset + stats_.workspace_bytes, context_.device, options.cuda);
@@ -241,6 +278,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     for (int id : graph_.output_ids())
       if (available[id]) outputs_bytes = std::max(outputs_bytes, value_bytes(id));
     stats_.staging_bytes = std::max(inputs_bytes, outputs_bytes);
+    if (seed_value_ >= 0) stats_.staging_bytes = std::max(stats_.staging_bytes, static_cast<size_t>(seeds_) * value_bytes(seed_value_));
     staging_ = std::unique_ptr<uint8_t, PinnedRelease>(
         static_cast<uint8_t*>(options.cuda->allocate_pinned(stats_.staging_bytes, "input/output staging")),
         PinnedRelease{options.cuda});
@@ -252,6 +290,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   // --- Views and steps.
   views_.resize(num_values);
   gradient_views_.resize(num_values);
+  wide_views_.resize(num_values);
   for (size_t id = 0; id < num_values; ++id) {
     Tensor& view = views_[id];
     view.dtype = descs_[id].dtype;
@@ -262,8 +301,10 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     else if (buffer_of_value_[id] >= 0) view.data = arena_.data() + memory_plan_.offsets[buffer_of_value_[id]];
     if (buffer_of_gradient_[id] >= 0) {
       gradient_views_[id] = Tensor{arena_.data() + memory_plan_.offsets[buffer_of_gradient_[id]], DType::F32,
-                                   descs_[id].shape, context_.device};
+                                   wide_descs[id].shape, context_.device};
     }
+    wide_views_[id] = view;
+    wide_views_[id].shape = wide_descs[id].shape;
   }
   for (int n : active) {
     Step step;
@@ -276,13 +317,33 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     Step& step = backward_steps_[j];
     const int n = backward_nodes[j];
     step.node = n;
+    // Over all seeds at once the op sees every tensor at the wide shapes (their data beyond one seed is never
+    // read: it reads no activation); seed by seed, the forward values as they are and a slice of each gradient.
+    const bool per_seed = seeds_ > 1 && reads_activations[j];
+    std::vector<Tensor>& forward_views = per_seed ? views_ : wide_views_;
     for (int id : nodes[n].inputs) {
-      step.inputs.push_back(id >= 0 ? &views_[id] : nullptr);
+      step.inputs.push_back(id >= 0 ? &forward_views[id] : nullptr);
       step.dinputs.push_back(id >= 0 && flows[id] ? &gradient_views_[id] : nullptr);
     }
     for (int id : nodes[n].outputs) {
-      step.outputs_read.push_back(&views_[id]);
+      step.outputs_read.push_back(&forward_views[id]);
       step.doutputs.push_back(flows[id] ? &gradient_views_[id] : nullptr);
+    }
+    if (!per_seed) continue;
+    auto slice = [&](int id, int64_t s) {
+      if (id < 0 || !flows[id]) return Tensor{};
+      Tensor t = gradient_views_[id];
+      t.shape = descs_[id].shape;
+      t.data = static_cast<uint8_t*>(t.data) + static_cast<size_t>(s * checked_numel(descs_[id].shape)) * sizeof(float);
+      return t;
+    };
+    step.seed_slices.resize(static_cast<size_t>(seeds_));
+    for (int64_t s = 0; s < seeds_; ++s) {
+      Step::SeedSlice& seed = step.seed_slices[s];
+      for (int id : nodes[n].outputs) seed.doutputs.push_back(slice(id, s));
+      for (int id : nodes[n].inputs) seed.dinputs.push_back(slice(id, s));
+      for (size_t i = 0; i < seed.doutputs.size(); ++i) seed.doutput_ptrs.push_back(step.doutputs[i] ? &seed.doutputs[i] : nullptr);
+      for (size_t i = 0; i < seed.dinputs.size(); ++i) seed.dinput_ptrs.push_back(step.dinputs[i] ? &seed.dinputs[i] : nullptr);
     }
   }
 }
@@ -401,8 +462,9 @@ void Executor::run_forward_steps() {
 
 void Executor::backward(const HostTensor& seed, bool guided) {
   CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
-  CAMRT_CHECK(seed.dtype == DType::F32 && seed.shape == descs_[seed_value_].shape,
-              graph_.source_name() << ": backward seed must be F32 " << shape_str(descs_[seed_value_].shape) << ", got "
+  const Shape& seed_shape = gradient_views_[seed_value_].shape;
+  CAMRT_CHECK(seed.dtype == DType::F32 && seed.shape == seed_shape,
+              graph_.source_name() << ": backward seed must be F32 " << shape_str(seed_shape) << ", got "
                                    << dtype_name(seed.dtype) << " " << shape_str(seed.shape));
   backward(seed.f32(), guided);
 }
@@ -436,7 +498,13 @@ void Executor::run_backward_steps() {
       else std::memset(gradient_views_[id].data, 0, gradient_views_[id].nbytes());
     }
     try {
-      nodes[step.node].op->backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
+      const Op& op = *nodes[step.node].op;
+      if (step.seed_slices.empty()) {
+        op.backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
+      } else {
+        for (const Step::SeedSlice& seed : step.seed_slices)
+          op.backward(context_, step.inputs, step.outputs_read, seed.doutput_ptrs, seed.dinput_ptrs);
+      }
     } catch (const Error& e) {
       rethrow_with_node(e, graph_.source_name(), *nodes[step.node].node, " backward");
     }

@@ -29,6 +29,12 @@ struct PlanOptions {
   // backward() will be called more than once per forward (several targets): the forward values the backward
   // reads then stay alive until the end instead of being reused by gradients once read.
   bool repeat_backward = false;
+  // Seeds per backward pass (top-k targets, ...): backward() takes this many seeds stacked along dim 0 of output 0
+  // and computes all their gradients in one pass, the forward values shared; gradient s of a value is rows
+  // [s*n, (s+1)*n) of a (S*n, ...) gradient. Ops whose backward reads no activation (conv backward-data, Gemm,
+  // pooling means, reshapes) run once over all seeds; the others once per seed. Planned only where every tensor
+  // the backward touches has the batch in dim 0; otherwise 1 (seeds_per_backward() says which).
+  int64_t seeds_per_backward = 1;
   // If set, a tensor (or node name) that becomes the plan's only input: only nodes downstream of it run.
   // input_shapes still name the graph inputs (shapes are inferred for the whole graph).
   std::string start_from;
@@ -70,6 +76,8 @@ class Executor {
   const std::vector<BufferRequest>& buffer_requests() const { return buffers_; }
   // The plan's input value ids: the graph inputs, or the start_from tensor.
   const std::vector<int>& input_ids() const { return input_ids_; }
+  // Seeds one backward() call takes (PlanOptions::seeds_per_backward, or 1 where it could not be planned).
+  int64_t seeds_per_backward() const { return seeds_; }
 
   // Copies host data into an input's buffer; shape and dtype must match the plan. On the GPU the copy goes
   // through pinned staging and is queued on the stream (it waits for the previous call's work first).
@@ -79,11 +87,11 @@ class Executor {
   Tensor input(const std::string& name);
   // Runs the planned nodes in order (CPU workers, or queued on the GPU stream without waiting).
   void forward();
-  // Runs the backward pass after forward(): seed (shape of graph output 0) is d(score)/d(output).
-  // guided: Guided Backprop (ReLU backward passes only positive gradients). May be called several times
-  // after one forward (one call per target); kept activations stay intact.
+  // Runs the backward pass after forward(): seed (shape of graph output 0, dim 0 times seeds_per_backward()) is
+  // d(score)/d(output). guided: Guided Backprop (ReLU backward passes only positive gradients). May be called
+  // several times after one forward (one call per group of targets); kept activations stay intact.
   void backward(const HostTensor& seed, bool guided = false);
-  // Same, reading the seed from a float buffer with output 0's element count.
+  // Same, reading the seeds from a float buffer with output 0's element count times seeds_per_backward().
   void backward(const float* seed, bool guided = false);
   // A view of a value after forward(): inputs, graph outputs, constants and kept values. In a GPU plan the
   // view's data is device memory (Tensor::device says so); fetch() copies to the host.
@@ -109,6 +117,14 @@ class Executor {
     std::vector<const Tensor*> doutputs;
     std::vector<Tensor*> dinputs;
     std::vector<int> zero_before;  // gradient value ids to zero-fill before this step
+    // Several seeds per pass, and this op's backward reads activations: one call per seed, on these slices of the
+    // gradients (inputs and outputs_read are then the forward values as they are).
+    struct SeedSlice {
+      std::vector<Tensor> doutputs, dinputs;  // empty Tensor where no gradient flows
+      std::vector<const Tensor*> doutput_ptrs;
+      std::vector<Tensor*> dinput_ptrs;
+    };
+    std::vector<SeedSlice> seed_slices;
   };
 
   const Graph& graph_;
@@ -120,6 +136,7 @@ class Executor {
   std::vector<bool> readable_after_;       // per value id
   std::vector<int> grad_target_ids_;
   int seed_value_ = -1;
+  int64_t seeds_ = 1;
   std::vector<BufferRequest> buffers_;
   MemoryPlan memory_plan_;
   PlanStats stats_;
@@ -146,7 +163,8 @@ class Executor {
   template <typename Steps>
   void run_maybe_captured(Replay& replay, Steps steps);
   std::vector<Tensor> views_;           // per value id
-  std::vector<Tensor> gradient_views_;  // per value id
+  std::vector<Tensor> gradient_views_;  // per value id (dim 0 times seeds_)
+  std::vector<Tensor> wide_views_;      // per value id: views_ with the shapes of a pass over seeds_ seeds
   std::vector<Step> forward_steps_, backward_steps_;
 };
 

@@ -130,3 +130,65 @@ TEST_CASE("gpu models: every CAM method matches the PyTorch reference, determini
     }
   }
 }
+
+TEST_CASE("gpu models: top-k seeds in one backward pass give the single-class maps") {
+  // Three targets' seeds through one backward pass of the main and the Guided Backprop plans (batch 3B in the
+  // ops that read no activation) against one explanation per class. cuDNN may pick another backward-data
+  // algorithm at 3B than at B, so the bound is the GPU golden tests' 1e-4 (maps in [0, 1]; guided maps relative
+  // to their largest value), not bit equality.
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP32);
+  ThreadPool pool(2);
+  const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/mobilenet_v3_small";
+  Graph graph(import_onnx((dir / "model.onnx").string()), "mobilenet_v3_small");
+  const HostTensor x = read_npy((dir / "input.npy").string());
+  ExplainOptions top;
+  top.methods = {"gradcam", "layercam", "guided-backprop", "guided-gradcam"};
+  top.target = "top3";
+  const Explanation ex = Explainer(graph, x.shape[0], top, pool, runtime).run(x);
+  REQUIRE(ex.classes.size() == 3);
+  int compared = 0;
+  for (size_t t = 0; t < 3; ++t) {
+    if (ex.classes[t][0] != ex.classes[t][1]) continue;  // a fixed class applies to every image
+    ExplainOptions one = top;
+    one.target = std::to_string(ex.classes[t][0]);
+    const Explanation single = Explainer(graph, x.shape[0], one, pool, runtime).run(x);
+    for (size_t m = 0; m < top.methods.size(); ++m) {
+      CAPTURE(top.methods[m]);
+      const int64_t per_target = ex.results[m].maps.numel() / 3;
+      const float* slice = ex.results[m].maps.f32() + t * per_target;
+      const float* ref = single.results[m].maps.f32();
+      const bool raw = top.methods[m].rfind("guided", 0) == 0;
+      const double bound = raw ? 1e-4 * max_abs(ref, per_target) : 1e-4;
+      CHECK(max_abs_diff(slice, ref, per_target) <= bound);
+      ++compared;
+    }
+  }
+  CHECK(compared > 0);
+}
+
+TEST_CASE("gpu models: aug-smooth variants batched on the device give the CPU's maps") {
+  // On the GPU the six aug-smooth variants go through the variant plans together (free memory permitting); the
+  // CPU explains them one at a time. fp32, the GPU golden tests' bounds.
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP32);
+  ThreadPool pool(2);
+  const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/mobilenet_v3_small";
+  Graph graph(import_onnx((dir / "model.onnx").string()), "mobilenet_v3_small");
+  const HostTensor x = read_npy((dir / "input.npy").string());
+  ExplainOptions options;
+  options.methods = {"gradcam", "guided-backprop", "scorecam"};
+  options.target = "top2";
+  options.aug_smooth = true;
+  const Explanation gpu = Explainer(graph, x.shape[0], options, pool, runtime).run(x);
+  const Explanation cpu = Explainer(graph, x.shape[0], options, pool).run(x);
+  for (size_t m = 0; m < options.methods.size(); ++m) {
+    CAPTURE(options.methods[m]);
+    const HostTensor& got = gpu.results[m].maps;
+    const HostTensor& ref = cpu.results[m].maps;
+    REQUIRE(got.shape == ref.shape);
+    const bool raw = options.methods[m] == "guided-backprop";
+    const double bound = raw ? 1e-4 * max_abs(ref.f32(), ref.numel()) : options.methods[m] == "scorecam" ? 1e-3 : 1e-4;
+    CHECK(max_abs_diff(got.f32(), ref.f32(), ref.numel()) <= bound);
+  }
+}

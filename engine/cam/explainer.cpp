@@ -21,6 +21,11 @@ namespace camrt {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Aug-smooth's variants (spec post-processing step 5): horizontal flip x brightness factor.
+constexpr int64_t kAugSmoothVariants = 6;
+constexpr bool kAugSmoothFlipped[kAugSmoothVariants] = {false, false, false, true, true, true};
+constexpr float kAugSmoothFactor[kAugSmoothVariants] = {0.9f, 1.0f, 1.1f, 0.9f, 1.0f, 1.1f};
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -273,7 +278,7 @@ struct CamKernels {
 }  // namespace
 
 struct Explainer::Impl {
-  std::unique_ptr<const Graph> planned_graph;  // the graph every plan runs: activation-fused unless disabled
+  std::shared_ptr<const Graph> planned_graph;  // the graph every plan runs: activation-fused unless disabled
   const Graph& graph;
   ThreadPool& pool;
   CamKernels k;
@@ -293,9 +298,23 @@ struct Explainer::Impl {
   // backward of this plan, so the main plan's activations stay those of the clean input.
   std::unique_ptr<Executor> smooth;
   int64_t smooth_per_pass = 1;
+  // Targets (top-k) whose gradients one backward pass computes: the main and guided plans' seeds per backward.
+  int64_t seeds_per_pass = 1;
   std::vector<std::unique_ptr<Executor>> tails;  // per layer, for Ablation-CAM
 
-  Impl(std::unique_ptr<const Graph> g, ThreadPool& p) : planned_graph(std::move(g)), graph(*planned_graph), pool(p) {}
+  // Aug-smooth: the variants explained variants_per_pass at a time as one batch of this plan set (P x B images,
+  // variant p in rows [p*B, (p+1)*B)); null where one variant per pass (then this Impl explains each in turn).
+  std::unique_ptr<Impl> variants;
+  int64_t variants_per_pass = 1;
+  // Images per noise draw of Smooth Grad-CAM++: image i takes the noise of image i mod noise_batch, drawn as a
+  // plan of noise_batch images draws it (the variant plans reproduce the unbatched variants' noise).
+  int64_t noise_batch = 0;
+
+  Impl(std::shared_ptr<const Graph> g, ThreadPool& p) : planned_graph(std::move(g)), graph(*planned_graph), pool(p) {}
+  // Plans every pass the methods need for `batch` images (the Explainer's constructor, and the aug-smooth
+  // variant plans). explained: the layers' tensor names in `graph`.
+  void plan(int64_t batch, const ExplainOptions& requested, const std::vector<std::string>& explained,
+            CudaRuntime* cuda, std::shared_ptr<const DeviceConstants> constants);
 
   // Working buffers on the plan's device, by name: allocated on first use, reused by every later call of the
   // same shapes (the steady state allocates nothing).
@@ -321,11 +340,17 @@ struct Explainer::Impl {
     if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
     return v;
   }
-  // A copy of an executor's value (or gradient) into a named buffer of this device.
-  float* keep_copy(const std::string& name, const Tensor& view) {
-    float* dst = buffer(name, view.numel());
-    k.copy(dst, view.data, view.nbytes());
-    return dst;
+  // The seeds of targets [first, first + count) stacked for one backward pass of a plan taking `per_pass` seeds
+  // (unused slots zero: their gradients are zero and never read).
+  std::vector<float> stacked_seeds(const float* logits, const std::vector<std::vector<int64_t>>& targets, size_t first,
+                                   size_t count, int64_t per_pass) const {
+    const size_t one = static_cast<size_t>(batch * out_per_image);
+    std::vector<float> seeds(static_cast<size_t>(per_pass) * one, 0.f);
+    for (size_t i = 0; i < count; ++i) {
+      const std::vector<float> seed = seed_for(logits, targets[first + i]);
+      std::copy(seed.begin(), seed.end(), seeds.begin() + i * one);
+    }
+    return seeds;
   }
 
   // d(score)/d(output) for target t: one-hot on the logit, or the softmax derivative p_c (delta_cj - p_j).
@@ -621,69 +646,88 @@ struct Explainer::Impl {
     std::vector<const float*> A(L);
     for (size_t l = 0; l < L; ++l) A[l] = main->value(layer_ids[l]).f32();
 
-    for (size_t t = 0; t < T; ++t) {
-      std::vector<const float*> G(L, nullptr);
+    // Guided Backprop: one forward of its own plan (its ReLUs' backward differs, its forward does not).
+    HostTensor guided_logits;
+    if (any_guided) {
+      t0 = Clock::now();
+      guided->set_input(input_name, x);
+      guided->forward();
+      guided_logits = guided->fetch(out_id);
+      timings["guided-backprop"] += ms_since(t0);
+    }
+    // Targets in groups of seeds_per_pass: one backward per group computes the gradients of all its targets.
+    const size_t group = static_cast<size_t>(seeds_per_pass);
+    for (size_t g0 = 0; g0 < T; g0 += group) {
+      const size_t in_group = std::min(group, T - g0);
       if (any_gradient) {
         t0 = Clock::now();
-        main->backward(seed_for(logits.f32(), targets[t]).data());
-        for (size_t l = 0; l < L; ++l) G[l] = keep_copy("G " + std::to_string(l), main->gradient(layer_tensors[l]));
+        main->backward(stacked_seeds(logits.f32(), targets, g0, in_group, main->seeds_per_backward()).data());
         k.wait();
         timings["backward"] += ms_since(t0);
       }
-      // Smooth Grad-CAM++: noisy copies through forward + backward, means of G, G^2, G^3 per layer.
-      std::vector<std::array<float*, 3>> smooth(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
-      if (smoothing) {
-        t0 = Clock::now();
-        smooth_moments(x, targets[t], smooth);
-        k.wait();
-        timings["smooth-gradcampp"] += ms_since(t0);
-      }
-      const float* guided_grad = nullptr;
-      HostTensor guided_host;
       if (any_guided) {
         t0 = Clock::now();
-        guided->set_input(input_name, x);
-        guided->forward();
-        const HostTensor guided_logits = guided->fetch(out_id);
-        guided->backward(seed_for(guided_logits.f32(), targets[t]).data(), /*guided=*/true);
-        guided_grad = keep_copy("guided", guided->gradient(input_name));
-        guided_host = HostTensor(DType::F32, {batch, channels, height, width});
-        k.download(guided_host.bytes.data(), guided_grad, guided_host.bytes.size());
+        guided->backward(stacked_seeds(guided_logits.f32(), targets, g0, in_group, guided->seeds_per_backward()).data(),
+                         /*guided=*/true);
+        k.wait();
         timings["guided-backprop"] += ms_since(t0);
       }
-      for (const std::string& method : options.methods) {
-        if (method == "guided-backprop") {
-          maps[method].push_back(guided_host);
-          continue;
+      for (size_t t = g0; t < g0 + in_group; ++t) {
+        const int64_t seed = static_cast<int64_t>(t - g0);  // the target's slice of the group's gradients
+        std::vector<const float*> G(L, nullptr);
+        if (any_gradient)
+          for (size_t l = 0; l < L; ++l) G[l] = main->gradient(layer_tensors[l]).f32() + seed * checked_numel(layer_shapes[l]);
+        // Smooth Grad-CAM++: noisy copies through forward + backward, means of G, G^2, G^3 per layer.
+        std::vector<std::array<float*, 3>> smooth(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
+        if (smoothing) {
+          t0 = Clock::now();
+          smooth_moments(x, targets[t], smooth);
+          k.wait();
+          timings["smooth-gradcampp"] += ms_since(t0);
         }
-        const std::string map_method = method == "guided-gradcam" ? "gradcam" : method;
-        t0 = Clock::now();
-        const int64_t plane = batch * height * width;
-        float* per_layer = buffer("per layer", static_cast<int64_t>(L) * plane);
-        for (size_t l = 0; l < L; ++l) {
-          const Shape& shape = layer_shapes[l];
-          float* cam = buffer("cam", batch * shape[2] * shape[3]);
-          raw_map(cam, map_method, l, A[l], G[l], targets[t], x, x_device, smooth[l].data());
-          k.postprocess(per_layer + l * plane, cam, batch, shape[2], shape[3], height, width, map_method != "normgrad");
+        const float* guided_grad = nullptr;
+        HostTensor guided_host;
+        if (any_guided) {
+          t0 = Clock::now();
+          guided_grad = guided->gradient(input_name).f32() + seed * batch * channels * height * width;
+          guided_host = HostTensor(DType::F32, {batch, channels, height, width});
+          k.download(guided_host.bytes.data(), guided_grad, guided_host.bytes.size());
+          timings["guided-backprop"] += ms_since(t0);
         }
-        float* final_map = buffer("final", plane);
-        k.aggregate(final_map, per_layer, static_cast<int64_t>(L), batch, height, width);
-        if (method == "guided-gradcam") {
-          float* combined = buffer("guided-gradcam", batch * channels * height * width);
-          k.guided(combined, guided_grad, final_map, batch, channels, height, width);
-          const auto td = Clock::now();
-          HostTensor host(DType::F32, {batch, channels, height, width});
-          k.download(host.bytes.data(), combined, host.bytes.size());
-          maps[method].push_back(std::move(host));
-          timings["download"] += ms_since(td);
-        } else {
-          const auto td = Clock::now();
-          HostTensor host(DType::F32, {batch, height, width});
-          k.download(host.bytes.data(), final_map, host.bytes.size());
-          maps[method].push_back(std::move(host));
-          timings["download"] += ms_since(td);
+        for (const std::string& method : options.methods) {
+          if (method == "guided-backprop") {
+            maps[method].push_back(guided_host);
+            continue;
+          }
+          const std::string map_method = method == "guided-gradcam" ? "gradcam" : method;
+          t0 = Clock::now();
+          const int64_t plane = batch * height * width;
+          float* per_layer = buffer("per layer", static_cast<int64_t>(L) * plane);
+          for (size_t l = 0; l < L; ++l) {
+            const Shape& shape = layer_shapes[l];
+            float* cam = buffer("cam", batch * shape[2] * shape[3]);
+            raw_map(cam, map_method, l, A[l], G[l], targets[t], x, x_device, smooth[l].data());
+            k.postprocess(per_layer + l * plane, cam, batch, shape[2], shape[3], height, width, map_method != "normgrad");
+          }
+          float* final_map = buffer("final", plane);
+          k.aggregate(final_map, per_layer, static_cast<int64_t>(L), batch, height, width);
+          if (method == "guided-gradcam") {
+            float* combined = buffer("guided-gradcam", batch * channels * height * width);
+            k.guided(combined, guided_grad, final_map, batch, channels, height, width);
+            const auto td = Clock::now();
+            HostTensor host(DType::F32, {batch, channels, height, width});
+            k.download(host.bytes.data(), combined, host.bytes.size());
+            maps[method].push_back(std::move(host));
+            timings["download"] += ms_since(td);
+          } else {
+            const auto td = Clock::now();
+            HostTensor host(DType::F32, {batch, height, width});
+            k.download(host.bytes.data(), final_map, host.bytes.size());
+            maps[method].push_back(std::move(host));
+            timings["download"] += ms_since(td);
+          }
+          timings[method] += ms_since(t0);
         }
-        timings[method] += ms_since(t0);
       }
     }
     return maps;
@@ -699,10 +743,13 @@ struct Explainer::Impl {
       }
     }
     const int64_t n = options.smooth_samples, plane = channels * height * width;
+    const int64_t N = noise_batch;
     if (options.smooth_noise)
-      CAMRT_CHECK(options.smooth_noise->shape == (Shape{n, batch, channels, height, width}),
-                  "smooth noise must be " << shape_str({n, batch, channels, height, width}));
-    std::mt19937_64 rng(options.seed);
+      CAMRT_CHECK(options.smooth_noise->shape == (Shape{n, N, channels, height, width}),
+                  "smooth noise must be " << shape_str({n, N, channels, height, width}));
+    // One generator per group of noise_batch images (one per aug-smooth variant in a variant plan, each seeded
+    // alike, as the variants explained one by one would be).
+    std::vector<std::mt19937_64> rngs(static_cast<size_t>(batch / N), std::mt19937_64(options.seed));
     // Passes of S noisy copies: copy s of image b is row s * B + b of the S x B batch. The noise is drawn in the
     // order of (sample, image, pixel), whatever S is, so every S gives the same copies.
     const int64_t S = smooth_per_pass;
@@ -719,7 +766,8 @@ struct Explainer::Impl {
           // sigma = 0.2 * (max x - min x) per image (spec).
           const auto [lo, hi] = std::minmax_element(xb, xb + plane);
           std::normal_distribution<float> normal(0.f, 0.2f * (*hi - *lo));
-          const float* injected = options.smooth_noise ? options.smooth_noise->f32() + ((s0 + s) * batch + b) * plane : nullptr;
+          const float* injected = options.smooth_noise ? options.smooth_noise->f32() + ((s0 + s) * N + b % N) * plane : nullptr;
+          std::mt19937_64& rng = rngs[static_cast<size_t>(b / N)];
           float* row = noisy.f32() + (s * batch + b) * plane;
           for (int64_t i = 0; i < plane; ++i) row[i] = xb[i] + (injected ? injected[i] : normal(rng));
         }
@@ -775,29 +823,63 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
     const int producer = model_graph.values()[id].producer;
     layer_names_.push_back(producer >= 0 ? model_graph.nodes()[producer].node->name : model_graph.values()[id].name);
   }
-  impl_ = std::make_unique<Impl>(options_.fuse_activations ? model_graph.fused(layer_tensors)
-                                                           : std::make_unique<Graph>(model_graph.shared_model(), model_graph.source_name()),
+  impl_ = std::make_unique<Impl>(options_.fuse_activations ? std::shared_ptr<const Graph>(model_graph.fused(layer_tensors))
+                                                           : std::make_shared<Graph>(model_graph.shared_model(), model_graph.source_name()),
                                  pool);
-  Impl& m = *impl_;
-  const Graph& graph = m.graph;
-  m.options = options_;
+  // Every plan runs on the same device and shares one copy of the weights there.
+  std::shared_ptr<const DeviceConstants> constants;
+  if (cuda) constants = std::make_shared<const DeviceConstants>(impl_->graph, *cuda);
+  impl_->plan(batch, options_, layer_tensors, cuda, constants);
+  if (options_.aug_smooth) {
+    // Variants per pass: on the GPU as many of the six as a quarter of the free memory holds at the main plan's
+    // bytes per image (evened out over the passes); on the CPU one unless --chunk says otherwise (a bigger batch's
+    // activations fall out of cache there, as for Smooth Grad-CAM++'s copies).
+    int64_t per_pass = options_.chunk > 0 ? options_.chunk / batch : 1;
+    if (cuda && options_.chunk == 0) {
+      size_t free_bytes = 0, total_bytes = 0;
+      cuda->memory_info(&free_bytes, &total_bytes);
+      const PlanStats& s = impl_->main->stats();
+      const double plan_bytes = std::max(1.0, double(s.arena_bytes + s.workspace_bytes));
+      per_pass = int64_t(double(free_bytes) / 4.0 / plan_bytes);
+    }
+    per_pass = std::clamp<int64_t>(per_pass, 1, kAugSmoothVariants);
+    const int64_t passes = (kAugSmoothVariants + per_pass - 1) / per_pass;
+    per_pass = (kAugSmoothVariants + passes - 1) / passes;
+    impl_->variants_per_pass = per_pass;
+    if (per_pass > 1) {
+      // The variant plans do all the explaining; the main plan only picks the targets from the clean input.
+      impl_->guided.reset();
+      impl_->score.reset();
+      impl_->smooth.reset();
+      impl_->tails.clear();
+      ExplainOptions variant_options = options_;
+      variant_options.aug_smooth = false;
+      impl_->variants = std::make_unique<Impl>(impl_->planned_graph, pool);
+      impl_->variants->noise_batch = batch;
+      impl_->variants->plan(per_pass * batch, variant_options, layer_tensors, cuda, constants);
+    }
+  }
+}
+
+void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const std::vector<std::string>& explained,
+                           CudaRuntime* cuda, std::shared_ptr<const DeviceConstants> constants) {
+  Impl& m = *this;
+  m.options = requested;
+  m.noise_batch = m.noise_batch > 0 ? m.noise_batch : batch;
   m.k.device = cuda ? Device::CUDA : Device::CPU;
   m.k.pool = &pool;
   m.k.cuda = cuda;
-  // Every plan below runs on the same device and shares one copy of the weights there.
-  std::shared_ptr<const DeviceConstants> constants;
-  if (cuda) constants = std::make_shared<const DeviceConstants>(graph, *cuda);
   auto plan_options = [&]() {
     PlanOptions o;
     o.cuda = cuda;
     o.device_constants = constants;
     return o;
   };
-  m.rule = parse_target(options_.target);
-  CAMRT_CHECK(!options_.methods.empty(), "no CAM method given");
+  m.rule = parse_target(options.target);
+  CAMRT_CHECK(!options.methods.empty(), "no CAM method given");
   CAMRT_CHECK(graph.input_ids().size() == 1, graph.source_name() << ": explain needs a model with one input");
-  CAMRT_CHECK(options_.smooth_samples >= 1 && options_.chunk >= 0, "smooth samples must be positive and chunk not negative");
-  for (const auto& method : options_.methods) {
+  CAMRT_CHECK(options.smooth_samples >= 1 && options.chunk >= 0, "smooth samples must be positive and chunk not negative");
+  for (const auto& method : options.methods) {
     const MethodInfo& info = method_info(method);
     m.any_gradient |= info.needs_gradient;
     m.any_guided |= info.guided;
@@ -813,19 +895,28 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
   m.height = in_shape[2];
   m.width = in_shape[3];
 
-  const bool map_methods = std::any_of(options_.methods.begin(), options_.methods.end(),
+  const bool map_methods = std::any_of(options.methods.begin(), options.methods.end(),
                                        [](const std::string& s) { return s != "guided-backprop"; });
-  for (const auto& tensor : layer_tensors) {
+  for (const auto& tensor : explained) {
     const int id = graph.find_value(tensor);
     CAMRT_CHECK(id >= 0, graph.source_name() << ": layer tensor '" << tensor << "' vanished from the planned graph");
     m.layer_ids.push_back(id);
     m.layer_tensors.push_back(tensor);
   }
 
+  // Top-k: the gradients of all k targets from one backward pass over k stacked seeds (engine/executor.h), at
+  // most kMaxSeedsPerPass at a time: the gradient buffers grow with it.
+  if (m.rule.kind == TargetRule::TopK) {
+    constexpr int64_t kMaxSeedsPerPass = 16;
+    const Shape& out = graph.infer(shapes)[graph.output_ids()[0]].shape;
+    const int64_t classes = out.size() >= 2 ? out[1] : 1;
+    m.seeds_per_pass = std::clamp<int64_t>(std::min(m.rule.value, classes), 1, kMaxSeedsPerPass);
+  }
   PlanOptions main_options = plan_options();
   main_options.keep = m.layer_tensors;
   if (m.any_gradient) main_options.grad_targets = m.layer_tensors;
-  main_options.repeat_backward = true;  // several targets reuse one forward's activations
+  main_options.repeat_backward = true;  // several target groups reuse one forward's activations
+  main_options.seeds_per_backward = m.seeds_per_pass;
   m.main = std::make_unique<Executor>(graph, shapes, pool, main_options);
   for (int id : m.layer_ids) {
     const Shape& s = m.main->descs()[id].shape;
@@ -842,20 +933,25 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
   m.out_per_image = checked_numel(out_shape) / batch;
   m.out_spatial = m.out_per_image / m.classes;
   if (region) {
-    CAMRT_CHECK(options_.region_mask && options_.region_mask->dtype == DType::F32 && options_.region_mask->numel() == m.out_spatial,
+    CAMRT_CHECK(options.region_mask && options.region_mask->dtype == DType::F32 && options.region_mask->numel() == m.out_spatial,
                 "--target region needs a float32 mask with " << m.out_spatial << " values (the output's spatial size "
                                                              << shape_str(Shape(out_shape.begin() + 2, out_shape.end())) << ")");
   }
   if (similarity) {
-    CAMRT_CHECK(options_.concept_vector && options_.concept_vector->dtype == DType::F32 && options_.concept_vector->numel() == m.out_per_image,
+    CAMRT_CHECK(options.concept_vector && options.concept_vector->dtype == DType::F32 && options.concept_vector->numel() == m.out_per_image,
                 "--target similarity needs a float32 concept vector with " << m.out_per_image << " values (the embedding size)");
   }
-  CAMRT_CHECK(!options_.scorecam_paper || (!region && !similarity), "--scorecam paper needs a classification output");
+  CAMRT_CHECK(!options.scorecam_paper || (!region && !similarity), "--scorecam paper needs a classification output");
   if (m.any_guided) {
     PlanOptions guided_options = plan_options();
     guided_options.grad_targets = {m.input_name};
+    guided_options.repeat_backward = true;
+    guided_options.seeds_per_backward = m.seeds_per_pass;
     m.guided = std::make_unique<Executor>(graph, shapes, pool, guided_options);
   }
+  // A plan falls back to one seed per pass where the model's tensors do not all carry the batch in dim 0.
+  if (m.any_gradient) m.seeds_per_pass = std::min(m.seeds_per_pass, m.main->seeds_per_backward());
+  if (m.any_guided) m.seeds_per_pass = std::min(m.seeds_per_pass, m.guided->seeds_per_backward());
   // Score-CAM / Ablation-CAM push K images (or activations) per image through extra forwards. On the GPU the
   // batch of those forwards is what a quarter of the free memory holds, priced at the main plan's bytes per image
   // (forward and backward: an overestimate for a forward), capped at 256 and evened out so no chunk runs mostly
@@ -872,15 +968,15 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
     const int64_t chunks = (K + fits - 1) / fits;
     return (K + chunks - 1) / chunks;
   };
-  const int64_t chunk = options_.chunk > 0 ? options_.chunk : auto_chunk();
+  const int64_t chunk = options.chunk > 0 ? options.chunk : auto_chunk();
   if (m.any_score) m.score = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(chunk), pool, plan_options());
-  if (std::find(options_.methods.begin(), options_.methods.end(), "smooth-gradcampp") != options_.methods.end()) {
+  if (std::find(options.methods.begin(), options.methods.end(), "smooth-gradcampp") != options.methods.end()) {
     // As many noisy copies per pass as the extra-forward chunk allows (each copy is `batch` images): on the GPU,
     // where one launch-bound pass costs about what eight do. On the CPU one copy at a time unless --chunk says
     // otherwise: there the batch-8 plan's activations fall out of cache (ResNet-50, one image, 8 copies, 2 threads,
     // `camrt explain --method smooth-gradcampp --chunk 8` vs the default: 533-552 ms against 413-461 ms, measured).
-    const int64_t copies = options_.chunk > 0 || cuda ? chunk / batch : 1;
-    m.smooth_per_pass = std::clamp<int64_t>(copies, 1, options_.smooth_samples);
+    const int64_t copies = options.chunk > 0 || cuda ? chunk / batch : 1;
+    m.smooth_per_pass = std::clamp<int64_t>(copies, 1, options.smooth_samples);
     PlanOptions smooth_options = plan_options();
     smooth_options.grad_targets = m.layer_tensors;
     m.smooth = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(m.smooth_per_pass * batch), pool, smooth_options);
@@ -952,30 +1048,43 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
     return result;
   }
   // Aug-smooth (spec step 5): horizontal flip x {0.9, 1.0, 1.1}; maps flipped back, averaged, not renormalized.
-  const int64_t W = m.width, rows = input.numel() / W;
-  auto flip = [&](HostTensor& t) {
-    const int64_t w = t.shape.back(), n = t.numel() / w;
-    for (int64_t r = 0; r < n; ++r) std::reverse(t.f32() + r * w, t.f32() + (r + 1) * w);
+  // P variants per pass: one batch of the variant plans (variant p of a pass in rows [p*B, (p+1)*B)), or with P = 1
+  // one variant at a time through the main plans.
+  Impl& runner = m.variants ? *m.variants : m;
+  const int64_t P = m.variants ? m.variants_per_pass : 1, B = m.batch, W = m.width;
+  const int64_t image = input.numel() / B;
+  auto flip_rows = [W](float* data, int64_t count) {  // reverses every row of W values
+    for (int64_t r = 0; r < count / W; ++r) std::reverse(data + r * W, data + (r + 1) * W);
   };
+  HostTensor x(DType::F32, {P * B, m.channels, m.height, W});
+  std::vector<std::vector<int64_t>> targets(result.classes.size());
+  for (size_t t = 0; t < targets.size(); ++t)
+    for (int64_t p = 0; p < P; ++p) targets[t].insert(targets[t].end(), result.classes[t].begin(), result.classes[t].end());
   std::map<std::string, std::vector<HostTensor>> sums;
-  int variants = 0;
-  for (bool flipped : {false, true}) {
-    for (float factor : {0.9f, 1.0f, 1.1f}) {
-      HostTensor x = input;
-      for (int64_t i = 0; i < rows * W; ++i) x.f32()[i] *= factor;
-      if (flipped) flip(x);
-      auto maps = m.run_once(x, result.classes, result.timings_ms, /*forwarded=*/false);
-      for (auto& [method, per_target] : maps) {
-        auto& acc = sums[method];
-        for (size_t t = 0; t < per_target.size(); ++t) {
-          if (flipped) flip(per_target[t]);
-          if (acc.size() <= t) acc.push_back(HostTensor(DType::F32, per_target[t].shape));
-          for (int64_t i = 0; i < acc[t].numel(); ++i) acc[t].f32()[i] += per_target[t].f32()[i];
+  for (int64_t v0 = 0; v0 < kAugSmoothVariants; v0 += P) {  // P divides the variant count (see the constructor)
+    for (int64_t p = 0; p < P; ++p) {
+      float* rows = x.f32() + p * B * image;
+      for (int64_t i = 0; i < B * image; ++i) rows[i] = input.f32()[i] * kAugSmoothFactor[v0 + p];
+      if (kAugSmoothFlipped[v0 + p]) flip_rows(rows, B * image);
+    }
+    auto maps = runner.run_once(x, targets, result.timings_ms, /*forwarded=*/false);
+    for (auto& [method, per_target] : maps) {
+      auto& acc = sums[method];
+      for (size_t t = 0; t < per_target.size(); ++t) {
+        HostTensor& pass = per_target[t];  // (P*B, ...) maps of this pass
+        Shape one_variant = pass.shape;
+        one_variant[0] = B;
+        if (acc.size() <= t) acc.push_back(HostTensor(DType::F32, one_variant));
+        const int64_t n = acc[t].numel();
+        for (int64_t p = 0; p < P; ++p) {
+          float* variant_map = pass.f32() + p * n;
+          if (kAugSmoothFlipped[v0 + p]) flip_rows(variant_map, n);
+          for (int64_t i = 0; i < n; ++i) acc[t].f32()[i] += variant_map[i];
         }
       }
-      ++variants;
     }
   }
+  const int variants = static_cast<int>(kAugSmoothVariants);
   for (const auto& method : options_.methods) {
     auto& per_target = sums.at(method);
     Shape shape = per_target[0].shape;
