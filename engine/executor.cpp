@@ -480,6 +480,16 @@ void Executor::backward(const float* seed, bool guided) {
   } else {
     std::memcpy(d_output.data, seed, d_output.nbytes());
   }
+  backward_from_seed(guided);
+}
+
+Tensor Executor::seed_buffer() const {
+  CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
+  return gradient_views_[seed_value_];
+}
+
+void Executor::backward_from_seed(bool guided) {
+  CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
   // Reset however the pass ends (an Error or std::bad_alloc from an op): later passes are plain again.
   struct GuidedScope {
     Context& context;

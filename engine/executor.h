@@ -93,6 +93,10 @@ class Executor {
   void backward(const HostTensor& seed, bool guided = false);
   // Same, reading the seeds from a float buffer with output 0's element count times seeds_per_backward().
   void backward(const float* seed, bool guided = false);
+  // The seed's buffer (on the plan's device), to be written in place, e.g. by a kernel reading the logits; then
+  // backward_from_seed() runs the pass on it without a host copy (so a caller can capture the whole thing).
+  Tensor seed_buffer() const;
+  void backward_from_seed(bool guided = false);
   // A view of a value after forward(): inputs, graph outputs, constants and kept values. In a GPU plan the
   // view's data is device memory (Tensor::device says so); fetch() copies to the host.
   Tensor value(const std::string& tensor_name) const;

@@ -759,3 +759,49 @@ TEST_CASE("guided_gradcam broadcasts the map over the input channels") {
       for (int64_t i = 0; i < H * W; ++i)
         REQUIRE(out[(b * C + c) * H * W + i] == guided[(b * C + c) * H * W + i] * cam[b * H * W + i]);
 }
+
+TEST_CASE("rank_targets: descending logits, ties to the lower class, -inf then NaN last; a fixed class") {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  // Image 0: ties (2.0 at classes 1 and 3); image 1: NaN and -inf among numbers.
+  const VecF logits = {0.5f, 2.f, -1.f, 2.f, 1.f, /**/ nan, -inf, 3.f, nan, -2.f};
+  const int64_t B = 2, C = 5, T = 5;
+  std::vector<int64_t> classes(static_cast<size_t>(T * B), -7);
+  rank_targets(classes.data(), logits.data(), B, C, T, -1);
+  const std::vector<int64_t> image0 = {1, 3, 4, 0, 2}, image1 = {2, 4, 1, 0, 3};
+  for (int64_t t = 0; t < T; ++t) {
+    CHECK(classes[t * B + 0] == image0[t]);
+    CHECK(classes[t * B + 1] == image1[t]);
+  }
+  rank_targets(classes.data(), logits.data(), B, C, 1, 4);
+  CHECK(classes[0] == 4);
+  CHECK(classes[1] == 4);
+  CHECK_THROWS_AS(rank_targets(classes.data(), logits.data(), B, C, 1, 5), Error);  // class 5 of 5
+  CHECK_THROWS_AS(rank_targets(classes.data(), logits.data(), B, C, 6, -1), Error);  // more targets than classes
+}
+
+TEST_CASE("target_seeds: one-hot logits, the softmax derivative in double, zero unused slots") {
+  const int64_t B = 2, C = 4, S = 3;
+  const VecF logits = {1.f, -2.f, 0.5f, 3.f, /**/ 10.f, 10.f, -5.f, 0.f};
+  const std::vector<int64_t> classes = {3, 0, /**/ 1, 2};  // (T = 2, B)
+  VecF seeds(static_cast<size_t>(S * B * C), 9.f);
+  target_seeds(seeds.data(), classes.data(), logits.data(), B, C, 0, 2, S, false);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < C; ++j)
+        CHECK(seeds[(s * B + b) * C + j] == (s < 2 && j == classes[s * B + b] ? 1.f : 0.f));
+  // Softmax: d p_c / d z_j = p_c (delta_cj - p_j); target 1 only (first = 1, count = 1), slots 1 and 2 zero.
+  target_seeds(seeds.data(), classes.data(), logits.data(), B, C, 1, 1, S, true);
+  for (int64_t b = 0; b < B; ++b) {
+    const float* z = logits.data() + b * C;
+    double sum = 0;
+    VecD p(C);
+    for (int64_t j = 0; j < C; ++j) sum += p[j] = std::exp(double(z[j]));
+    for (auto& v : p) v /= sum;
+    const int64_t c = classes[B + b];
+    for (int64_t j = 0; j < C; ++j) {
+      CHECK(std::abs(seeds[b * C + j] - p[c] * ((j == c) - p[j])) <= 1e-7);
+      CHECK(seeds[(B + b) * C + j] == 0.f);
+      CHECK(seeds[(2 * B + b) * C + j] == 0.f);
+    }
+  }
+}

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -677,6 +678,52 @@ TEST_CASE("gpu cam: Ablation-CAM helpers (values, ablated copies on the device, 
     const VecF w0 = download<float>(rt, dw, w.size());
     CHECK(std::all_of(w0.begin(), w0.begin() + d.K, [](float v) { return std::isnan(v); }));
     if (d.B > 1) CHECK(std::isfinite(w0[d.K]));
+  }
+#endif
+}
+
+TEST_CASE("gpu cam: targets ranked and seeded on the device (ties, NaN, -inf, fixed class, softmax)") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+#ifdef CAMRT_WITH_CUDA
+  CudaRuntime& rt = *runtime;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t C : {5, 1000}) {
+    const int64_t B = 3, T = std::min<int64_t>(C, 7), S = 4;
+    VecF logits = random_vector(static_cast<size_t>(B * C), 1700 + uint32_t(C), -3.f, 3.f);
+    logits[1] = logits[3] = 5.f;           // a tie at the top of image 0
+    logits[C + 0] = nan;                   // image 1: NaN, -inf
+    logits[C + 2] = -inf;
+    for (int64_t j = 0; j < C; ++j) logits[2 * C + j] = 0.25f;  // image 2: all equal
+    const std::string what = "C=" + std::to_string(C);
+    const DeviceBuffer dlogits = upload(rt, logits);
+    for (int64_t fixed : {int64_t(-1), C - 1}) {
+      const int64_t targets = fixed >= 0 ? 1 : T;
+      std::vector<int64_t> cpu(static_cast<size_t>(targets * B));
+      rank_targets(cpu.data(), logits.data(), B, C, targets, fixed);
+      DeviceBuffer dclasses = device_buffer(rt, cpu.size() * sizeof(int64_t));
+      auto* classes = reinterpret_cast<int64_t*>(dclasses.data());
+      cuda::rank_targets(classes, f32(dlogits), B, C, targets, fixed, rt.stream());
+      CHECK_MESSAGE(download<int64_t>(rt, dclasses, cpu.size()) == cpu, "rank_targets " << what << " fixed " << fixed);
+      for (bool softmax : {false, true}) {
+        const int64_t first = targets > 1 ? 1 : 0, count = std::min<int64_t>(targets - first, S - 1);
+        VecF expected(static_cast<size_t>(S * B * C));
+        target_seeds(expected.data(), cpu.data(), logits.data(), B, C, first, count, S, softmax);
+        DeviceBuffer dseeds = device_buffer(rt, expected.size() * sizeof(float));
+        cuda::target_seeds(f32(dseeds), classes, f32(dlogits), B, C, first, count, S, softmax, rt.stream());
+        const VecF got = download<float>(rt, dseeds, expected.size());
+        if (!softmax) {
+          check_bits(got, expected, "one-hot seeds " + what);
+          continue;
+        }
+        // Image 1's NaN logit makes its softmax NaN on both devices; compare the other images' rows.
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t b : {0, 2}) {
+            const size_t row = static_cast<size_t>((s * B + b) * C);
+            const VecF g(got.begin() + row, got.begin() + row + C), e(expected.begin() + row, expected.begin() + row + C);
+            check_rel(g, e, 1e-6, "softmax seeds " + what, 1e-12);  // double math, float results: an ulp or two
+          }
+      }
+    }
   }
 #endif
 }

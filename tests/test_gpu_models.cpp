@@ -192,3 +192,46 @@ TEST_CASE("gpu models: aug-smooth variants batched on the device give the CPU's 
     CHECK(max_abs_diff(got.f32(), ref.f32(), ref.numel()) <= bound);
   }
 }
+
+TEST_CASE("gpu models: the whole explain pass in one CUDA graph replays the eager pass bit for bit") {
+  // Methods that decide nothing on the host: the pass (forward, device-ranked top-2 targets, one backward for
+  // both, Guided Backprop, every map normalized and upsampled) runs eagerly on the first call, is captured on the
+  // second and replayed on the third. All three bit-identical, no allocation after the first, and the CPU's
+  // maps within the GPU golden tests' bounds.
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP32);
+  ThreadPool pool(2);
+  const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/resnet18";
+  Graph graph(import_onnx((dir / "model.onnx").string()), "resnet18");
+  const HostTensor x = read_npy((dir / "input.npy").string());
+  ExplainOptions options;
+  options.methods = {"gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "normgrad", "eigencam",
+                     "eigengradcam", "cam", "guided-backprop", "guided-gradcam"};
+  for (const char* target : {"top2", "softmax"}) {  // two targets in one backward; device-side softmax seeds
+    CAPTURE(target);
+    options.target = target;
+    Explainer explainer(graph, x.shape[0], options, pool, runtime);
+    const Explanation eager = explainer.run(x);
+    const int64_t device_allocations = runtime->device_allocations(), host_allocations = runtime->host_allocations();
+    const Explanation captured = explainer.run(x);
+    const Explanation replayed = explainer.run(x);
+    CHECK(runtime->device_allocations() == device_allocations);
+    CHECK(runtime->host_allocations() == host_allocations);
+    CHECK(eager.timings_ms.count("pass") == 0);
+    CHECK(replayed.timings_ms.count("pass") == 1);  // the replay ran as one graph
+    const Explanation cpu = Explainer(graph, x.shape[0], options, pool).run(x);
+    CHECK(eager.classes == cpu.classes);
+    for (size_t m = 0; m < options.methods.size(); ++m) {
+      CAPTURE(options.methods[m]);
+      const HostTensor& a = eager.results[m].maps;
+      CHECK(std::memcmp(a.bytes.data(), captured.results[m].maps.bytes.data(), a.bytes.size()) == 0);
+      CHECK(std::memcmp(a.bytes.data(), replayed.results[m].maps.bytes.data(), a.bytes.size()) == 0);
+      const HostTensor& ref = cpu.results[m].maps;
+      REQUIRE(a.shape == ref.shape);
+      const bool raw = options.methods[m].rfind("guided", 0) == 0;
+      const bool loose = options.methods[m] == "gradcampp";
+      const double bound = raw ? 1e-4 * max_abs(ref.f32(), ref.numel()) : loose ? 1e-3 : 1e-4;
+      CHECK(max_abs_diff(a.f32(), ref.f32(), ref.numel()) <= bound);
+    }
+  }
+}

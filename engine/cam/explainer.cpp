@@ -247,6 +247,15 @@ struct CamKernels {
   void tanh_scale(float* maps, int64_t count, int64_t hw) const {
     CAMRT_CAM_DISPATCH(layercam_tanh_scale(maps, count, hw, *pool), layercam_tanh_scale(maps, count, hw, stream()));
   }
+  void rank(int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t T, int64_t fixed_class) const {
+    CAMRT_CAM_DISPATCH(rank_targets(classes, logits, B, C, T, fixed_class),
+                       rank_targets(classes, logits, B, C, T, fixed_class, stream()));
+  }
+  void seeds(float* seeds, const int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t first,
+             int64_t count, int64_t S, bool softmax) const {
+    CAMRT_CAM_DISPATCH(target_seeds(seeds, classes, logits, B, C, first, count, S, softmax),
+                       target_seeds(seeds, classes, logits, B, C, first, count, S, softmax, stream()));
+  }
   void guided(float* out, const float* g, const float* cam, int64_t B, int64_t C, int64_t H, int64_t W) const {
     CAMRT_CAM_DISPATCH(guided_gradcam(out, g, cam, B, C, H, W, *pool), guided_gradcam(out, g, cam, B, C, H, W, stream()));
   }
@@ -353,8 +362,10 @@ struct Explainer::Impl {
     return seeds;
   }
 
-  // d(score)/d(output) for target t: one-hot on the logit, or the softmax derivative p_c (delta_cj - p_j).
+  // d(score)/d(output) of a region or similarity target, made on the host (logit and softmax targets: the
+  // target_seeds kernel, on the device).
   std::vector<float> seed_for(const float* logits, const std::vector<int64_t>& cls) const {
+    CAMRT_CHECK(rule.kind == TargetRule::Region || rule.kind == TargetRule::Similarity, "seed_for: a device-seeded target");
     std::vector<float> seed(static_cast<size_t>(batch * out_per_image), 0.f);
     for (int64_t b = 0; b < batch; ++b) {
       const float* z = logits + b * out_per_image;
@@ -370,14 +381,7 @@ struct Explainer::Impl {
         for (int64_t j = 0; j < out_per_image; ++j) ee += double(z[j]) * z[j], vv += double(v[j]) * v[j], ev += double(z[j]) * v[j];
         const double ne = std::sqrt(ee), nv = std::sqrt(vv), cosine = ev / (ne * nv);
         for (int64_t j = 0; j < out_per_image; ++j) s[j] = static_cast<float>(v[j] / (ne * nv) - cosine * z[j] / ee);
-        continue;
       }
-      if (!rule.softmax) {
-        s[cls[b]] = 1.f;
-        continue;
-      }
-      const std::vector<double> p = softmax(z);
-      for (int64_t j = 0; j < classes; ++j) s[j] = static_cast<float>(p[cls[b]] * ((j == cls[b]) - p[j]));
     }
     return seed;
   }
@@ -409,36 +413,13 @@ struct Explainer::Impl {
     return static_cast<float>(softmax(z)[c]);
   }
 
-  std::vector<std::vector<int64_t>> resolve_targets(const float* logits) const {
-    std::vector<std::vector<int64_t>> targets;
-    const int64_t count = rule.kind == TargetRule::TopK ? std::min(rule.value, classes) : 1;
-    targets.assign(static_cast<size_t>(count), std::vector<int64_t>(static_cast<size_t>(batch)));
-    if (rule.kind == TargetRule::Region || rule.kind == TargetRule::Similarity) {
-      CAMRT_CHECK(rule.value < classes, "--target region class " << rule.value << " is out of range: the output has " << classes << " channels");
-      for (auto& t : targets) std::fill(t.begin(), t.end(), rule.value);
-      return targets;
-    }
-    for (int64_t b = 0; b < batch; ++b) {
-      const float* z = logits + b * classes;
-      std::vector<int64_t> order(static_cast<size_t>(classes));
-      for (int64_t j = 0; j < classes; ++j) order[j] = j;
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return z[a] > z[c]; });
-      for (int64_t t = 0; t < count; ++t) {
-        int64_t c = order[t];
-        if (rule.kind == TargetRule::Class) {
-          CAMRT_CHECK(rule.value < classes, "--target class " << rule.value << " is out of range: the model has " << classes << " classes");
-          c = rule.value;
-        }
-        targets[t][b] = c;
-      }
-    }
-    return targets;
-  }
-
   // Per layer and target: raw maps (B, h, w) of one method before post-processing, on the plan's device.
   // A, G: the layer's activation and gradient (B, K, h, w); x: the input on the device; smooth: D1..D3 means.
+  // cls_device: the targets (B) on the device; cls_host: the same on the host, where the pass made host copies
+  // (only methods that decide on the host read it).
   void raw_map(float* cam, const std::string& method, size_t layer, const float* A, const float* G,
-               const std::vector<int64_t>& cls, const HostTensor& x, const float* x_device, float* const* smooth) {
+               const int64_t* cls_device, const std::vector<int64_t>* cls_host, const float* x_device,
+               float* const* smooth) {
     const Shape& shape = layer_shapes[layer];
     const int64_t B = batch, K = shape[1], h = shape[2], w = shape[3];
     float* weights = buffer("weights", B * K);
@@ -479,32 +460,38 @@ struct Explainer::Impl {
       project(product);
     } else if (method == "cam") {
       const HostTensor& fc = fc_weight_for(layer, K);
-      if (options.eigen_smooth) {
+      if (options.eigen_smooth) {  // the targets' fc rows as channel weights (a pass with host copies)
         std::vector<float>& host = host_buffer("weights", B * K);
         for (int64_t b = 0; b < B; ++b)
-          for (int64_t c = 0; c < K; ++c) host[b * K + c] = fc.f32()[cls[b] * K + c];
+          for (int64_t c = 0; c < K; ++c) host[b * K + c] = fc.f32()[(*cls_host)[b] * K + c];
         k.upload(weights, host.data(), static_cast<size_t>(B * K) * sizeof(float));
         from_channel_weights();
       } else {
-        for (int64_t c : cls)
-          CAMRT_CHECK(c >= 0 && c < fc.shape[0], "CAM: class " << c << " is out of range (" << fc.shape[0] << " classes)");
+        // The fc weights go up once, on the first (never captured) pass; the classes are the pass's own.
         float* fc_device = buffer("fc " + std::to_string(layer), fc.numel());
-        int64_t* cls_device = buffer<int64_t>("classes", B);
-        k.upload(fc_device, fc.f32(), fc.bytes.size());
-        k.upload(cls_device, cls.data(), cls.size() * sizeof(int64_t));
+        if (fc_uploaded.insert(layer).second) {
+          try {
+            k.upload(fc_device, fc.f32(), fc.bytes.size());
+          } catch (...) {
+            fc_uploaded.erase(layer);
+            throw;
+          }
+        }
         k.cam(cam, fc_device, cls_device, A, B, K, h, w, fc.shape[0]);
       }
     } else if (method == "scorecam") {
-      scorecam(weights, layer, A, cls, x, x_device);
+      scorecam(weights, layer, A, *cls_host, x_device);
       from_channel_weights();
     } else if (method == "ablationcam") {
-      ablationcam(weights, layer, A, cls);
+      ablationcam(weights, layer, A, *cls_host);
       from_channel_weights();
     } else {
       CAMRT_FAIL("method '" << method << "' has no map of its own");
     }
     if (method == "layercam" && options.layercam_tanh) k.tanh_scale(cam, B, h * w);
   }
+
+  std::set<size_t> fc_uploaded;  // layers whose fc weights are in their device buffer
 
   // CAM applies only to layer -> global average pool -> (flatten) -> one fully connected layer.
   std::map<size_t, HostTensor> fc_cache;
@@ -543,9 +530,7 @@ struct Explainer::Impl {
 
   // Score-CAM channel weights: masks and masked inputs made on the device, pushed through the score plan in
   // chunks; only the chunk's outputs come back to the host to be scored.
-  void scorecam(float* weights, size_t layer, const float* A, const std::vector<int64_t>& cls, const HostTensor& x,
-                const float* x_device) {
-    (void)x;
+  void scorecam(float* weights, size_t layer, const float* A, const std::vector<int64_t>& cls, const float* x_device) {
     const Shape& shape = layer_shapes[layer];
     const int64_t K = shape[1], h = shape[2], w = shape[3];
     const int64_t plane = channels * height * width;
@@ -612,65 +597,110 @@ struct Explainer::Impl {
     k.upload(weights, host_weights.data(), static_cast<size_t>(batch * K) * sizeof(float));
   }
 
+  // Host copies of the logits and targets of the last pass, for methods that decide on the host (Score-CAM and
+  // Ablation-CAM score chunk outputs, Smooth Grad-CAM++ seeds its noisy copies, region/similarity seeds).
+  std::vector<float> host_logits;
+  std::vector<std::vector<int64_t>> host_targets;
   const float* last_logits = nullptr;
 
-  // The whole pipeline for one input (one aug-smooth variant): maps[method][t] (B, H, W) or (B, C, H, W), on
-  // the host. Everything between the forward pass and these maps stays on the plan's device.
-  std::map<std::string, std::vector<HostTensor>> run_once(const HostTensor& x, const std::vector<std::vector<int64_t>>& targets,
-                                                          std::map<std::string, double>& timings, bool forwarded) {
-    const size_t T = targets.size(), L = layer_ids.size();
-    std::map<std::string, std::vector<HostTensor>> maps;
-    auto t0 = Clock::now();
-    if (!forwarded) {
-      main->set_input(input_name, x);
-      k.wait();
-      timings["upload"] += ms_since(t0);
-      t0 = Clock::now();
-      main->forward();
-      k.wait();
-      timings["forward"] += ms_since(t0);
+  // Plan-time facts of the pass: how many targets, whether they are ranked on the device from the logits, and
+  // whether anything in the pass needs the host (then it is never captured).
+  int64_t target_count = 1;
+  bool device_targets = true;
+  bool host_decisions = false;
+  // The whole pass (forward, targets, backward, every method's map) in one CUDA graph: captured on the second
+  // run, replayed after. The plans inside then run eagerly (their own graphs off).
+  bool capture_pass = false;
+  bool capturing = false;
+  std::unique_ptr<StreamGraph> pass_graph;
+  int64_t pass_runs = 0;
+  bool pass_failed = false;
+
+  // Adds the time since t0 to a stage, waiting for the device first; inside a capture nothing runs yet, so
+  // stages are not timed there (a replayed pass is timed as "pass").
+  void lap(std::map<std::string, double>& timings, const char* stage, Clock::time_point& t0) {
+    if (capturing) return;
+    k.wait();
+    timings[stage] += ms_since(t0);
+    t0 = Clock::now();
+  }
+
+  int64_t* classes_buffer() { return buffer<int64_t>("classes", target_count * batch); }
+  float* final_buffer(const std::string& method, size_t t) {
+    const bool with_channels = method == "guided-backprop" || method == "guided-gradcam";
+    return buffer("final " + method + " " + std::to_string(t), batch * (with_channels ? channels : 1) * height * width);
+  }
+
+  // The main plan's forward pass and the targets in classes_buffer(): ranked from the logits on the device, or
+  // the rule's class (region, similarity); given_targets: already there.
+  void forward_and_targets(bool given_targets) {
+    main->forward();
+    if (given_targets) return;
+    int64_t* targets = classes_buffer();
+    if (device_targets) {
+      k.rank(targets, main->value(graph.output_ids()[0]).f32(), batch, classes, target_count,
+             rule.kind == TargetRule::Class ? rule.value : -1);
+    } else {
+      std::vector<int64_t> fixed(static_cast<size_t>(target_count * batch), rule.value);
+      k.upload(targets, fixed.data(), fixed.size() * sizeof(int64_t));
     }
+  }
+
+  // One explanation of the input already in the main plan's input buffer: forward, targets, backward(s), and every
+  // method's map in its final buffer on the device (collect() copies them back). given_targets: the targets are
+  // already in classes_buffer() (aug-smooth variants explain the clean input's targets); else they are ranked
+  // from the logits, or set from the rule. Everything is queued on the plan's device; with host_decisions false
+  // nothing here waits for it, so run_pass can capture it.
+  void enqueue_pass(const HostTensor& x, bool given_targets, std::map<std::string, double>& timings) {
+    const size_t T = static_cast<size_t>(target_count), L = layer_ids.size();
     const int out_id = graph.output_ids()[0];
-    HostTensor logits = main->fetch(out_id);
-    last_logits = logits.f32();
-    const float* x_device = x.f32();
-    if (k.gpu() && any_score) {
-      t0 = Clock::now();
-      float* copy = buffer("input", x.numel());
-      k.upload(copy, x.f32(), x.bytes.size());
-      x_device = copy;
-      timings["upload"] += ms_since(t0);
+    auto t0 = Clock::now();
+    forward_and_targets(given_targets);
+    lap(timings, "forward", t0);
+    int64_t* targets = classes_buffer();
+    if (host_decisions) {
+      host_logits.resize(static_cast<size_t>(batch * out_per_image));
+      main->fetch(out_id, host_logits.data());
+      last_logits = host_logits.data();
+      std::vector<int64_t> flat(T * static_cast<size_t>(batch));
+      k.download(flat.data(), targets, flat.size() * sizeof(int64_t));
+      host_targets.assign(T, {});
+      for (size_t t = 0; t < T; ++t) host_targets[t].assign(flat.begin() + t * batch, flat.begin() + (t + 1) * batch);
     }
-    // The activations stay in the plan's arena (kept): no later pass of this call runs the main plan forward.
-    const bool smoothing = smooth != nullptr;
+    // The input and the activations stay in the main plan's arena (kept) until the next call.
+    const float* x_device = main->input(input_name).f32();
     std::vector<const float*> A(L);
     for (size_t l = 0; l < L; ++l) A[l] = main->value(layer_ids[l]).f32();
 
-    // Guided Backprop: one forward of its own plan (its ReLUs' backward differs, its forward does not).
-    HostTensor guided_logits;
+    // Guided Backprop: one forward of its own plan on the same input (its ReLUs' backward differs, not its forward).
     if (any_guided) {
-      t0 = Clock::now();
-      guided->set_input(input_name, x);
+      Tensor guided_input = guided->input(input_name);
+      k.copy(guided_input.data, x_device, guided_input.nbytes());
       guided->forward();
-      guided_logits = guided->fetch(out_id);
-      timings["guided-backprop"] += ms_since(t0);
+      lap(timings, "guided-backprop", t0);
     }
     // Targets in groups of seeds_per_pass: one backward per group computes the gradients of all its targets.
     const size_t group = static_cast<size_t>(seeds_per_pass);
     for (size_t g0 = 0; g0 < T; g0 += group) {
       const size_t in_group = std::min(group, T - g0);
+      // d(score)/d(output) for the group's targets, written into a plan's seed buffer: on the device from the
+      // logits, or (region, similarity) from the host.
+      auto backward = [&](Executor& plan, bool guided_relu) {
+        if (device_targets) {
+          k.seeds(plan.seed_buffer().f32(), targets, plan.value(out_id).f32(), batch, classes,
+                  static_cast<int64_t>(g0), static_cast<int64_t>(in_group), plan.seeds_per_backward(), rule.softmax);
+          plan.backward_from_seed(guided_relu);
+        } else {
+          plan.backward(stacked_seeds(last_logits, host_targets, g0, in_group, plan.seeds_per_backward()).data(), guided_relu);
+        }
+      };
       if (any_gradient) {
-        t0 = Clock::now();
-        main->backward(stacked_seeds(logits.f32(), targets, g0, in_group, main->seeds_per_backward()).data());
-        k.wait();
-        timings["backward"] += ms_since(t0);
+        backward(*main, false);
+        lap(timings, "backward", t0);
       }
       if (any_guided) {
-        t0 = Clock::now();
-        guided->backward(stacked_seeds(guided_logits.f32(), targets, g0, in_group, guided->seeds_per_backward()).data(),
-                         /*guided=*/true);
-        k.wait();
-        timings["guided-backprop"] += ms_since(t0);
+        backward(*guided, true);
+        lap(timings, "guided-backprop", t0);
       }
       for (size_t t = g0; t < g0 + in_group; ++t) {
         const int64_t seed = static_cast<int64_t>(t - g0);  // the target's slice of the group's gradients
@@ -678,62 +708,102 @@ struct Explainer::Impl {
         if (any_gradient)
           for (size_t l = 0; l < L; ++l) G[l] = main->gradient(layer_tensors[l]).f32() + seed * checked_numel(layer_shapes[l]);
         // Smooth Grad-CAM++: noisy copies through forward + backward, means of G, G^2, G^3 per layer.
-        std::vector<std::array<float*, 3>> smooth(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
-        if (smoothing) {
-          t0 = Clock::now();
-          smooth_moments(x, targets[t], smooth);
-          k.wait();
-          timings["smooth-gradcampp"] += ms_since(t0);
+        std::vector<std::array<float*, 3>> moments(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
+        if (smooth) {
+          smooth_moments(x, targets + t * batch, host_targets[t], moments);
+          lap(timings, "smooth-gradcampp", t0);
         }
-        const float* guided_grad = nullptr;
-        HostTensor guided_host;
-        if (any_guided) {
-          t0 = Clock::now();
-          guided_grad = guided->gradient(input_name).f32() + seed * batch * channels * height * width;
-          guided_host = HostTensor(DType::F32, {batch, channels, height, width});
-          k.download(guided_host.bytes.data(), guided_grad, guided_host.bytes.size());
-          timings["guided-backprop"] += ms_since(t0);
-        }
+        const int64_t image_numel = batch * channels * height * width;
+        const float* guided_grad = any_guided ? guided->gradient(input_name).f32() + seed * image_numel : nullptr;
         for (const std::string& method : options.methods) {
+          float* out = final_buffer(method, t);
           if (method == "guided-backprop") {
-            maps[method].push_back(guided_host);
+            k.copy(out, guided_grad, static_cast<size_t>(image_numel) * sizeof(float));
             continue;
           }
           const std::string map_method = method == "guided-gradcam" ? "gradcam" : method;
-          t0 = Clock::now();
           const int64_t plane = batch * height * width;
           float* per_layer = buffer("per layer", static_cast<int64_t>(L) * plane);
           for (size_t l = 0; l < L; ++l) {
             const Shape& shape = layer_shapes[l];
             float* cam = buffer("cam", batch * shape[2] * shape[3]);
-            raw_map(cam, map_method, l, A[l], G[l], targets[t], x, x_device, smooth[l].data());
+            raw_map(cam, map_method, l, A[l], G[l], targets + t * batch, host_decisions ? &host_targets[t] : nullptr,
+                    x_device, moments[l].data());
             k.postprocess(per_layer + l * plane, cam, batch, shape[2], shape[3], height, width, map_method != "normgrad");
           }
-          float* final_map = buffer("final", plane);
-          k.aggregate(final_map, per_layer, static_cast<int64_t>(L), batch, height, width);
           if (method == "guided-gradcam") {
-            float* combined = buffer("guided-gradcam", batch * channels * height * width);
-            k.guided(combined, guided_grad, final_map, batch, channels, height, width);
-            const auto td = Clock::now();
-            HostTensor host(DType::F32, {batch, channels, height, width});
-            k.download(host.bytes.data(), combined, host.bytes.size());
-            maps[method].push_back(std::move(host));
-            timings["download"] += ms_since(td);
+            float* final_map = buffer("final", plane);
+            k.aggregate(final_map, per_layer, static_cast<int64_t>(L), batch, height, width);
+            k.guided(out, guided_grad, final_map, batch, channels, height, width);
           } else {
-            const auto td = Clock::now();
-            HostTensor host(DType::F32, {batch, height, width});
-            k.download(host.bytes.data(), final_map, host.bytes.size());
-            maps[method].push_back(std::move(host));
-            timings["download"] += ms_since(td);
+            k.aggregate(out, per_layer, static_cast<int64_t>(L), batch, height, width);
           }
-          timings[method] += ms_since(t0);
+          lap(timings, method.c_str(), t0);
         }
       }
     }
-    return maps;
   }
 
-  void smooth_moments(const HostTensor& x, const std::vector<int64_t>& cls, std::vector<std::array<float*, 3>>& d) {
+  // Runs enqueue_pass: eagerly, or (capture_pass) eagerly on the first call (cuDNN/cuBLAS set-up and every
+  // working buffer allocated), captured into one CUDA graph on the second, replayed from then on.
+  void run_pass(const HostTensor& x, bool given_targets, std::map<std::string, double>& timings) {
+    if (!capture_pass || pass_failed) return enqueue_pass(x, given_targets, timings);
+    const auto t0 = Clock::now();
+    if (!pass_graph && pass_runs == 0) {  // counted once it succeeded: a failed first call is first again
+      enqueue_pass(x, given_targets, timings);
+      ++pass_runs;
+      return;
+    }
+    if (!pass_graph) {
+      pass_graph = std::make_unique<StreamGraph>(*k.cuda);
+      pass_graph->begin_capture();
+      capturing = true;
+      bool captured = false;
+      try {
+        enqueue_pass(x, given_targets, timings);
+        capturing = false;
+        captured = pass_graph->end_capture();
+      } catch (...) {  // a call the capture refused, or a real error: the eager pass below tells which
+        capturing = false;
+        pass_graph->end_capture();
+      }
+      if (!captured) {  // eager from now on (a real error throws again there)
+        pass_graph.reset();
+        pass_failed = true;
+        return enqueue_pass(x, given_targets, timings);
+      }
+    }
+    pass_graph->launch();
+    k.wait();
+    timings["pass"] += ms_since(t0);
+  }
+
+  // The last pass's logits and targets (T, B), copied back.
+  void collect_targets(Explanation& result) {
+    const size_t T = static_cast<size_t>(target_count);
+    result.logits = main->fetch(graph.output_ids()[0]);
+    std::vector<int64_t> flat(T * static_cast<size_t>(batch));
+    k.download(flat.data(), classes_buffer(), flat.size() * sizeof(int64_t));
+    result.classes.assign(T, {});
+    for (size_t t = 0; t < T; ++t) result.classes[t].assign(flat.begin() + t * batch, flat.begin() + (t + 1) * batch);
+  }
+
+  // The last pass's maps[method][t], copied back.
+  void collect_maps(std::map<std::string, std::vector<HostTensor>>& maps) {
+    const size_t T = static_cast<size_t>(target_count);
+    for (const std::string& method : options.methods) {
+      const bool with_channels = method == "guided-backprop" || method == "guided-gradcam";
+      for (size_t t = 0; t < T; ++t) {
+        HostTensor host(DType::F32, with_channels ? Shape{batch, channels, height, width} : Shape{batch, height, width});
+        k.download(host.bytes.data(), final_buffer(method, t), host.bytes.size());
+        maps[method].push_back(std::move(host));
+      }
+    }
+  }
+
+  // Smooth Grad-CAM++'s moments for one target: cls_device / cls its classes (B) on the device and the host.
+  void smooth_moments(const HostTensor& x, const int64_t* cls_device, const std::vector<int64_t>& cls,
+                      std::vector<std::array<float*, 3>>& d) {
     const size_t L = layer_ids.size();
     for (size_t l = 0; l < L; ++l) {
       const int64_t n = checked_numel(layer_shapes[l]);
@@ -755,8 +825,7 @@ struct Explainer::Impl {
     const int64_t S = smooth_per_pass;
     HostTensor noisy(DType::F32, {S * batch, channels, height, width});
     const int out_id = graph.output_ids()[0];
-    std::vector<float>& logits = host_buffer("smooth logits", S * batch * out_per_image);
-    std::vector<float>& seeds = host_buffer("smooth seeds", S * batch * out_per_image);
+    const int64_t per_copy_out = batch * out_per_image;
     for (int64_t s0 = 0; s0 < n; s0 += S) {
       const int64_t count = std::min(S, n - s0);  // copies in this pass; the rest of the batch is zeros, unused
       std::fill(noisy.f32() + count * batch * plane, noisy.f32() + S * batch * plane, 0.f);
@@ -774,14 +843,26 @@ struct Explainer::Impl {
       }
       smooth->set_input(input_name, noisy);
       smooth->forward();
-      smooth->fetch(out_id, logits.data());
-      // One seed per copy, from that copy's own outputs (the softmax target's derivative depends on them).
-      std::fill(seeds.begin(), seeds.begin() + S * batch * out_per_image, 0.f);
-      for (int64_t s = 0; s < count; ++s) {
-        const std::vector<float> seed = seed_for(logits.data() + s * batch * out_per_image, cls);
-        std::copy(seed.begin(), seed.end(), seeds.begin() + s * batch * out_per_image);
+      // One seed per copy, from that copy's own outputs (the softmax target's derivative depends on them); the
+      // zero-filled copies of a partial pass get zero seeds.
+      if (device_targets) {
+        float* seeds = smooth->seed_buffer().f32();
+        const float* outputs = smooth->value(out_id).f32();
+        for (int64_t s = 0; s < S; ++s)
+          k.seeds(seeds + s * per_copy_out, cls_device, outputs + s * per_copy_out, batch, classes, 0, s < count ? 1 : 0,
+                  1, rule.softmax);
+        smooth->backward_from_seed();
+      } else {
+        std::vector<float>& logits = host_buffer("smooth logits", S * per_copy_out);
+        std::vector<float>& seeds = host_buffer("smooth seeds", S * per_copy_out);
+        smooth->fetch(out_id, logits.data());
+        std::fill(seeds.begin(), seeds.begin() + S * per_copy_out, 0.f);
+        for (int64_t s = 0; s < count; ++s) {
+          const std::vector<float> seed = seed_for(logits.data() + s * per_copy_out, cls);
+          std::copy(seed.begin(), seed.end(), seeds.begin() + s * per_copy_out);
+        }
+        smooth->backward(seeds.data());
       }
-      smooth->backward(seeds.data());
       for (size_t l = 0; l < L; ++l) {
         const Tensor g = smooth->gradient(layer_tensors[l]);
         const int64_t per_copy = g.numel() / S;
@@ -910,9 +991,21 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     constexpr int64_t kMaxSeedsPerPass = 16;
     const Shape& out = graph.infer(shapes)[graph.output_ids()[0]].shape;
     const int64_t classes = out.size() >= 2 ? out[1] : 1;
-    m.seeds_per_pass = std::clamp<int64_t>(std::min(m.rule.value, classes), 1, kMaxSeedsPerPass);
+    m.target_count = std::max<int64_t>(1, std::min(m.rule.value, classes));
+    m.seeds_per_pass = std::clamp<int64_t>(m.target_count, 1, kMaxSeedsPerPass);
   }
+  // Logit and softmax targets are ranked and seeded on the device; what still decides on the host (Score-CAM
+  // and Ablation-CAM scores, Smooth Grad-CAM++'s noise, region and similarity seeds, CAM's eigen-smoothed
+  // weights) keeps the pass out of a CUDA graph. Otherwise, on the GPU, the whole pass is one graph.
+  auto requested_method = [&](const char* name) {
+    return std::find(options.methods.begin(), options.methods.end(), name) != options.methods.end();
+  };
+  m.device_targets = m.rule.kind == TargetRule::Predicted || m.rule.kind == TargetRule::Class || m.rule.kind == TargetRule::TopK;
+  m.host_decisions = !m.device_targets || m.any_score || m.any_ablation || requested_method("smooth-gradcampp") ||
+                     (requested_method("cam") && options.eigen_smooth);
+  m.capture_pass = cuda != nullptr && !m.host_decisions;
   PlanOptions main_options = plan_options();
+  main_options.cuda_graphs = !m.capture_pass;
   main_options.keep = m.layer_tensors;
   if (m.any_gradient) main_options.grad_targets = m.layer_tensors;
   main_options.repeat_backward = true;  // several target groups reuse one forward's activations
@@ -932,6 +1025,17 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
   m.classes = out_shape[1];
   m.out_per_image = checked_numel(out_shape) / batch;
   m.out_spatial = m.out_per_image / m.classes;
+  if (m.rule.kind == TargetRule::Class)
+    CAMRT_CHECK(m.rule.value < m.classes, "--target class " << m.rule.value << " is out of range: the model has " << m.classes << " classes");
+  if (region)
+    CAMRT_CHECK(m.rule.value < m.classes, "--target region class " << m.rule.value << " is out of range: the output has " << m.classes << " channels");
+  if (requested_method("cam")) {
+    for (size_t l = 0; l < m.layer_ids.size(); ++l) {
+      const HostTensor& fc = m.fc_weight_for(l, m.layer_shapes[l][1]);
+      CAMRT_CHECK(fc.shape[0] >= m.classes, graph.source_name() << ": CAM: the fully connected layer has " << fc.shape[0]
+                                                                << " outputs, the model " << m.classes << " classes");
+    }
+  }
   if (region) {
     CAMRT_CHECK(options.region_mask && options.region_mask->dtype == DType::F32 && options.region_mask->numel() == m.out_spatial,
                 "--target region needs a float32 mask with " << m.out_spatial << " values (the output's spatial size "
@@ -947,6 +1051,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     guided_options.grad_targets = {m.input_name};
     guided_options.repeat_backward = true;
     guided_options.seeds_per_backward = m.seeds_per_pass;
+    guided_options.cuda_graphs = !m.capture_pass;
     m.guided = std::make_unique<Executor>(graph, shapes, pool, guided_options);
   }
   // A plan falls back to one seed per pass where the model's tensors do not all carry the batch in dim 0.
@@ -1018,17 +1123,14 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
   m.main->set_input(m.input_name, input);
   m.k.wait();
   result.timings_ms["upload"] += ms_since(t0);
-  t0 = Clock::now();
-  m.main->forward();
-  m.k.wait();
-  result.timings_ms["forward"] += ms_since(t0);
-  result.logits = m.main->fetch(m.graph.output_ids()[0]);
-  result.classes = m.resolve_targets(result.logits.f32());
 
   if (!options_.aug_smooth) {
-    auto maps = m.run_once(input, result.classes, result.timings_ms, /*forwarded=*/true);
+    m.run_pass(input, /*given_targets=*/false, result.timings_ms);
     // Handing the host maps over is part of the copy back ("download"): one target moves, several are stacked.
-    const auto t_assemble = Clock::now();
+    t0 = Clock::now();
+    m.collect_targets(result);
+    std::map<std::string, std::vector<HostTensor>> maps;
+    m.collect_maps(maps);
     for (const auto& method : options_.methods) {
       MethodResult r{method, {}};
       auto& per_target = maps.at(method);
@@ -1044,9 +1146,15 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
       }
       result.results.push_back(std::move(r));
     }
-    result.timings_ms["download"] += ms_since(t_assemble);
+    result.timings_ms["download"] += ms_since(t0);
     return result;
   }
+  // Targets come from the clean input; aug-smooth variants explain the same classes.
+  t0 = Clock::now();
+  m.forward_and_targets(/*given_targets=*/false);
+  m.k.wait();
+  result.timings_ms["forward"] += ms_since(t0);
+  m.collect_targets(result);
   // Aug-smooth (spec step 5): horizontal flip x {0.9, 1.0, 1.1}; maps flipped back, averaged, not renormalized.
   // P variants per pass: one batch of the variant plans (variant p of a pass in rows [p*B, (p+1)*B)), or with P = 1
   // one variant at a time through the main plans.
@@ -1067,7 +1175,18 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
       for (int64_t i = 0; i < B * image; ++i) rows[i] = input.f32()[i] * kAugSmoothFactor[v0 + p];
       if (kAugSmoothFlipped[v0 + p]) flip_rows(rows, B * image);
     }
-    auto maps = runner.run_once(x, targets, result.timings_ms, /*forwarded=*/false);
+    t0 = Clock::now();
+    runner.main->set_input(runner.input_name, x);
+    std::vector<int64_t> flat;
+    for (const auto& per_image : targets) flat.insert(flat.end(), per_image.begin(), per_image.end());
+    runner.k.upload(runner.classes_buffer(), flat.data(), flat.size() * sizeof(int64_t));
+    runner.k.wait();
+    result.timings_ms["upload"] += ms_since(t0);
+    runner.run_pass(x, /*given_targets=*/true, result.timings_ms);
+    t0 = Clock::now();
+    std::map<std::string, std::vector<HostTensor>> maps;
+    runner.collect_maps(maps);
+    result.timings_ms["download"] += ms_since(t0);
     for (auto& [method, per_target] : maps) {
       auto& acc = sums[method];
       for (size_t t = 0; t < per_target.size(); ++t) {

@@ -897,6 +897,69 @@ void class_activation_map(float* cam, const float* fc_weight, const int64_t* cla
   });
 }
 
+// ---- targets and seeds -----------------------------------------------------------------------------------
+
+namespace {
+// The ranking key of a logit: the number itself, -inf below every number, NaN below -inf (the GPU twin uses the
+// same key).
+double rank_key(float z) {
+  if (std::isnan(z)) return -DBL_MAX;
+  if (std::isinf(z) && z < 0) return -1e300;
+  return static_cast<double>(z);
+}
+}  // namespace
+
+void rank_targets(int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t T, int64_t fixed_class) {
+  CAMRT_CHECK(B >= 0 && C > 0 && T >= 0 && T <= C, "rank_targets: bad sizes (B=" << B << ", C=" << C << ", T=" << T << ")");
+  CAMRT_CHECK(fixed_class < C, "rank_targets: class " << fixed_class << " outside the " << C << " classes");
+  for (int64_t b = 0; b < B; ++b) {
+    const float* z = logits + b * C;
+    // Target t: the first in (key descending, index ascending) order after target t - 1.
+    double previous_key = INFINITY;
+    int64_t previous = -1;
+    for (int64_t t = 0; t < T; ++t) {
+      if (fixed_class >= 0) {
+        classes[t * B + b] = fixed_class;
+        continue;
+      }
+      double best_key = -INFINITY;
+      int64_t best = INT64_MAX;
+      for (int64_t j = 0; j < C; ++j) {
+        const double key = rank_key(z[j]);
+        const bool after_previous = key < previous_key || (key == previous_key && j > previous);
+        if (after_previous && (key > best_key || (key == best_key && j < best))) best_key = key, best = j;
+      }
+      classes[t * B + b] = best;
+      previous_key = best_key;
+      previous = best;
+    }
+  }
+}
+
+void target_seeds(float* seeds, const int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t first,
+                  int64_t count, int64_t S, bool softmax) {
+  CAMRT_CHECK(B >= 0 && C > 0 && first >= 0 && count >= 0 && count <= S, "target_seeds: bad sizes");
+  std::memset(seeds, 0, static_cast<size_t>(S * B * C) * sizeof(float));
+  std::vector<double> p(softmax ? static_cast<size_t>(C) : 0);
+  for (int64_t s = 0; s < count; ++s) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t c = classes[(first + s) * B + b];
+      CAMRT_CHECK(c >= 0 && c < C, "target_seeds: class " << c << " outside the " << C << " classes");
+      float* seed = seeds + (s * B + b) * C;
+      if (!softmax) {
+        seed[c] = 1.f;
+        continue;
+      }
+      const float* z = logits + b * C;
+      const float max_z = *std::max_element(z, z + C);
+      double sum = 0;
+      for (int64_t j = 0; j < C; ++j) sum += p[j] = std::exp(double(z[j]) - max_z);
+      for (int64_t j = 0; j < C; ++j) p[j] /= sum;
+      for (int64_t j = 0; j < C; ++j) seed[j] = static_cast<float>(p[c] * ((j == c) - p[j]));
+    }
+  }
+}
+
 // ---- post-processing -------------------------------------------------------------------------------------
 
 void relu_inplace(float* x, int64_t n) {

@@ -218,6 +218,25 @@ void aggregate_layers(float* out,              // (B, H, W)
 void layercam_tanh_scale(float* maps,  // (count, hw)
                          int64_t count, int64_t hw, ThreadPool& pool);
 
+// ---------------------------------------------------------------------------------------------------------
+// Targets and seeds from the logits, on the pass's device (a captured GPU explain pass needs no host decision).
+// ---------------------------------------------------------------------------------------------------------
+
+// classes (T, B): fixed_class >= 0 gives that class for every t; otherwise target t of image b is the t-th of
+// logits row b in descending order: larger logit first, the lower class index on ties, -inf after every
+// number and NaN after -inf (a well-defined stable descending sort).
+void rank_targets(int64_t* classes,      // (T, B)
+                  const float* logits,   // (B, C)
+                  int64_t B, int64_t C, int64_t T, int64_t fixed_class);
+
+// seeds (S, B, C): slot s < count is d(y)/d(logits) for target `first + s` of classes (T, B), slots from count on
+// are zero. y = z_c (one-hot seed), or with softmax y = p_c: seed_j = p_c (delta_cj - p_j), p in double from
+// exp(z_j - max z).
+void target_seeds(float* seeds,            // (S, B, C)
+                  const int64_t* classes,  // (T, B)
+                  const float* logits,     // (B, C)
+                  int64_t B, int64_t C, int64_t first, int64_t count, int64_t S, bool softmax);
+
 // Guided Grad-CAM: out_bc = guided_bc * cam_b (the final upsampled, normalized map) over the C input channels.
 void guided_gradcam(float* out,           // (B, C, H, W)
                     const float* guided,  // (B, C, H, W)

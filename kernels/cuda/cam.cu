@@ -4,6 +4,7 @@
 // order. The resize and normalize arithmetic uses _rn intrinsics where the CPU twin's fp32 expression must not
 // be contracted into an FMA.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -776,6 +777,74 @@ __device__ int64_t block_argmax(double v, int64_t i) {
   return result;
 }
 
+// ---- targets and seeds --------------------------------------------------------------------------------
+
+// As the CPU twin's rank_key: the number, -inf below every number, NaN below -inf.
+__device__ __forceinline__ double rank_key(float z) {
+  if (isnan(z)) return -DBL_MAX;
+  if (isinf(z) && z < 0.f) return -1e300;
+  return double(z);
+}
+
+// One block per image: target t is the block's first maximum among the logits after target t - 1 in (key
+// descending, index ascending) order.
+__global__ void rank_targets_kernel(int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t T) {
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const float* z = logits + b * C;
+    double previous_key = INFINITY;
+    int64_t previous = -1;
+    for (int64_t t = 0; t < T; ++t) {
+      double best_key = -INFINITY;
+      int64_t best = INT64_MAX;
+      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+        const double key = rank_key(z[j]);
+        const bool after_previous = key < previous_key || (key == previous_key && j > previous);
+        if (after_previous) better_of(best_key, best, key, j);
+      }
+      best = block_argmax(best_key, best);
+      if (threadIdx.x == 0) classes[t * B + b] = best;
+      previous_key = rank_key(z[best]);
+      previous = best;
+    }
+  }
+}
+
+__global__ void fixed_targets_kernel(int64_t* classes, int64_t n, int64_t fixed_class) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) classes[i] = fixed_class;
+}
+
+// One block per seed row (slot s, image b).
+__global__ void target_seeds_kernel(float* seeds, const int64_t* classes, const float* logits, int64_t B, int64_t C,
+                                    int64_t first, int64_t count, int64_t S, bool softmax) {
+  for (int64_t row = blockIdx.x; row < S * B; row += gridDim.x) {
+    const int64_t s = row / B, b = row % B;
+    float* seed = seeds + row * C;
+    if (s >= count) {
+      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) seed[j] = 0.f;
+      continue;
+    }
+    const int64_t c = classes[(first + s) * B + b];
+    if (c < 0 || c >= C) {
+      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) seed[j] = nan_f();
+      continue;
+    }
+    if (!softmax) {
+      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) seed[j] = j == c ? 1.f : 0.f;
+      continue;
+    }
+    const float* z = logits + b * C;
+    float max_z = -INFINITY;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) max_z = fmaxf(max_z, z[j]);
+    max_z = block_max(max_z);
+    double sum = 0;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) sum += exp(double(z[j]) - max_z);
+    sum = block_sum(sum);
+    const double p_c = exp(double(z[c]) - max_z) / sum;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x)
+      seed[j] = float(p_c * ((j == c ? 1.0 : 0.0) - exp(double(z[j]) - max_z) / sum));
+  }
+}
+
 // Top eigenvector of the final P of each image (one block per image): the row with the largest diagonal,
 // normalized, then kEigenPolish normalized products with P. Result in v (B, n).
 __global__ void __launch_bounds__(kEigenThreads)
@@ -1186,6 +1255,28 @@ void layercam_tanh_scale(float* maps, int64_t count, int64_t hw, cudaStream_t st
   if (hw <= 0 || count <= 0) return;
   tanh_scale_kernel<<<grid_size(count), kMapThreads, 0, stream>>>(maps, count, hw);
   CAMRT_CUDA_CHECK_LAUNCH("tanh_scale_kernel");
+}
+
+void rank_targets(int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t T, int64_t fixed_class,
+                  cudaStream_t stream) {
+  CAMRT_CHECK(B >= 0 && C > 0 && T >= 0 && T <= C, "cuda::rank_targets: bad sizes (B=" << B << ", C=" << C << ", T=" << T << ")");
+  CAMRT_CHECK(fixed_class < C, "cuda::rank_targets: class " << fixed_class << " outside the " << C << " classes");
+  if (B == 0 || T == 0) return;
+  if (fixed_class >= 0) {
+    fixed_targets_kernel<<<grid_for(T * B), kThreads, 0, stream>>>(classes, T * B, fixed_class);
+    CAMRT_CUDA_CHECK_LAUNCH("fixed_targets_kernel");
+    return;
+  }
+  rank_targets_kernel<<<grid_size(B), kThreads, 0, stream>>>(classes, logits, B, C, T);
+  CAMRT_CUDA_CHECK_LAUNCH("rank_targets_kernel");
+}
+
+void target_seeds(float* seeds, const int64_t* classes, const float* logits, int64_t B, int64_t C, int64_t first,
+                  int64_t count, int64_t S, bool softmax, cudaStream_t stream) {
+  CAMRT_CHECK(B >= 0 && C > 0 && first >= 0 && count >= 0 && count <= S, "cuda::target_seeds: bad sizes");
+  if (S * B == 0) return;
+  target_seeds_kernel<<<grid_size(S * B), kThreads, 0, stream>>>(seeds, classes, logits, B, C, first, count, S, softmax);
+  CAMRT_CUDA_CHECK_LAUNCH("target_seeds_kernel");
 }
 
 void guided_gradcam(float* out, const float* guided, const float* cam, int64_t B, int64_t C, int64_t H, int64_t W,

@@ -179,6 +179,18 @@ void aggregate_layers(float* out,              // (B, H, W)
 void layercam_tanh_scale(float* maps,  // (count, hw)
                          int64_t count, int64_t hw, cudaStream_t stream);
 
+// Targets and seeds from the logits (the CPU twins' contracts, kernels/cpu/cam.h): classes (T, B) ranked by
+// logit (ties to the lower index, -inf after numbers, NaN last) or fixed_class >= 0 everywhere; seeds (S, B, C)
+// for targets [first, first + count), zero slots after. A class outside [0, C) gives a NaN seed row (the CPU
+// twin throws; ranked classes never are).
+void rank_targets(int64_t* classes,     // (T, B)
+                  const float* logits,  // (B, C)
+                  int64_t B, int64_t C, int64_t T, int64_t fixed_class, cudaStream_t stream);
+void target_seeds(float* seeds,            // (S, B, C)
+                  const int64_t* classes,  // (T, B)
+                  const float* logits,     // (B, C)
+                  int64_t B, int64_t C, int64_t first, int64_t count, int64_t S, bool softmax, cudaStream_t stream);
+
 // out_bc = guided_bc * cam_b.
 void guided_gradcam(float* out,           // (B, C, H, W)
                     const float* guided,  // (B, C, H, W)
