@@ -60,6 +60,11 @@ for m in ${models//,/ }; do
   bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
   bench $m --batch 1 --method gradcam,forward --precision fp16 --iters 30
   bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
+  # Batched variants: five targets in one backward (compare with the top-1 rows above), aug-smooth's six
+  # variants in one pass (automatic) against one at a time (--chunk 1).
+  bench $m --batch 1 --method gradcam,guided-backprop --target top5 --precision tf32 --iters 30
+  bench $m --batch 1 --method gradcam --aug-smooth --precision tf32 --iters 30
+  bench $m --batch 1 --method gradcam --aug-smooth --chunk 1 --precision tf32 --iters 30
 done
 
 log "torch baselines"
@@ -83,6 +88,10 @@ for f in ("camrt_bench.jsonl", "torch_baseline.jsonl"):
 for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
     e2e = f'  end-to-end {r["end_to_end_ms"]:9.3f} ms' if "end_to_end_ms" in r else ""
     scenario = r["scenario"] + ("_unfused" if r.get("fusion") is False else "")
+    if r.get("target", "predicted") != "predicted":
+        scenario += "_" + r["target"]
+    if r.get("aug_smooth"):
+        scenario += "_aug" + ("_chunk%d" % r["chunk"] if r.get("chunk") else "")
     print(f'{r["model"]:>13} b{r["batch"]:<3} {scenario:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB{e2e}')
 PY
 log "done"

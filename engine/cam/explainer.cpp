@@ -788,17 +788,14 @@ struct Explainer::Impl {
     for (size_t t = 0; t < T; ++t) result.classes[t].assign(flat.begin() + t * batch, flat.begin() + (t + 1) * batch);
   }
 
-  // The last pass's maps[method][t], copied back.
-  void collect_maps(std::map<std::string, std::vector<HostTensor>>& maps) {
-    const size_t T = static_cast<size_t>(target_count);
-    for (const std::string& method : options.methods) {
-      const bool with_channels = method == "guided-backprop" || method == "guided-gradcam";
-      for (size_t t = 0; t < T; ++t) {
-        HostTensor host(DType::F32, with_channels ? Shape{batch, channels, height, width} : Shape{batch, height, width});
-        k.download(host.bytes.data(), final_buffer(method, t), host.bytes.size());
-        maps[method].push_back(std::move(host));
-      }
-    }
+  // The last pass's maps of one method, copied back into one tensor (T, B, H, W) or (T, B, C, H, W).
+  HostTensor collect_maps(const std::string& method) {
+    const int64_t T = target_count;
+    const bool with_channels = method == "guided-backprop" || method == "guided-gradcam";
+    HostTensor maps(DType::F32, with_channels ? Shape{T, batch, channels, height, width} : Shape{T, batch, height, width});
+    const size_t bytes = maps.bytes.size() / static_cast<size_t>(T);
+    for (int64_t t = 0; t < T; ++t) k.download(maps.bytes.data() + t * bytes, final_buffer(method, static_cast<size_t>(t)), bytes);
+    return maps;
   }
 
   // Smooth Grad-CAM++'s moments for one target: cls_device / cls its classes (B) on the device and the host.
@@ -1126,26 +1123,9 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
 
   if (!options_.aug_smooth) {
     m.run_pass(input, /*given_targets=*/false, result.timings_ms);
-    // Handing the host maps over is part of the copy back ("download"): one target moves, several are stacked.
     t0 = Clock::now();
     m.collect_targets(result);
-    std::map<std::string, std::vector<HostTensor>> maps;
-    m.collect_maps(maps);
-    for (const auto& method : options_.methods) {
-      MethodResult r{method, {}};
-      auto& per_target = maps.at(method);
-      Shape shape = per_target[0].shape;
-      shape.insert(shape.begin(), static_cast<int64_t>(per_target.size()));
-      if (per_target.size() == 1) {
-        r.maps = std::move(per_target[0]);
-        r.maps.shape = shape;
-      } else {
-        r.maps = HostTensor(DType::F32, shape);
-        const size_t bytes = per_target[0].bytes.size();
-        for (size_t t = 0; t < per_target.size(); ++t) std::memcpy(r.maps.bytes.data() + t * bytes, per_target[t].bytes.data(), bytes);
-      }
-      result.results.push_back(std::move(r));
-    }
+    for (const auto& method : options_.methods) result.results.push_back(MethodResult{method, m.collect_maps(method)});
     result.timings_ms["download"] += ms_since(t0);
     return result;
   }
@@ -1168,7 +1148,7 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
   std::vector<std::vector<int64_t>> targets(result.classes.size());
   for (size_t t = 0; t < targets.size(); ++t)
     for (int64_t p = 0; p < P; ++p) targets[t].insert(targets[t].end(), result.classes[t].begin(), result.classes[t].end());
-  std::map<std::string, std::vector<HostTensor>> sums;
+  std::map<std::string, HostTensor> sums;  // per method (T, B, ...)
   for (int64_t v0 = 0; v0 < kAugSmoothVariants; v0 += P) {  // P divides the variant count (see the constructor)
     for (int64_t p = 0; p < P; ++p) {
       float* rows = x.f32() + p * B * image;
@@ -1183,36 +1163,29 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
     runner.k.wait();
     result.timings_ms["upload"] += ms_since(t0);
     runner.run_pass(x, /*given_targets=*/true, result.timings_ms);
-    t0 = Clock::now();
-    std::map<std::string, std::vector<HostTensor>> maps;
-    runner.collect_maps(maps);
-    result.timings_ms["download"] += ms_since(t0);
-    for (auto& [method, per_target] : maps) {
-      auto& acc = sums[method];
-      for (size_t t = 0; t < per_target.size(); ++t) {
-        HostTensor& pass = per_target[t];  // (P*B, ...) maps of this pass
-        Shape one_variant = pass.shape;
-        one_variant[0] = B;
-        if (acc.size() <= t) acc.push_back(HostTensor(DType::F32, one_variant));
-        const int64_t n = acc[t].numel();
+    for (const auto& method : options_.methods) {
+      t0 = Clock::now();
+      HostTensor pass = runner.collect_maps(method);  // (T, P*B, ...)
+      result.timings_ms["download"] += ms_since(t0);
+      Shape shape = pass.shape;
+      shape[1] = B;
+      HostTensor& acc = sums[method];
+      if (acc.bytes.empty()) acc = HostTensor(DType::F32, shape);
+      const int64_t per_target = acc.numel() / shape[0];  // one target of one variant: B images
+      for (int64_t t = 0; t < shape[0]; ++t) {
         for (int64_t p = 0; p < P; ++p) {
-          float* variant_map = pass.f32() + p * n;
-          if (kAugSmoothFlipped[v0 + p]) flip_rows(variant_map, n);
-          for (int64_t i = 0; i < n; ++i) acc[t].f32()[i] += variant_map[i];
+          float* variant_map = pass.f32() + (t * P + p) * per_target;
+          if (kAugSmoothFlipped[v0 + p]) flip_rows(variant_map, per_target);
+          float* sum = acc.f32() + t * per_target;
+          for (int64_t i = 0; i < per_target; ++i) sum[i] += variant_map[i];
         }
       }
     }
   }
-  const int variants = static_cast<int>(kAugSmoothVariants);
   for (const auto& method : options_.methods) {
-    auto& per_target = sums.at(method);
-    Shape shape = per_target[0].shape;
-    shape.insert(shape.begin(), static_cast<int64_t>(per_target.size()));
-    MethodResult r{method, HostTensor(DType::F32, shape)};
-    const int64_t n = per_target[0].numel();
-    for (size_t t = 0; t < per_target.size(); ++t)
-      for (int64_t i = 0; i < n; ++i) r.maps.f32()[t * n + i] = per_target[t].f32()[i] / variants;
-    result.results.push_back(std::move(r));
+    HostTensor& maps = sums.at(method);
+    for (int64_t i = 0; i < maps.numel(); ++i) maps.f32()[i] /= static_cast<float>(kAugSmoothVariants);
+    result.results.push_back(MethodResult{method, std::move(maps)});
   }
   return result;
 }

@@ -188,6 +188,9 @@ int run_bench(const std::vector<std::string>& argv) {
       .option("precision", "P", "fp32, tf32 or fp16 for convolutions/GEMMs on the GPU (default tf32; the CPU runs fp32)")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
       .option("fusion", "on|off", "plan the activation-fused graph (Conv/Add + Relu/Clip as one node)", "on")
+      .option("target", "T", "explained target, as camrt explain's --target (e.g. top5, softmax, 281)", "predicted")
+      .flag("aug-smooth", "explain with aug-smooth's six variants (as camrt explain --aug-smooth)")
+      .option("chunk", "N", "images per extra pass, as camrt explain's --chunk (0: automatic)", "0")
       .option("name", "NAME", "model name in the JSON (default: the model's directory name)")
       .option("soak", "N", "run N explanations through one Session and check memory (see above)")
       .option("max-rss-growth", "PCT", "--soak fails above this resident memory growth, percent", "1");
@@ -266,6 +269,9 @@ int run_bench(const std::vector<std::string>& argv) {
         ExplainOptions options;
         options.methods = {scenario};
         options.fuse_activations = fusion;
+        options.target = args.get("target");
+        options.aug_smooth = args.has("aug-smooth");
+        options.chunk = args.get_int("chunk");
         explainer = std::make_unique<Explainer>(graph, batch, options, pool, cuda.get());
         const PlanStats& s = explainer->main_plan_stats();
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
@@ -318,6 +324,9 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"planned_mib", planned_mib},
                             {"precision", precision_name(precision)},
                             {"fusion", fusion},
+                            {"target", args.get("target")},
+                            {"aug_smooth", args.has("aug-smooth")},
+                            {"chunk", args.get_int("chunk")},
                             {"device", device},
                             {"iters", iters}};
       if (!phase_times.empty()) {
