@@ -1,5 +1,6 @@
-// Activation fusion (see engine/fusion.h): a pass over the node list, deciding pairs from tensor names alone
-// (shapes are not needed: Conv and Add apply the activation element-wise to the output they produce).
+// Activation and residual fusion (see engine/fusion.h): passes over the node list. Activation pairs are decided
+// from tensor names alone (Conv and Add apply the activation element-wise to the output they produce); a
+// residual Add also needs both operands to have one shape (an Add that broadcasts is not a residual).
 #include "engine/fusion.h"
 
 #include <limits>
@@ -50,7 +51,44 @@ bool fused_attributes(const Model& model, const Node& producer, const Node& acti
 
 }  // namespace
 
-FusedNodes fuse_activations(const Model& model, const std::vector<std::string>& keep) {
+// The Add's operands are a Conv's output (read by this Add only) and a same-shaped activation Z: the Conv with Z
+// as its fourth input and the Add's activation, in place of the Add. absorbed: updated for the Add's name.
+bool fuse_residual(const Model& model, std::vector<Node>& nodes, size_t add_index, const std::vector<bool>& removed,
+                   const std::map<std::string, size_t>& producer, const std::map<std::string, int>& reader_count,
+                   const std::set<std::string>& observable, const std::map<std::string, Shape>& shapes,
+                   size_t* conv_index) {
+  const Node& add = nodes[add_index];
+  if (add.op != "Add" || add.inputs.size() != 2 || add.outputs.size() != 1 || !add.attrs.is_object()) return false;
+  for (const auto& [key, value] : add.attrs.items())  // anything else (a legacy broadcast/axis) is not a plain add
+    if (key != "activation" && key != "activation_min" && key != "activation_max" && key != "onnx_opset") return false;
+  for (int side = 0; side < 2; ++side) {
+    const std::string& conv_out = add.inputs[side];
+    const std::string& z = add.inputs[1 - side];
+    if (conv_out == z || model.weights.count(z)) return false;  // x + x, or a constant operand (a bias-like Add)
+    auto p = producer.find(conv_out);
+    if (p == producer.end() || removed[p->second] || p->second >= add_index) continue;
+    const Node& conv = nodes[p->second];
+    if (conv.op != "Conv" || conv.outputs.size() != 1 || conv.inputs.size() > 3 || !conv.attrs.is_object() ||
+        conv.attrs.contains("activation"))
+      continue;
+    if (observable.count(conv_out) || reader_count.at(conv_out) != 1) continue;
+    auto zs = shapes.find(z), cs = shapes.find(conv_out);
+    if (zs == shapes.end() || cs == shapes.end() || zs->second != cs->second) continue;
+    Node fused = conv;
+    fused.inputs.resize(3);  // X, W, B ("" when the conv has none)
+    fused.inputs.push_back(z);
+    for (const auto& [key, value] : add.attrs.items())
+      if (key != "onnx_opset") fused.attrs[key] = value;
+    fused.outputs = add.outputs;
+    nodes[add_index] = std::move(fused);
+    *conv_index = p->second;
+    return true;
+  }
+  return false;
+}
+
+FusedNodes fuse_activations(const Model& model, const std::vector<std::string>& keep,
+                            const std::map<std::string, Shape>* shapes) {
   const std::vector<Node>& nodes = model.nodes;
   // Who reads each tensor (a node reading it twice counts twice), and which tensors must survive.
   std::map<std::string, std::vector<size_t>> readers;
@@ -89,6 +127,31 @@ FusedNodes fuse_activations(const Model& model, const std::vector<std::string>& 
     }
     result.nodes.push_back(std::move(fused));
   }
+  if (!shapes) return result;
+
+  // Residual fusion over the activation-fused list: the fused conv takes the Add's place.
+  std::vector<Node>& list = result.nodes;
+  std::map<std::string, size_t> producer;
+  std::map<std::string, int> reader_count;
+  for (size_t n = 0; n < list.size(); ++n) {
+    for (const std::string& output : list[n].outputs) producer[output] = n;
+    for (const std::string& input : list[n].inputs)
+      if (!input.empty()) ++reader_count[input];
+  }
+  std::vector<bool> removed(list.size(), false);
+  for (size_t n = 0; n < list.size(); ++n) {
+    const std::string add_name = list[n].name;
+    size_t conv = 0;
+    if (!fuse_residual(model, list, n, removed, producer, reader_count, observable, *shapes, &conv)) continue;
+    removed[conv] = true;
+    for (auto& [absorbed_name, fused_name] : result.absorbed)
+      if (fused_name == add_name) fused_name = list[n].name;  // a Relu the Add had absorbed
+    result.absorbed[add_name] = list[n].name;
+  }
+  std::vector<Node> kept;
+  for (size_t n = 0; n < list.size(); ++n)
+    if (!removed[n]) kept.push_back(std::move(list[n]));
+  list = std::move(kept);
   return result;
 }
 

@@ -94,7 +94,17 @@ Graph::Graph(std::shared_ptr<const Model> model, std::string source_name, GraphO
 
   std::map<std::string, std::string> absorbed;  // activation node name -> fused node name
   if (options.fuse_activations) {
-    FusedNodes fusion = fuse_activations(m, options.keep);
+    // Residual fusion needs every tensor's shape (an Add that broadcasts is no residual): those of the plain
+    // graph at batch 2 (where batch-sized tensors differ from batch-1 constants), or none if it does not infer.
+    std::map<std::string, Shape> shapes;
+    try {
+      const Graph plain(model_, source_name_);
+      const std::vector<TensorDesc> descs = plain.infer(plain.input_shapes_for_batch(2));
+      for (size_t id = 0; id < descs.size(); ++id) shapes[plain.values()[id].name] = descs[id].shape;
+    } catch (const Error&) {
+      shapes.clear();  // the graph below reports what is wrong with the model, if anything
+    }
+    FusedNodes fusion = fuse_activations(m, options.keep, shapes.empty() ? nullptr : &shapes);
     fused_nodes_ = std::move(fusion.nodes);
     absorbed = std::move(fusion.absorbed);
     fused_pairs_ = static_cast<int64_t>(absorbed.size());

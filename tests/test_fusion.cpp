@@ -38,7 +38,7 @@ Node node(const std::string& op, const std::string& name, std::vector<std::strin
 }
 
 // x -> conv1 -> relu1 -> conv2 -> (+ relu1's output) -> relu2 -> conv3 (1x1) -> clip [0, 6] -> GAP -> flatten
-// -> gemm. Fusable pairs: conv1+relu1, add+relu2, conv3+clip; conv2 feeds an Add, which is not an activation.
+// -> gemm. Fusable pairs: conv1+relu1, add+relu2, conv3+clip; then conv2 + the residual Add (+relu2) as one.
 Model residual_model(bool logits_and_conv1 = false) {
   Model m;
   m.inputs = {ValueInfo{"x", DType::F32, {-1, 3, 8, 8}}};
@@ -94,24 +94,30 @@ Pass run_pass(const Graph& graph, const HostTensor& x, const std::string& target
 
 }  // namespace
 
-TEST_CASE("fusion: Conv+Relu, Add+Relu and Conv+Clip merge; names of absorbed nodes resolve to the fused node") {
+TEST_CASE("fusion: Conv+Relu, Add+Relu, Conv+Clip and Conv+residual Add merge; absorbed names resolve to the fused node") {
   const auto model = std::make_shared<const Model>(residual_model());
   const Graph plain(model, "residual");
   const std::unique_ptr<Graph> fused = plain.fused({});
   CHECK(plain.fused_pairs() == 0);
-  CHECK(fused->fused_pairs() == 3);
-  CHECK(fused->nodes().size() == plain.nodes().size() - 3);
-  // Pre-activation tensors are gone; activation outputs remain, produced by the fused nodes.
+  CHECK(fused->fused_pairs() == 4);
+  CHECK(fused->nodes().size() == plain.nodes().size() - 4);
+  // Pre-activation tensors and the conv output the Add read are gone; activation outputs remain, produced by the
+  // fused nodes.
   CHECK(fused->find_value("c1") < 0);
   CHECK(fused->find_value("s") < 0);
   CHECK(fused->find_value("c3") < 0);
-  CHECK(fused->find_value("c2") >= 0);  // read by the Add, not by an activation
+  CHECK(fused->find_value("c2") < 0);
   const int r2 = fused->find_value("r2");
   REQUIRE(r2 >= 0);
-  const GraphNode& add = fused->nodes()[fused->values()[r2].producer];
-  CHECK(add.node->op == "Add");
-  CHECK(add.node->attrs.at("activation") == "relu");
+  const GraphNode& residual = fused->nodes()[fused->values()[r2].producer];
+  CHECK(residual.node->op == "Conv");
+  CHECK(residual.node->name == "conv2");
+  CHECK(residual.node->inputs == std::vector<std::string>{"r1", "w2", "b2", "r1"});  // X, W, B, residual Z
+  CHECK(residual.node->attrs.at("activation") == "relu");
   CHECK(fused->find_node("relu2") == fused->values()[r2].producer);
+  CHECK(fused->find_node("add") == fused->values()[r2].producer);
+  // It runs where the Add ran: after conv2's own position, before conv3.
+  CHECK(fused->values()[r2].producer < fused->find_node("conv3"));
   const GraphNode& conv3 = fused->nodes()[fused->find_node("clip")];
   CHECK(conv3.node->name == "conv3");
   CHECK(conv3.node->attrs.at("activation") == "clip");
@@ -123,17 +129,20 @@ TEST_CASE("fusion: kept tensors, node names of kept layers and graph outputs are
   const auto model = std::make_shared<const Model>(residual_model());
   const Graph plain(model, "residual");
   const auto keep_tensor = plain.fused({"c1"});
-  CHECK(keep_tensor->fused_pairs() == 2);
+  CHECK(keep_tensor->fused_pairs() == 3);
   CHECK(keep_tensor->find_value("c1") >= 0);
   const auto keep_node = plain.fused({"conv3"});  // a node name keeps its first output
-  CHECK(keep_node->fused_pairs() == 2);
+  CHECK(keep_node->fused_pairs() == 3);
   CHECK(keep_node->find_value("c3") >= 0);
   const auto keep_activation = plain.fused({"r1", "relu2"});  // activation outputs survive fusion anyway
-  CHECK(keep_activation->fused_pairs() == 3);
+  CHECK(keep_activation->fused_pairs() == 4);
+  const auto keep_residual_input = plain.fused({"c2"});  // a kept conv output is no residual to absorb
+  CHECK(keep_residual_input->fused_pairs() == 3);
+  CHECK(keep_residual_input->nodes()[keep_residual_input->find_node("add")].node->op == "Add");
 
   const Graph two_outputs(std::make_shared<const Model>(residual_model(/*logits_and_conv1=*/true)), "residual2");
   const auto fused = two_outputs.fused({});
-  CHECK(fused->fused_pairs() == 2);
+  CHECK(fused->fused_pairs() == 3);
   CHECK(fused->find_value("c1") >= 0);
 
   // A conv output read twice (by the Relu and by a second node) stays.
@@ -141,7 +150,26 @@ TEST_CASE("fusion: kept tensors, node names of kept layers and graph outputs are
   shared.nodes.insert(shared.nodes.begin() + 2, node("Relu", "relu1b", {"c1"}, "r1b"));
   shared.nodes[3].inputs[0] = "r1b";  // conv2 reads the second relu
   const Graph shared_graph(std::make_shared<const Model>(shared), "shared");
-  CHECK(shared_graph.fused({})->fused_pairs() == 2);  // add+relu2, conv3+clip
+  CHECK(shared_graph.fused({})->fused_pairs() == 3);  // add+relu2, conv3+clip, conv2+add
+}
+
+TEST_CASE("fusion: no residual fusion for an Add that broadcasts or a conv with an activation of its own") {
+  // The Add's other operand is a (B, 4, 1, 1) pooled gate: a broadcast, not a residual.
+  Model gate = residual_model();
+  gate.nodes.insert(gate.nodes.begin() + 3, node("GlobalAveragePool", "pool_gate", {"r1"}, "gate"));
+  gate.nodes[4].inputs = {"c2", "gate"};
+  const Graph gate_graph(std::make_shared<const Model>(gate), "gate");
+  const auto gate_fused = gate_graph.fused({});
+  CHECK(gate_fused->fused_pairs() == 3);  // conv1+relu1, add+relu2, conv3+clip
+  CHECK(gate_fused->nodes()[gate_fused->find_node("add")].node->op == "Add");
+  // conv2 -> relu (fused into conv2) -> Add: act(conv) + z is not conv + z.
+  Model activated = residual_model();
+  activated.nodes.insert(activated.nodes.begin() + 3, node("Relu", "relu_c2", {"c2"}, "rc2"));
+  activated.nodes[4].inputs = {"rc2", "r1"};
+  const Graph activated_graph(std::make_shared<const Model>(activated), "activated");
+  const auto activated_fused = activated_graph.fused({});
+  CHECK(activated_fused->fused_pairs() == 4);  // conv1+relu1, conv2+relu_c2, add+relu2, conv3+clip
+  CHECK(activated_fused->nodes()[activated_fused->find_node("add")].node->op == "Add");
 }
 
 TEST_CASE("fusion: the fused graph computes the same outputs and gradients, plain and guided, bit for bit") {
@@ -182,7 +210,7 @@ TEST_CASE("fusion: every CAM method gives the same maps on the fused and the unf
   const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/resnet18";
   const auto model = std::make_shared<const Model>(import_onnx((dir / "model.onnx").string()));
   const Graph graph(model, "resnet18");
-  CHECK(graph.fused({})->fused_pairs() == 17);  // 9 Conv+Relu, 8 residual Add+Relu
+  CHECK(graph.fused({})->fused_pairs() == 25);  // 9 Conv+Relu, 8 residual Add+Relu, 8 Conv + residual Add
   const HostTensor x = read_npy((dir / "input.npy").string());
   ThreadPool pool(2);
   ExplainOptions options;
@@ -250,4 +278,13 @@ TEST_CASE("fusion: a broadcasting Add + Relu/Clip fuses and its gradients (reduc
       }
     }
   }
+}
+
+TEST_CASE("fusion: a Conv's residual input must be float32 of the output's shape") {
+  Model m = residual_model();
+  m.nodes[2].inputs = {"r1", "w2", "b2", "x"};  // x is (B, 3, 8, 8), the conv's output (B, 4, 8, 8)
+  m.nodes.erase(m.nodes.begin() + 3);           // the Add
+  m.nodes[3].inputs = {"c2"};                   // relu2 reads the conv
+  const Graph graph(std::make_shared<const Model>(m), "bad-residual");
+  CHECK_THROWS_WITH_AS(graph.infer(graph.input_shapes_for_batch(1)), doctest::Contains("residual Z"), Error);
 }

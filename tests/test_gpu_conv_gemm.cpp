@@ -682,6 +682,43 @@ TEST_CASE("gpu: Conv op forward and backward on the GPU match the CPU op (auto_p
 #endif
 }
 
+TEST_CASE("gpu: Conv op with a fused residual input matches the CPU op (cuDNN conv+bias+z+relu, epilogue otherwise), dZ too") {
+  // Y = act(conv(X, W) + B + Z): with relu the one cuDNN call (alpha2 = 1), with clip or no activation the
+  // epilogue kernel adding Z; backward: dX through the conv, dZ = the masked dy (guided too).
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+#ifdef CAMRT_WITH_CUDA
+  PrecisionScope scope(*runtime, Precision::FP32);
+  struct Case {
+    json attrs;
+    Shape x, w;
+    bool guided;
+  };
+  const std::vector<Case> cases = {
+      {{{"pads", {1, 1, 1, 1}}, {"activation", "relu"}}, {2, 8, 7, 6}, {8, 8, 3, 3}, false},
+      {{{"activation", "relu"}}, {2, 16, 5, 5}, {32, 16, 1, 1}, true},  // a bottleneck's 1x1 projection, guided
+      {{{"pads", {1, 1, 1, 1}}, {"activation", "clip"}, {"activation_min", -0.5}, {"activation_max", 0.5}}, {1, 4, 6, 6}, {4, 4, 3, 3}, false},
+      {{{"strides", {2, 2}}}, {2, 4, 8, 8}, {6, 4, 2, 2}, false},
+  };
+  for (const Case& c : cases) {
+    INFO("Conv + residual " << c.attrs.dump() << " x " << shape_str(c.x) << " w " << shape_str(c.w) << " guided " << c.guided);
+    std::vector<In> ins = {{random_tensor(c.x, 1)}, {random_tensor(c.w, 2), true}, {random_tensor({c.w[0]}, 3), true}};
+    std::vector<TensorDesc> descs;
+    for (const In& in : ins) descs.push_back(TensorDesc{DType::F32, in.t.shape, in.constant ? &in.t : nullptr});
+    const Shape y_shape = build(make_node("Conv", c.attrs, 3))->infer(descs)[0].shape;
+    ins.push_back({random_tensor(y_shape, 5)});
+    const Node node = make_node("Conv", c.attrs, 4);
+    const HostTensor dy = random_tensor(y_shape, 4);
+    const std::vector<bool> wrt = {true, false, false, true};
+    const OpRun gpu = run_op(*runtime, Device::CUDA, node, ins, dy, wrt, c.guided);
+    const OpRun cpu = run_op(*runtime, Device::CPU, node, ins, dy, wrt, c.guided);
+    int64_t terms = 1;
+    for (size_t d = 1; d < c.w.size(); ++d) terms *= c.w[d];
+    terms = std::max(terms, c.w[0] * terms / c.w[1]) + 1;  // + the residual term
+    compare_runs(gpu, cpu, op_tolerance(terms, true));
+  }
+#endif
+}
+
 TEST_CASE("gpu: Gemm op forward and backward (dA, dB, dC for each C shape) on the GPU match the CPU op") {
   CAMRT_GPU_TEST_RUNTIME(runtime);
 #ifdef CAMRT_WITH_CUDA

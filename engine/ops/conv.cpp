@@ -2,8 +2,9 @@
 // backward (input gradient only) for 1-D and 2-D convolutions; a 1-D conv runs as a 2-D conv with H = 1.
 // The arithmetic is kernels/cpu/conv.cpp and, on the GPU, kernels/cuda/conv.cu (cuDNN; its algorithm is chosen
 // when workspace_bytes is asked at plan time).
-// camrt extension: attribute "activation" ("relu" | "clip", with "activation_min"/"activation_max") fuses the
-// following activation into the conv's output pass; the executor sets it when it fuses Conv+Relu/Clip.
+// camrt extensions, set by the fusion pass (engine/fusion.h): attribute "activation" ("relu" | "clip", with
+// "activation_min"/"activation_max") fuses the following activation into the conv's output pass; a fourth input
+// Z (the output's shape) fuses a residual Add: Y = act(conv(X, W) + B + Z).
 #include <algorithm>
 #include <limits>
 
@@ -45,7 +46,7 @@ class ConvOp : public Op {
   }
 
   std::vector<TensorDesc> infer(const std::vector<TensorDesc>& inputs) const override {
-    expect_inputs(inputs, 2, 3);
+    expect_inputs(inputs, 2, 4);
     const TensorDesc& x = inputs[0];
     const TensorDesc& w = inputs[1];
     CAMRT_CHECK(x.present && w.present, where() << ": input X and weight W are required");
@@ -63,6 +64,12 @@ class ConvOp : public Op {
     out.dtype = DType::F32;
     if (x.shape.size() == 3) out.shape = {s.batch, s.out_channels, s.out_w()};
     else out.shape = {s.batch, s.out_channels, s.out_h(), s.out_w()};
+    if (inputs.size() > 3 && inputs[3].present) {
+      const TensorDesc& z = inputs[3];
+      CAMRT_CHECK(z.dtype == DType::F32 && z.shape == out.shape,
+                  where() << ": residual Z " << dtype_name(z.dtype) << " " << shape_str(z.shape)
+                          << " must be float32 of the output's shape " << shape_str(out.shape));
+    }
     return {out};
   }
 
@@ -84,22 +91,23 @@ class ConvOp : public Op {
                 where() << ": forward needs X, W and one output");
     const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
     const float* bias = inputs.size() > 2 && inputs[2] ? inputs[2]->f32() : nullptr;
+    const float* residual = inputs.size() > 3 && inputs[3] ? inputs[3]->f32() : nullptr;
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) {
       CAMRT_CHECK(ctx.cuda, where() << ": the GPU forward needs Context::cuda");
       cuda::conv2d_forward(outputs[0]->f32(), inputs[0]->f32(), inputs[1]->f32(), bias, s, act_, ctx.workspace,
-                           ctx.workspace_bytes, *ctx.cuda);
+                           ctx.workspace_bytes, *ctx.cuda, residual);
       return;
     }
 #endif
     CAMRT_CHECK(ctx.device == Device::CPU, where() << ": this build has no CUDA backend");
     CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
     conv2d_forward(outputs[0]->f32(), inputs[0]->f32(), inputs[1]->f32(), bias, s, act_, ctx.workspace,
-                   ctx.workspace_bytes, *ctx.pool);
+                   ctx.workspace_bytes, *ctx.pool, residual);
   }
 
   // dx = conv_transpose(dy, W) reads W only; a fused activation also reads the output Y, which says where dy
-  // passes (relu: y > 0; clip: min < y < max). X and B are never read.
+  // passes (relu: y > 0; clip: min < y < max). X, B and Z are never read (dZ is the masked dy itself).
   BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {
     BackwardNeeds needs{std::vector<bool>(inputs.size(), false),
                         std::vector<bool>(num_outputs, act_.kind != FusedActivation::kNone)};
@@ -122,29 +130,34 @@ class ConvOp : public Op {
 
   void backward(const Context& ctx, const std::vector<const Tensor*>& inputs, const std::vector<const Tensor*>& outputs,
                 const std::vector<const Tensor*>& doutputs, const std::vector<Tensor*>& dinputs) const override {
-    for (size_t i = 1; i < dinputs.size(); ++i)
+    for (size_t i = 1; i < dinputs.size() && i < 3; ++i)
       CAMRT_CHECK(dinputs[i] == nullptr, where() << ": no gradient for " << (i == 1 ? "weight W" : "bias B") << " '"
                                                  << (i < node_.inputs.size() ? node_.inputs[i] : std::string())
                                                  << "': camrt computes activation gradients only");
-    if (dinputs.empty() || !dinputs[0] || doutputs.empty() || !doutputs[0]) return;
+    Tensor* dz = dinputs.size() > 3 ? dinputs[3] : nullptr;
+    const bool dx_wanted = !dinputs.empty() && dinputs[0];
+    if ((!dx_wanted && !dz) || doutputs.empty() || !doutputs[0]) return;
     CAMRT_CHECK(inputs.size() >= 2 && inputs[0] && inputs[1], where() << ": backward needs X and W");
     const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
     const Tensor& dy = *doutputs[0];
-    Tensor& dx = *dinputs[0];
-    CAMRT_CHECK(dx.dtype == DType::F32 && dx.shape == inputs[0]->shape,
-                where() << ": input gradient " << shape_str(dx.shape) << " does not match X " << shape_str(inputs[0]->shape));
     const int64_t out_numel = s.batch * s.out_channels * s.out_h() * s.out_w();
     CAMRT_CHECK(dy.dtype == DType::F32 && dy.shape.size() == inputs[0]->shape.size() && dy.numel() == out_numel,
                 where() << ": output gradient " << shape_str(dy.shape) << " does not match the conv's output");
+    CAMRT_CHECK(!dx_wanted || (dinputs[0]->dtype == DType::F32 && dinputs[0]->shape == inputs[0]->shape),
+                where() << ": input gradient " << shape_str(dinputs[0]->shape) << " does not match X " << shape_str(inputs[0]->shape));
+    CAMRT_CHECK(!dz || (dz->dtype == DType::F32 && dz->numel() == out_numel),
+                where() << ": residual gradient " << shape_str(dz->shape) << " does not match the conv's output");
+    // dy through the fused activation's derivative (from Y: backward_needs flagged it), into the workspace; that
+    // masked dy is the residual's gradient as it is, and the conv's pre-activation gradient.
+    const bool masks = act_.kind != FusedActivation::kNone;
+    CAMRT_CHECK(!masks || (outputs.size() == 1 && outputs[0] && outputs[0]->numel() == out_numel),
+                where() << ": backward of the fused activation needs the forward output Y");
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) {
       CAMRT_CHECK(ctx.cuda, where() << ": the GPU backward needs Context::cuda");
       const float* g = dy.f32();
-      size_t used = 0;
-      if (act_.kind != FusedActivation::kNone) {  // as below, on the device
-        CAMRT_CHECK(outputs.size() == 1 && outputs[0] && outputs[0]->numel() == out_numel,
-                    where() << ": backward of the fused activation needs the forward output Y");
-        used = masked_dy_bytes(s, kCudaAlignBytes);
+      const size_t used = masked_dy_bytes(s, kCudaAlignBytes);
+      if (masks) {  // as below, on the device
         CAMRT_CHECK(ctx.workspace && ctx.workspace_bytes >= used,
                     where() << ": backward workspace of " << ctx.workspace_bytes << " bytes, need at least " << used);
         float* masked = static_cast<float*>(ctx.workspace);
@@ -152,28 +165,26 @@ class ConvOp : public Op {
                                          ctx.cuda->stream());
         g = masked;
       }
+      if (dz) cuda::conv2d_residual_backward(dz->f32(), g, out_numel, ctx.cuda->stream());
       void* ws = ctx.workspace ? static_cast<unsigned char*>(ctx.workspace) + used : nullptr;
-      cuda::conv2d_backward_data(dx.f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.cuda);
+      if (dx_wanted) cuda::conv2d_backward_data(dinputs[0]->f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.cuda);
       return;
     }
 #endif
     CAMRT_CHECK(ctx.device == Device::CPU, where() << ": this build has no CUDA backend");
     CAMRT_CHECK(ctx.pool, where() << ": the context has no thread pool");
     const float* g = dy.f32();
-    size_t used = 0;
-    if (act_.kind != FusedActivation::kNone) {
-      // dy through the fused activation's derivative (from Y: backward_needs flagged it), into the workspace.
-      CAMRT_CHECK(outputs.size() == 1 && outputs[0] && outputs[0]->numel() == out_numel,
-                  where() << ": backward of the fused activation needs the forward output Y");
-      used = masked_dy_bytes(s);
+    const size_t used = masked_dy_bytes(s);
+    if (masks) {
       CAMRT_CHECK(ctx.workspace && ctx.workspace_bytes >= used,
                   where() << ": backward workspace of " << ctx.workspace_bytes << " bytes, need at least " << used);
       float* masked = static_cast<float*>(ctx.workspace);
       conv2d_activation_backward(masked, dy.f32(), outputs[0]->f32(), out_numel, act_, ctx.guided_relu, *ctx.pool);
       g = masked;
     }
+    if (dz) conv2d_residual_backward(dz->f32(), g, out_numel, *ctx.pool);
     void* ws = ctx.workspace ? static_cast<unsigned char*>(ctx.workspace) + used : nullptr;
-    conv2d_backward_data(dx.f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.pool);
+    if (dx_wanted) conv2d_backward_data(dinputs[0]->f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.pool);
   }
 
  private:

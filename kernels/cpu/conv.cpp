@@ -347,7 +347,14 @@ size_t conv2d_workspace_bytes(const Conv2dShape& s, int num_threads) {
 }
 
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
-                    const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool) {
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool,
+                    const float* residual) {
+  if (residual) {  // conv + bias first, then the residual and the activation in one pass
+    CAMRT_CHECK(residual != out, "conv2d_forward: the residual must not alias the output");
+    conv2d_forward(out, in, weight, bias, s, FusedActivation{}, workspace, workspace_bytes, pool);
+    conv2d_residual_activation(out, residual, s.batch * s.out_channels * s.out_h() * s.out_w(), act, pool);
+    return;
+  }
   {
     const std::string error = conv2d_shape_error(s);
     CAMRT_CHECK(error.empty(), "conv2d_forward: " << error);
@@ -593,6 +600,32 @@ void conv2d_backward_data(float* dx, const float* dy, const float* weight, const
     for (int64_t g = begin; g < end; ++g) run_group(g, ws, serial);
     busy[slot].store(false, std::memory_order_release);
   });
+}
+
+void conv2d_residual_activation(float* out, const float* residual, int64_t n, const FusedActivation& act,
+                                ThreadPool& pool) {
+  pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+    switch (act.kind) {
+      case FusedActivation::kRelu:
+        for (int64_t i = begin; i < end; ++i) {
+          const float x = out[i] + residual[i];
+          out[i] = x > 0.f ? x : 0.f;
+        }
+        break;
+      case FusedActivation::kClip:
+        for (int64_t i = begin; i < end; ++i) out[i] = std::min(std::max(out[i] + residual[i], act.min), act.max);
+        break;
+      default:
+        for (int64_t i = begin; i < end; ++i) out[i] += residual[i];
+        break;
+    }
+  }, 16384);
+}
+
+void conv2d_residual_backward(float* dz, const float* g, int64_t n, ThreadPool& pool) {
+  pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dz[i] += g[i];
+  }, 16384);
 }
 
 void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,

@@ -32,12 +32,22 @@ std::string conv2d_shape_error(const Conv2dShape& s);
 // Scratch bytes conv2d_forward needs for these sizes when run on a pool of num_threads.
 size_t conv2d_workspace_bytes(const Conv2dShape& s, int num_threads);
 
-// out = act(conv(in, weight) + bias).
+// out = act(conv(in, weight) + bias), or with a residual act((conv(in, weight) + bias) + residual).
 // out: (batch, out_channels, out_h, out_w); in: (batch, in_channels, in_h, in_w);
-// weight: (out_channels, in_channels / groups, kernel_h, kernel_w); bias: (out_channels,) or null.
+// weight: (out_channels, in_channels / groups, kernel_h, kernel_w); bias: (out_channels,) or null;
+// residual: out's shape, or null (a residual Add fused into the conv: engine/fusion.h). out must not alias it.
 // workspace must hold conv2d_workspace_bytes(s, pool.num_threads()) bytes (may be null when that is 0).
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
-                    const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool);
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool,
+                    const float* residual = nullptr);
+
+// out = act(out + residual), element-wise: the residual Add of a fused conv, in the order the separate Add
+// computes it (so fused and unfused plans agree bit for bit). out, residual: (n,).
+void conv2d_residual_activation(float* out, const float* residual, int64_t n, const FusedActivation& act,
+                                ThreadPool& pool);
+
+// dz += g: the residual's gradient, g being dy masked by the fused activation (conv2d_activation_backward).
+void conv2d_residual_backward(float* dz, const float* g, int64_t n, ThreadPool& pool);
 
 // --- Backward (input gradient only; weight and bias gradients are never computed) ---
 

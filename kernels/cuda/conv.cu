@@ -288,13 +288,15 @@ __global__ void crop_add_planes_kernel(float* __restrict__ dx, const float* __re
   }
 }
 
-// y (n / (channels * spatial), channels, spatial) = act(y + bias[channel]); the same float operations as the CPU
-// epilogue (std::max / std::min comparisons, so NaN handling matches too).
-__global__ void bias_activation_kernel(float* __restrict__ y, const float* __restrict__ bias, int64_t n,
-                                       int64_t spatial, int64_t channels, int kind, float lo, float hi) {
+// y (n / (channels * spatial), channels, spatial) = act((y + bias[channel]) + residual); the same float
+// operations as the CPU epilogue and residual pass (std::max / std::min comparisons, so NaN handling matches too).
+__global__ void bias_activation_kernel(float* __restrict__ y, const float* __restrict__ bias,
+                                       const float* __restrict__ residual, int64_t n, int64_t spatial,
+                                       int64_t channels, int kind, float lo, float hi) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float v = y[i];
     if (bias) v += bias[(i / spatial) % channels];
+    if (residual) v += residual[i];
     if (kind == FusedActivation::kRelu) {
       v = v > 0.f ? v : 0.f;
     } else if (kind == FusedActivation::kClip) {
@@ -303,6 +305,11 @@ __global__ void bias_activation_kernel(float* __restrict__ y, const float* __res
     }
     y[i] = v;
   }
+}
+
+__global__ void accumulate_kernel(float* __restrict__ dz, const float* __restrict__ g, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dz[i] += g[i];
 }
 
 __global__ void activation_mask_kernel(float* masked, const float* dy, const float* __restrict__ y, int64_t n,
@@ -325,7 +332,9 @@ size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDi
 }
 
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
-                    const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime) {
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
+                    const float* residual) {
+  CAMRT_CHECK(!residual || residual != out, "cuda::conv2d_forward: the residual must not alias the output");
   const Geometry g = geometry_of(s);
   const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision());
   const Choice c = choose(runtime, g, ConvDirection::kForward, key);
@@ -350,18 +359,19 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
   const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(c.algo);
   const float one = 1.f, zero = 0.f;
 
-  // Conv + bias + relu in one cuDNN call where it supports the combination (relu allows any algorithm; identity
-  // would force IMPLICIT_PRECOMP_GEMM, so bias-only convs take the epilogue kernel). z is y with alpha2 = 0, as
-  // frameworks do. A combination cuDNN refuses (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued) is
-  // remembered per key and runs unfused below, where the same descriptors surface any genuine mistake.
+  // Conv + bias (+ residual z, alpha2 = 1) + relu in one cuDNN call where it supports the combination (relu
+  // allows any algorithm; identity would force IMPLICIT_PRECOMP_GEMM, so bias-only convs take the epilogue
+  // kernel). Without a residual z is y with alpha2 = 0, as frameworks do. A combination cuDNN refuses
+  // (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued) is remembered per key and runs unfused below,
+  // where the same descriptors surface any genuine mistake.
   if (act.kind == FusedActivation::kRelu && bias) {
-    const std::string unfused_key = key + " unfused";
+    const std::string unfused_key = key + (residual ? " residual" : "") + " unfused";
     ConvAlgo unused;
     if (!runtime.find_conv_algo(unfused_key, &unused)) {
       d.add_bias_relu(g);
-      const cudnnStatus_t status =
-          cudnnConvolutionBiasActivationForward(handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace,
-                                                c.workspace_bytes, &zero, d.y, out, d.bias, bias, d.act, d.y, out);
+      const cudnnStatus_t status = cudnnConvolutionBiasActivationForward(
+          handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace, c.workspace_bytes, residual ? &one : &zero,
+          d.y, residual ? residual : out, d.bias, bias, d.act, d.y, out);
       if (status == CUDNN_STATUS_SUCCESS) return;
       const int category = CUDNN_STATUS_CATEGORY(int(status));
       CAMRT_CHECK(category == CUDNN_STATUS_NOT_SUPPORTED || category == CUDNN_STATUS_BAD_PARAM,
@@ -371,10 +381,10 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
   }
   CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace,
                                             c.workspace_bytes, &zero, d.y, out));
-  if (bias || act.kind != FusedActivation::kNone) {
+  if (bias || residual || act.kind != FusedActivation::kNone) {
     const int64_t spatial = int64_t(g.oh) * g.ow, n = int64_t(g.n) * g.k * spatial;
-    bias_activation_kernel<<<grid_for(n), 256, 0, stream>>>(out, bias, n, spatial, g.k, int(act.kind), act.min,
-                                                             act.max);
+    bias_activation_kernel<<<grid_for(n), 256, 0, stream>>>(out, bias, residual, n, spatial, g.k, int(act.kind),
+                                                             act.min, act.max);
     CAMRT_CUDA_CHECK_LAUNCH("bias_activation_kernel");
   }
 }
@@ -406,6 +416,12 @@ void conv2d_backward_data(float* dx, const float* dy, const float* weight, const
                                                                  g.excess_top, g.excess_left);
     CAMRT_CUDA_CHECK_LAUNCH("crop_add_planes_kernel");
   }
+}
+
+void conv2d_residual_backward(float* dz, const float* g, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  accumulate_kernel<<<grid_for(n), 256, 0, stream>>>(dz, g, n);
+  CAMRT_CUDA_CHECK_LAUNCH("accumulate_kernel");
 }
 
 void conv2d_activation_backward(float* masked, const float* dy, const float* y, int64_t n, const FusedActivation& act,

@@ -26,13 +26,18 @@ enum class ConvDirection : uint8_t { kForward, kBackwardData };
 // input (forward) or of the input gradient (backward). Chooses and caches the algorithm: call at plan time.
 size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDirection direction);
 
-// out = act(conv(in, weight) + bias), as the CPU conv2d_forward.
+// out = act(conv(in, weight) + bias), or with a residual act(conv(in, weight) + bias + residual), as the CPU
+// conv2d_forward (conv + bias + residual + ReLU is one cuDNN call; other combinations one epilogue kernel).
 // out: (batch, out_channels, out_h, out_w); in: (batch, in_channels, in_h, in_w);
-// weight: (out_channels, in_channels / groups, kernel_h, kernel_w); bias: (out_channels,) or null.
-// workspace: device memory of at least conv2d_workspace_bytes(runtime, s, kForward) bytes (null when that is 0).
-// out must not alias in. Asynchronous on runtime.stream().
+// weight: (out_channels, in_channels / groups, kernel_h, kernel_w); bias: (out_channels,) or null;
+// residual: out's shape, or null. workspace: device memory of at least conv2d_workspace_bytes(runtime, s,
+// kForward) bytes (null when that is 0). out must not alias in or residual. Asynchronous on runtime.stream().
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
-                    const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime);
+                    const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
+                    const float* residual = nullptr);
+
+// dz += g (the residual's gradient: dy masked by the fused activation), as the CPU twin. Asynchronous.
+void conv2d_residual_backward(float* dz, const float* g, int64_t n, cudaStream_t stream);
 
 // dx += conv_transpose(dy, weight): the gradient of the pre-activation output w.r.t. the input, ACCUMULATED
 // into dx (mask dy with conv2d_activation_backward first when the conv has a fused activation).

@@ -54,7 +54,7 @@ int run_inspect(const std::vector<std::string>& argv) {
     std::printf("output           %s %s\n", graph.values()[id].name.c_str(), shape_str(descs[id].shape).c_str());
   std::printf("nodes            %zu\n", graph.nodes().size());
   const auto fused = graph.fused({});
-  std::printf("fused            %lld Conv/Add + Relu/Clip pairs: predict and explain run %zu nodes\n",
+  std::printf("fused            %lld merges (Conv/Add + Relu/Clip, Conv + residual Add): predict and explain run %zu nodes\n",
               static_cast<long long>(fused->fused_pairs()), fused->nodes().size());
   std::printf("parameters       %lld (%.2f MiB of weights)\n", static_cast<long long>(graph.parameter_count()), mib(s.weight_bytes));
   std::printf("activations      planned %.2f MiB, naive %.2f MiB (%.1fx less), batch %lld\n", mib(s.arena_bytes),
