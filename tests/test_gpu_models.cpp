@@ -42,6 +42,16 @@ std::vector<fs::path> model_dirs() {
   return dirs;
 }
 
+fs::path fixture_dir(const std::string& name) { return fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models" / name; }
+
+// The bound on a GPU map against its reference (cam-spec "Numerical tolerances": 1e-4, 1e-3 for the methods that
+// divide by small numbers; guided maps are raw values: 1e-4 of their largest).
+double map_bound(const std::string& method, const float* ref, int64_t n) {
+  if (method == "guided-backprop" || method == "guided-gradcam") return 1e-4 * max_abs(ref, n);
+  const bool loose = method == "scorecam" || method == "ablationcam" || method == "gradcampp" || method == "smooth-gradcampp";
+  return loose ? 1e-3 : 1e-4;
+}
+
 std::string target_layer_of(const fs::path& model_dir) {
   std::ifstream in(model_dir / "meta.json");
   return nlohmann::json::parse(in).at("target_layer").get<std::string>();
@@ -118,10 +128,7 @@ TEST_CASE("gpu models: every CAM method matches the PyTorch reference, determini
         const HostTensor ref = read_npy((c / (r.method + ".npy")).string());
         REQUIRE(r.maps.numel() == ref.numel());
         const double err = max_abs_diff(r.maps.f32(), ref.f32(), ref.numel());
-        const bool raw = r.method == "guided-backprop" || r.method == "guided-gradcam";
-        const bool loose = r.method == "scorecam" || r.method == "ablationcam" || r.method == "gradcampp" ||
-                           r.method == "smooth-gradcampp";
-        const double bound = raw ? 1e-4 * max_abs(ref.f32(), ref.numel()) : loose ? 1e-3 : 1e-4;
+        const double bound = map_bound(r.method, ref.f32(), ref.numel());
         std::cout << "gpu cam " << name << " " << r.method << ": max abs error " << err << " (bound " << bound << ")\n";
         CHECK(err <= bound);
         // Fixed reduction orders and deterministic cuDNN/cuBLAS algorithms: the second run is bit-identical.
@@ -139,7 +146,7 @@ TEST_CASE("gpu models: top-k seeds in one backward pass give the single-class ma
   CAMRT_GPU_TEST_RUNTIME(runtime);
   runtime->set_precision(Precision::FP32);
   ThreadPool pool(2);
-  const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/mobilenet_v3_small";
+  const fs::path dir = fixture_dir("mobilenet_v3_small");
   Graph graph(import_onnx((dir / "model.onnx").string()), "mobilenet_v3_small");
   const HostTensor x = read_npy((dir / "input.npy").string());
   ExplainOptions top;
@@ -158,9 +165,7 @@ TEST_CASE("gpu models: top-k seeds in one backward pass give the single-class ma
       const int64_t per_target = ex.results[m].maps.numel() / 3;
       const float* slice = ex.results[m].maps.f32() + t * per_target;
       const float* ref = single.results[m].maps.f32();
-      const bool raw = top.methods[m].rfind("guided", 0) == 0;
-      const double bound = raw ? 1e-4 * max_abs(ref, per_target) : 1e-4;
-      CHECK(max_abs_diff(slice, ref, per_target) <= bound);
+      CHECK(max_abs_diff(slice, ref, per_target) <= map_bound(top.methods[m], ref, per_target));
       ++compared;
     }
   }
@@ -173,7 +178,7 @@ TEST_CASE("gpu models: aug-smooth variants batched on the device give the CPU's 
   CAMRT_GPU_TEST_RUNTIME(runtime);
   runtime->set_precision(Precision::FP32);
   ThreadPool pool(2);
-  const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/mobilenet_v3_small";
+  const fs::path dir = fixture_dir("mobilenet_v3_small");
   Graph graph(import_onnx((dir / "model.onnx").string()), "mobilenet_v3_small");
   const HostTensor x = read_npy((dir / "input.npy").string());
   ExplainOptions options;
@@ -187,8 +192,7 @@ TEST_CASE("gpu models: aug-smooth variants batched on the device give the CPU's 
     const HostTensor& got = gpu.results[m].maps;
     const HostTensor& ref = cpu.results[m].maps;
     REQUIRE(got.shape == ref.shape);
-    const bool raw = options.methods[m] == "guided-backprop";
-    const double bound = raw ? 1e-4 * max_abs(ref.f32(), ref.numel()) : options.methods[m] == "scorecam" ? 1e-3 : 1e-4;
+    const double bound = map_bound(options.methods[m], ref.f32(), ref.numel());
     CHECK(max_abs_diff(got.f32(), ref.f32(), ref.numel()) <= bound);
   }
 }
@@ -201,7 +205,7 @@ TEST_CASE("gpu models: the whole explain pass in one CUDA graph replays the eage
   CAMRT_GPU_TEST_RUNTIME(runtime);
   runtime->set_precision(Precision::FP32);
   ThreadPool pool(2);
-  const fs::path dir = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/resnet18";
+  const fs::path dir = fixture_dir("resnet18");
   Graph graph(import_onnx((dir / "model.onnx").string()), "resnet18");
   const HostTensor x = read_npy((dir / "input.npy").string());
   ExplainOptions options;
@@ -228,9 +232,7 @@ TEST_CASE("gpu models: the whole explain pass in one CUDA graph replays the eage
       CHECK(std::memcmp(a.bytes.data(), replayed.results[m].maps.bytes.data(), a.bytes.size()) == 0);
       const HostTensor& ref = cpu.results[m].maps;
       REQUIRE(a.shape == ref.shape);
-      const bool raw = options.methods[m].rfind("guided", 0) == 0;
-      const bool loose = options.methods[m] == "gradcampp";
-      const double bound = raw ? 1e-4 * max_abs(ref.f32(), ref.numel()) : loose ? 1e-3 : 1e-4;
+      const double bound = map_bound(options.methods[m], ref.f32(), ref.numel());
       CHECK(max_abs_diff(a.f32(), ref.f32(), ref.numel()) <= bound);
     }
   }

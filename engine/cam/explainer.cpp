@@ -986,7 +986,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
   // most kMaxSeedsPerPass at a time: the gradient buffers grow with it.
   if (m.rule.kind == TargetRule::TopK) {
     constexpr int64_t kMaxSeedsPerPass = 16;
-    const Shape& out = graph.infer(shapes)[graph.output_ids()[0]].shape;
+    const Shape out = graph.infer(shapes)[graph.output_ids()[0]].shape;
     const int64_t classes = out.size() >= 2 ? out[1] : 1;
     m.target_count = std::max<int64_t>(1, std::min(m.rule.value, classes));
     m.seeds_per_pass = std::clamp<int64_t>(m.target_count, 1, kMaxSeedsPerPass);
@@ -1001,13 +1001,24 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
   m.host_decisions = !m.device_targets || m.any_score || m.any_ablation || requested_method("smooth-gradcampp") ||
                      (requested_method("cam") && options.eigen_smooth);
   m.capture_pass = cuda != nullptr && !m.host_decisions;
+  // The main and guided plans run one backward per group of seeds_per_pass targets. With one group the
+  // activations their backward reads are reused as soon as it has read them; with more (or where a plan fell
+  // back to one seed per pass) they stay for every group's pass.
+  auto backward_plan = [&](PlanOptions o) {
+    o.cuda_graphs = !m.capture_pass;
+    o.seeds_per_backward = m.seeds_per_pass;
+    o.repeat_backward = m.target_count > m.seeds_per_pass;
+    auto plan = std::make_unique<Executor>(graph, shapes, pool, o);
+    if (!o.repeat_backward && !o.grad_targets.empty() && m.target_count > plan->seeds_per_backward()) {
+      o.repeat_backward = true;
+      plan = std::make_unique<Executor>(graph, shapes, pool, o);
+    }
+    return plan;
+  };
   PlanOptions main_options = plan_options();
-  main_options.cuda_graphs = !m.capture_pass;
   main_options.keep = m.layer_tensors;
   if (m.any_gradient) main_options.grad_targets = m.layer_tensors;
-  main_options.repeat_backward = true;  // several target groups reuse one forward's activations
-  main_options.seeds_per_backward = m.seeds_per_pass;
-  m.main = std::make_unique<Executor>(graph, shapes, pool, main_options);
+  m.main = backward_plan(main_options);
   for (int id : m.layer_ids) {
     const Shape& s = m.main->descs()[id].shape;
     m.layer_shapes.push_back(s);
@@ -1046,10 +1057,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
   if (m.any_guided) {
     PlanOptions guided_options = plan_options();
     guided_options.grad_targets = {m.input_name};
-    guided_options.repeat_backward = true;
-    guided_options.seeds_per_backward = m.seeds_per_pass;
-    guided_options.cuda_graphs = !m.capture_pass;
-    m.guided = std::make_unique<Executor>(graph, shapes, pool, guided_options);
+    m.guided = backward_plan(guided_options);
   }
   // A plan falls back to one seed per pass where the model's tensors do not all carry the batch in dim 0.
   if (m.any_gradient) m.seeds_per_pass = std::min(m.seeds_per_pass, m.main->seeds_per_backward());

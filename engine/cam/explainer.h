@@ -2,8 +2,11 @@
 // the backward pass down to the explained layer(s) only (Guided Backprop alone gets a plan down to the input);
 // Score-CAM runs batched forwards of masked inputs through a second plan; Ablation-CAM continues the network
 // from the explained layer through a tail plan, never recomputing the layers before it. All methods requested
-// together share the forward and backward passes. The arithmetic is in kernels/cpu/cam.h and its CUDA twin
-// kernels/cuda/cam.h: the same orchestration runs on either device (CamKernels in explainer.cpp dispatches).
+// together share the forward and backward passes; top-k targets share one backward pass (stacked seeds). Targets
+// are ranked and seeded on the plan's device, so on the GPU a pass that decides nothing on the host (no Score-CAM,
+// Ablation-CAM, Smooth Grad-CAM++, region or similarity target) is captured once as one CUDA graph and replayed.
+// The arithmetic is in kernels/cpu/cam.h and its CUDA twin kernels/cuda/cam.h: the same orchestration runs on
+// either device (CamKernels in explainer.cpp dispatches).
 #pragma once
 #include <map>
 #include <memory>
@@ -35,9 +38,9 @@ struct ExplainOptions {
   bool scorecam_paper = false;   // --scorecam=paper weighting
   int64_t smooth_samples = 8;    // Smooth Grad-CAM++ noisy copies
   uint64_t seed = 0;             // Smooth Grad-CAM++ noise generator
-  // Images per extra pass: Score-CAM / Ablation-CAM forwards, Smooth Grad-CAM++ noisy copies (chunk / batch
-  // copies of the batch per forward + backward); 0: from free memory on the GPU; on the CPU 16 forwards and one
-  // noisy copy per pass (faster there: the activations of a bigger batch fall out of cache).
+  // Images per extra pass: Score-CAM / Ablation-CAM forwards, Smooth Grad-CAM++ noisy copies and aug-smooth
+  // variants (chunk / batch copies of the batch per forward + backward); 0: from free memory on the GPU; on the
+  // CPU 16 forwards and one copy or variant per pass (faster there: a bigger batch's activations fall out of cache).
   int64_t chunk = 0;
   // Plan on the activation-fused graph (engine/fusion.h; the explained layers stay tensors): same values, fewer
   // kernels. false: plan the model's nodes as they are (for comparisons).
@@ -56,7 +59,9 @@ struct Explanation {
   std::vector<std::vector<int64_t>> classes;   // [target][image] class explained
   std::vector<std::string> layers;             // node names of the explained layers
   std::vector<MethodResult> results;           // in the order of ExplainOptions::methods
-  std::map<std::string, double> timings_ms;    // stage -> milliseconds (upload, forward, backward, per method, download)
+  // stage -> milliseconds: upload, forward, backward, per method, download; a pass replayed as one CUDA graph is
+  // timed whole as "pass".
+  std::map<std::string, double> timings_ms;
 };
 
 class Explainer {

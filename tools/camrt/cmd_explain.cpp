@@ -117,7 +117,7 @@ int run_explain(const std::vector<std::string>& argv) {
       .option("scorecam", "MODE", "Score-CAM weighting: default or paper", "default")
       .option("smooth-samples", "N", "Smooth Grad-CAM++ noisy copies", "8")
       .option("seed", "N", "seed of the Smooth Grad-CAM++ noise", "0")
-      .option("chunk", "N", "images per extra pass: Score-CAM / Ablation-CAM forwards, Smooth Grad-CAM++ noisy copies (0: from free memory on the GPU; on the CPU 16 forwards, one copy)", "0")
+      .option("chunk", "N", "images per extra pass: Score-CAM / Ablation-CAM forwards, Smooth Grad-CAM++ noisy copies, aug-smooth variants (0: from free memory on the GPU; on the CPU 16 forwards, one copy or variant)", "0")
       .option("resize", "N", "override the model's resize")
       .option("crop", "N", "override the model's crop")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
