@@ -258,7 +258,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(input_descs(nodes[n], descs_), context_));
   for (int64_t j = 0; j < num_backward; ++j) {  // a step over all seeds at once sees the wide shapes
     const GraphNode& gn = nodes[backward_nodes[j]];
-    const bool per_seed = seeds_ > 1 && reads_activations[j];
+    const bool per_seed = seeds_ > 1 && reads_activations[j] && !gn.op->backward_over_seeds();
     stats_.workspace_bytes = std::max(stats_.workspace_bytes,
                                       gn.op->backward_workspace_bytes(input_descs(gn, per_seed ? descs_ : wide_descs), context_));
   }
@@ -318,9 +318,12 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     const int n = backward_nodes[j];
     step.node = n;
     // Over all seeds at once the op sees every tensor at the wide shapes (their data beyond one seed is never
-    // read: it reads no activation); seed by seed, the forward values as they are and a slice of each gradient.
-    const bool per_seed = seeds_ > 1 && reads_activations[j];
-    std::vector<Tensor>& forward_views = per_seed ? views_ : wide_views_;
+    // read: it reads no activation), or, if it reads activations and handles seeds itself, the forward values as
+    // they are with Context::seeds set; seed by seed, the forward values and a slice of each gradient.
+    const bool reads = seeds_ > 1 && reads_activations[j];
+    const bool per_seed = reads && !nodes[n].op->backward_over_seeds();
+    step.over_seeds = reads && !per_seed;
+    std::vector<Tensor>& forward_views = reads ? views_ : wide_views_;
     for (int id : nodes[n].inputs) {
       step.inputs.push_back(id >= 0 ? &forward_views[id] : nullptr);
       step.dinputs.push_back(id >= 0 && flows[id] ? &gradient_views_[id] : nullptr);
@@ -509,7 +512,14 @@ void Executor::run_backward_steps() {
     }
     try {
       const Op& op = *nodes[step.node].op;
-      if (step.seed_slices.empty()) {
+      if (step.over_seeds) {
+        struct SeedsScope {  // back to one seed however the call ends
+          Context& context;
+          ~SeedsScope() { context.seeds = 1; }
+        } scope{context_};
+        context_.seeds = seeds_;
+        op.backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
+      } else if (step.seed_slices.empty()) {
         op.backward(context_, step.inputs, step.outputs_read, step.doutputs, step.dinputs);
       } else {
         for (const Step::SeedSlice& seed : step.seed_slices)

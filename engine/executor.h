@@ -32,8 +32,10 @@ struct PlanOptions {
   // Seeds per backward pass (top-k targets, ...): backward() takes this many seeds stacked along dim 0 of output 0
   // and computes all their gradients in one pass, the forward values shared; gradient s of a value is rows
   // [s*n, (s+1)*n) of a (S*n, ...) gradient. Ops whose backward reads no activation (conv backward-data, Gemm,
-  // pooling means, reshapes) run once over all seeds; the others once per seed. Planned only where every tensor
-  // the backward touches has the batch in dim 0; otherwise 1 (seeds_per_backward() says which).
+  // pooling means, reshapes) run once over all seeds, as do ops that take the seeds themselves
+  // (Op::backward_over_seeds: Conv with a fused activation masks seed by seed, then one backward-data); the others
+  // once per seed. Planned only where every tensor the backward touches has the batch in dim 0; otherwise 1
+  // (seeds_per_backward() says which).
   int64_t seeds_per_backward = 1;
   // If set, a tensor (or node name) that becomes the plan's only input: only nodes downstream of it run.
   // input_shapes still name the graph inputs (shapes are inferred for the whole graph).
@@ -129,6 +131,9 @@ class Executor {
       std::vector<Tensor*> dinput_ptrs;
     };
     std::vector<SeedSlice> seed_slices;
+    // Several seeds per pass and an op that takes them all at once (Op::backward_over_seeds): stacked gradients,
+    // one seed's forward values, Context::seeds set.
+    bool over_seeds = false;
   };
 
   const Graph& graph_;

@@ -29,10 +29,13 @@ std::vector<float> random_values(int64_t n, uint32_t seed) {
 }
 
 // Gradients of `targets` for S random seeds: from one plan taking all S per pass, and from a plan taking one
-// per pass called S times. Compared bit for bit.
+// per pass called S times, on the model's graph or its fused graph (convs with a fused ReLU and a residual input
+// take the seeds at once: Op::backward_over_seeds). Compared bit for bit.
 void check_stacked_equals_separate(const std::string& model, const std::vector<std::string>& targets, bool guided,
-                                   int64_t S) {
-  Graph graph(import_onnx((kModels / model / "model.onnx").string()), model);
+                                   int64_t S, bool fused = false) {
+  const Graph plain(import_onnx((kModels / model / "model.onnx").string()), model);
+  const std::unique_ptr<Graph> fused_graph = fused ? plain.fused(targets) : nullptr;
+  const Graph& graph = fused ? *fused_graph : plain;
   ThreadPool pool(2);
   const HostTensor x = read_npy((kModels / model / "input.npy").string());
   const std::string input = graph.values()[graph.input_ids()[0]].name;
@@ -84,6 +87,14 @@ TEST_CASE("seed batching: resnet18, an early layer and the input, plain and guid
   const std::string input = graph.values()[graph.input_ids()[0]].name;
   check_stacked_equals_separate("resnet18", {early, input}, false, 3);
   check_stacked_equals_separate("resnet18", {input}, true, 2);
+}
+
+TEST_CASE("seed batching: the fused resnet18 (conv+ReLU, conv+residual+ReLU take all seeds at once), plain and guided") {
+  Graph graph(import_onnx((kModels / "resnet18" / "model.onnx").string()), "resnet18");
+  REQUIRE(graph.fused({})->fused_pairs() > 0);
+  const std::string input = graph.values()[graph.input_ids()[0]].name;
+  check_stacked_equals_separate("resnet18", {input}, false, 3, /*fused=*/true);
+  check_stacked_equals_separate("resnet18", {input}, true, 3, /*fused=*/true);
 }
 
 TEST_CASE("seed batching: mobilenet_v3_small (squeeze-excitation gates, hardswish) at the input") {

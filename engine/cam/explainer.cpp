@@ -719,6 +719,7 @@ struct Explainer::Impl {
           float* out = final_buffer(method, t);
           if (method == "guided-backprop") {
             k.copy(out, guided_grad, static_cast<size_t>(image_numel) * sizeof(float));
+            lap(timings, "guided-backprop", t0);
             continue;
           }
           const std::string map_method = method == "guided-gradcam" ? "gradcam" : method;

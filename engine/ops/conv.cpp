@@ -138,14 +138,19 @@ class ConvOp : public Op {
     const bool dx_wanted = !dinputs.empty() && dinputs[0];
     if ((!dx_wanted && !dz) || doutputs.empty() || !doutputs[0]) return;
     CAMRT_CHECK(inputs.size() >= 2 && inputs[0] && inputs[1], where() << ": backward needs X and W");
-    const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
+    // Context::seeds stacked seeds: the gradients are seeds times the batch (one backward-data over all of them),
+    // X and Y one seed's; the activation mask is taken seed by seed against the same Y.
+    const Conv2dShape one = geometry(inputs[0]->shape, inputs[1]->shape);
+    const int64_t seeds = ctx.seeds;
+    Conv2dShape s = one;
+    s.batch *= seeds;
     const Tensor& dy = *doutputs[0];
-    const int64_t out_numel = s.batch * s.out_channels * s.out_h() * s.out_w();
-    CAMRT_CHECK(dy.dtype == DType::F32 && dy.shape.size() == inputs[0]->shape.size() && dy.numel() == out_numel,
+    const int64_t out_numel = one.batch * one.out_channels * one.out_h() * one.out_w();  // one seed's
+    CAMRT_CHECK(seeds >= 1 && dy.dtype == DType::F32 && dy.shape.size() == inputs[0]->shape.size() && dy.numel() == seeds * out_numel,
                 where() << ": output gradient " << shape_str(dy.shape) << " does not match the conv's output");
-    CAMRT_CHECK(!dx_wanted || (dinputs[0]->dtype == DType::F32 && dinputs[0]->shape == inputs[0]->shape),
+    CAMRT_CHECK(!dx_wanted || (dinputs[0]->dtype == DType::F32 && dinputs[0]->numel() == seeds * inputs[0]->numel()),
                 where() << ": input gradient " << shape_str(dinputs[0]->shape) << " does not match X " << shape_str(inputs[0]->shape));
-    CAMRT_CHECK(!dz || (dz->dtype == DType::F32 && dz->numel() == out_numel),
+    CAMRT_CHECK(!dz || (dz->dtype == DType::F32 && dz->numel() == seeds * out_numel),
                 where() << ": residual gradient " << shape_str(dz->shape) << " does not match the conv's output");
     // dy through the fused activation's derivative (from Y: backward_needs flagged it), into the workspace; that
     // masked dy is the residual's gradient as it is, and the conv's pre-activation gradient.
@@ -161,11 +166,12 @@ class ConvOp : public Op {
         CAMRT_CHECK(ctx.workspace && ctx.workspace_bytes >= used,
                     where() << ": backward workspace of " << ctx.workspace_bytes << " bytes, need at least " << used);
         float* masked = static_cast<float*>(ctx.workspace);
-        cuda::conv2d_activation_backward(masked, dy.f32(), outputs[0]->f32(), out_numel, act_, ctx.guided_relu,
-                                         ctx.cuda->stream());
+        for (int64_t seed = 0; seed < seeds; ++seed)
+          cuda::conv2d_activation_backward(masked + seed * out_numel, dy.f32() + seed * out_numel, outputs[0]->f32(),
+                                           out_numel, act_, ctx.guided_relu, ctx.cuda->stream());
         g = masked;
       }
-      if (dz) cuda::conv2d_residual_backward(dz->f32(), g, out_numel, ctx.cuda->stream());
+      if (dz) cuda::conv2d_residual_backward(dz->f32(), g, seeds * out_numel, ctx.cuda->stream());
       void* ws = ctx.workspace ? static_cast<unsigned char*>(ctx.workspace) + used : nullptr;
       if (dx_wanted) cuda::conv2d_backward_data(dinputs[0]->f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.cuda);
       return;
@@ -179,13 +185,18 @@ class ConvOp : public Op {
       CAMRT_CHECK(ctx.workspace && ctx.workspace_bytes >= used,
                   where() << ": backward workspace of " << ctx.workspace_bytes << " bytes, need at least " << used);
       float* masked = static_cast<float*>(ctx.workspace);
-      conv2d_activation_backward(masked, dy.f32(), outputs[0]->f32(), out_numel, act_, ctx.guided_relu, *ctx.pool);
+      for (int64_t seed = 0; seed < seeds; ++seed)
+        conv2d_activation_backward(masked + seed * out_numel, dy.f32() + seed * out_numel, outputs[0]->f32(), out_numel,
+                                   act_, ctx.guided_relu, *ctx.pool);
       g = masked;
     }
-    if (dz) conv2d_residual_backward(dz->f32(), g, out_numel, *ctx.pool);
+    if (dz) conv2d_residual_backward(dz->f32(), g, seeds * out_numel, *ctx.pool);
     void* ws = ctx.workspace ? static_cast<unsigned char*>(ctx.workspace) + used : nullptr;
     if (dx_wanted) conv2d_backward_data(dinputs[0]->f32(), g, inputs[1]->f32(), s, ws, ctx.workspace_bytes - used, *ctx.pool);
   }
+
+  // Stacked seeds in one backward-data call; only the activation mask goes seed by seed.
+  bool backward_over_seeds() const override { return true; }
 
  private:
   // cuDNN's workspace follows the masked dy on the GPU: keep it at cudaMalloc's 256-byte alignment.

@@ -37,6 +37,9 @@ struct Context {
   size_t workspace_bytes = 0;
   // Guided Backprop: every ReLU's backward passes dy only where its input > 0 and dy > 0.
   bool guided_relu = false;
+  // Backward of an op with backward_over_seeds(): doutputs and dinputs hold this many stacked seeds (dim 0 times
+  // seeds) while inputs and outputs are the forward values of one (PlanOptions::seeds_per_backward).
+  int64_t seeds = 1;
 };
 
 // Which forward tensors an op's backward reads, so the planner keeps exactly those alive.
@@ -71,7 +74,11 @@ class Op {
   virtual BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const {
     return BackwardNeeds{std::vector<bool>(inputs.size(), true), std::vector<bool>(num_outputs, false)};
   }
-  // Scratch bytes backward needs (shares the plan's workspace with forward).
+  // True if backward() handles Context::seeds > 1 itself: stacked gradients, one seed's forward values. Ops that
+  // read activations and say false run once per seed instead.
+  virtual bool backward_over_seeds() const { return false; }
+  // Scratch bytes backward needs (shares the plan's workspace with forward). With seeds, the caller passes the
+  // inputs' shapes at seeds times the batch.
   virtual size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const {
     return workspace_bytes(inputs, ctx);
   }
