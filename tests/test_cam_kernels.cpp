@@ -805,3 +805,20 @@ TEST_CASE("target_seeds: one-hot logits, the softmax derivative in double, zero 
     }
   }
 }
+
+TEST_CASE("target_scores: the logit or the softmax probability of each row's class (one class or one per row)") {
+  const int64_t rows = 3, C = 4;
+  const VecF logits = {1.f, -2.f, 0.5f, 3.f, /**/ 10.f, 10.f, -5.f, 0.f, /**/ 0.f, 0.f, 0.f, 0.f};
+  const std::vector<int64_t> per_row = {3, 0, 2}, one = {1};
+  VecF scores(rows);
+  target_scores(scores.data(), logits.data(), per_row.data(), 1, rows, C, false);
+  for (int64_t r = 0; r < rows; ++r) CHECK(scores[r] == logits[r * C + per_row[r]]);
+  target_scores(scores.data(), logits.data(), one.data(), 0, rows, C, true);
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int64_t j = 0; j < C; ++j) sum += std::exp(double(logits[r * C + j]));
+    CHECK(std::abs(scores[r] - std::exp(double(logits[r * C + 1])) / sum) <= 1e-7);
+  }
+  const std::vector<int64_t> bad = {4};
+  CHECK_THROWS_AS(target_scores(scores.data(), logits.data(), bad.data(), 0, rows, C, false), Error);
+}

@@ -728,6 +728,32 @@ TEST_CASE("gpu cam: targets ranked and seeded on the device (ties, NaN, -inf, fi
 #endif
 }
 
+TEST_CASE("gpu cam: target_scores (logit, softmax, one class or one per row) equals the CPU twin") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+#ifdef CAMRT_WITH_CUDA
+  CudaRuntime& rt = *runtime;
+  for (int64_t C : {5, 1000}) {
+    const int64_t rows = 37;
+    const VecF logits = random_vector(static_cast<size_t>(rows * C), 1800 + uint32_t(C), -4.f, 4.f);
+    std::vector<int64_t> classes(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) classes[r] = (r * 7) % C;
+    const DeviceBuffer dlogits = upload(rt, logits), dclasses = upload(rt, classes);
+    for (int64_t stride : {0, 1})
+      for (bool softmax : {false, true}) {
+        VecF expected(static_cast<size_t>(rows));
+        target_scores(expected.data(), logits.data(), classes.data(), stride, rows, C, softmax);
+        DeviceBuffer dscores = device_buffer(rt, expected.size() * sizeof(float));
+        cuda::target_scores(f32(dscores), f32(dlogits), reinterpret_cast<const int64_t*>(dclasses.data()), stride, rows,
+                            C, softmax, rt.stream());
+        const VecF got = download<float>(rt, dscores, expected.size());
+        const std::string what = "target_scores C=" + std::to_string(C) + " stride " + std::to_string(stride);
+        if (softmax) check_rel(got, expected, 1e-6, what + " softmax", 1e-12);
+        else check_bits(got, expected, what);
+      }
+  }
+#endif
+}
+
 TEST_CASE("gpu cam: two runs give bit-identical results") {
   CAMRT_GPU_TEST_RUNTIME(runtime);
 #ifdef CAMRT_WITH_CUDA

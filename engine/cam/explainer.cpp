@@ -256,6 +256,21 @@ struct CamKernels {
     CAMRT_CAM_DISPATCH(target_seeds(seeds, classes, logits, B, C, first, count, S, softmax),
                        target_seeds(seeds, classes, logits, B, C, first, count, S, softmax, stream()));
   }
+  void scores(float* out, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows, int64_t C,
+              bool softmax) const {
+    CAMRT_CAM_DISPATCH(target_scores(out, logits, classes, class_stride, rows, C, softmax),
+                       target_scores(out, logits, classes, class_stride, rows, C, softmax, stream()));
+  }
+  void score_softmax(float* w, const float* scores, int64_t B, int64_t K) const {
+    CAMRT_CAM_DISPATCH(softmax_weights(w, scores, B, K), softmax_weights(w, scores, B, K, stream()));
+  }
+  void score_paper(float* w, const float* probs, const uint8_t* is_constant, int64_t B, int64_t K) const {
+    CAMRT_CAM_DISPATCH(scorecam_paper_weights(w, probs, is_constant, B, K),
+                       scorecam_paper_weights(w, probs, is_constant, B, K, stream()));
+  }
+  void ablation(float* w, const float* y, const float* y_ablated, int64_t B, int64_t K) const {
+    CAMRT_CAM_DISPATCH(ablation_weights(w, y, y_ablated, B, K), ablation_weights(w, y, y_ablated, B, K, stream()));
+  }
   void guided(float* out, const float* g, const float* cam, int64_t B, int64_t C, int64_t H, int64_t W) const {
     CAMRT_CAM_DISPATCH(guided_gradcam(out, g, cam, B, C, H, W, *pool), guided_gradcam(out, g, cam, B, C, H, W, stream()));
   }
@@ -480,10 +495,10 @@ struct Explainer::Impl {
         k.cam(cam, fc_device, cls_device, A, B, K, h, w, fc.shape[0]);
       }
     } else if (method == "scorecam") {
-      scorecam(weights, layer, A, *cls_host, x_device);
+      scorecam(weights, layer, A, cls_device, cls_host ? cls_host->data() : nullptr, x_device);
       from_channel_weights();
     } else if (method == "ablationcam") {
-      ablationcam(weights, layer, A, *cls_host);
+      ablationcam(weights, layer, A, cls_device, cls_host ? cls_host->data() : nullptr);
       from_channel_weights();
     } else {
       CAMRT_FAIL("method '" << method << "' has no map of its own");
@@ -528,24 +543,35 @@ struct Explainer::Impl {
     return fc_cache[layer] = std::move(out);
   }
 
+  // scores[r] = the explained score of output row r (rows of `outputs`, on the device) for class
+  // cls[r * stride] (cls on the device; cls_host the same targets on the host). Logit and softmax targets (and
+  // --scorecam paper, always the softmax) are scored on the device; region and similarity targets, whose mask and
+  // concept vector live on the host, there.
+  void score_rows(float* scores, const float* outputs, int64_t rows, const int64_t* cls, const int64_t* cls_host,
+                  int64_t stride, bool softmax) {
+    if (device_targets) {
+      k.scores(scores, outputs, cls, stride, rows, classes, softmax || rule.softmax);
+      return;
+    }
+    std::vector<float>& z = host_buffer("score rows", rows * out_per_image);
+    k.download(z.data(), outputs, static_cast<size_t>(rows * out_per_image) * sizeof(float));
+    std::vector<float>& y = host_buffer("scores", rows);
+    for (int64_t r = 0; r < rows; ++r) y[r] = score_of(z.data() + r * out_per_image, cls_host[r * stride]);
+    k.upload(scores, y.data(), static_cast<size_t>(rows) * sizeof(float));
+  }
+
   // Score-CAM channel weights: masks and masked inputs made on the device, pushed through the score plan in
-  // chunks; only the chunk's outputs come back to the host to be scored.
-  void scorecam(float* weights, size_t layer, const float* A, const std::vector<int64_t>& cls, const float* x_device) {
+  // chunks, each chunk's outputs scored on the device; nothing comes back to the host.
+  void scorecam(float* weights, size_t layer, const float* A, const int64_t* cls, const int64_t* cls_host,
+                const float* x_device) {
     const Shape& shape = layer_shapes[layer];
     const int64_t K = shape[1], h = shape[2], w = shape[3];
     const int64_t plane = channels * height * width;
     float* masks = buffer("score masks", K * height * width);
-    std::vector<float>& scores = host_buffer("scores", batch * K);
-    std::vector<float>& out = host_buffer("score outputs", score->descs()[graph.output_ids()[0]].shape[0] * out_per_image);
-    std::vector<uint8_t> constant(static_cast<size_t>(batch * K), 0);
-    if (options.scorecam_paper) {
-      uint8_t* constant_device = buffer<uint8_t>("constant channels", batch * K);
-      k.constant_channels(constant_device, A, batch, K, h, w);
-      k.download(constant.data(), constant_device, constant.size());
-    }
+    float* scores = buffer("scores", batch * K);
     const int64_t chunk = score->descs()[score->input_ids()[0]].shape[0];
     Tensor in = score->input(input_name);
-    const int out_id = graph.output_ids()[0];
+    const float* outputs = score->value(graph.output_ids()[0]).f32();
     for (int64_t b = 0; b < batch; ++b) {
       k.masks(masks, A + b * K * h * w, 1, K, h, w, height, width);
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
@@ -553,55 +579,50 @@ struct Explainer::Impl {
         k.mask_input(in.f32(), x_device + b * plane, masks + k0 * height * width, n, channels, height, width);
         if (n < chunk) k.zero(in.f32() + n * plane, static_cast<size_t>((chunk - n) * plane) * sizeof(float));
         score->forward();
-        score->fetch(out_id, out.data());
-        for (int64_t i = 0; i < n; ++i) {
-          const float* z = out.data() + i * out_per_image;
-          scores[b * K + k0 + i] = options.scorecam_paper ? static_cast<float>(softmax(z)[cls[b]]) : score_of(z, cls[b]);
-        }
+        score_rows(scores + b * K + k0, outputs, n, cls + b, cls_host ? cls_host + b : nullptr, 0, options.scorecam_paper);
       }
     }
-    std::vector<float>& host_weights = host_buffer("weights", batch * K);
-    if (options.scorecam_paper) scorecam_paper_weights(host_weights.data(), scores.data(), constant.data(), batch, K);
-    else softmax_weights(host_weights.data(), scores.data(), batch, K);
-    k.upload(weights, host_weights.data(), static_cast<size_t>(batch * K) * sizeof(float));
+    if (options.scorecam_paper) {
+      uint8_t* constant = buffer<uint8_t>("constant channels", batch * K);
+      k.constant_channels(constant, A, batch, K, h, w);
+      k.score_paper(weights, scores, constant, batch, K);
+    } else {
+      k.score_softmax(weights, scores, batch, K);
+    }
   }
 
   // Ablation-CAM channel weights: ablated copies of A made on the device and pushed through the tail plan (from
-  // the layer on), never through the layers before it.
-  void ablationcam(float* weights, size_t layer, const float* A, const std::vector<int64_t>& cls) {
+  // the layer on), never through the layers before it; scored on the device like Score-CAM's.
+  void ablationcam(float* weights, size_t layer, const float* A, const int64_t* cls, const int64_t* cls_host) {
     const Shape& shape = layer_shapes[layer];
     const int64_t K = shape[1], h = shape[2], w = shape[3];
     Executor& tail = *tails[layer];
     const int64_t chunk = tail.descs()[tail.input_ids()[0]].shape[0];
-    std::vector<float>& y = host_buffer("ablation y", batch);
-    std::vector<float>& y_ablated = host_buffer("ablation scores", batch * K);
-    std::vector<float>& out = host_buffer("ablation outputs", chunk * out_per_image);
+    float* y = buffer("ablation y", batch);
+    float* y_ablated = buffer("ablation scores", batch * K);
     float* values = buffer("ablation values", batch);
     k.ablation_min_values(values, A, batch, K, h, w);
-    Tensor in = tail.input(layer_tensors[layer]);
-    const int64_t per_copy = K * h * w;
     const int out_id = graph.output_ids()[0];
+    score_rows(y, main->value(out_id).f32(), batch, cls, cls_host, 1, false);  // the clean input's scores
+    Tensor in = tail.input(layer_tensors[layer]);
+    const float* outputs = tail.value(out_id).f32();
+    const int64_t per_copy = K * h * w;
     for (int64_t b = 0; b < batch; ++b) {
-      y[b] = score_of(last_logits + b * out_per_image, cls[b]);
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
         const int64_t n = std::min(chunk, K - k0);
         k.ablated_copies(in.f32(), A + b * per_copy, values + b, k0, n, K, h, w);
         if (n < chunk) k.zero(in.f32() + n * per_copy, static_cast<size_t>((chunk - n) * per_copy) * sizeof(float));
         tail.forward();
-        tail.fetch(out_id, out.data());
-        for (int64_t i = 0; i < n; ++i) y_ablated[b * K + k0 + i] = score_of(out.data() + i * out_per_image, cls[b]);
+        score_rows(y_ablated + b * K + k0, outputs, n, cls + b, cls_host ? cls_host + b : nullptr, 0, false);
       }
     }
-    std::vector<float>& host_weights = host_buffer("weights", batch * K);
-    ablation_weights(host_weights.data(), y.data(), y_ablated.data(), batch, K);
-    k.upload(weights, host_weights.data(), static_cast<size_t>(batch * K) * sizeof(float));
+    k.ablation(weights, y, y_ablated, batch, K);
   }
 
-  // Host copies of the logits and targets of the last pass, for methods that decide on the host (Score-CAM and
-  // Ablation-CAM score chunk outputs, Smooth Grad-CAM++ seeds its noisy copies, region/similarity seeds).
+  // Host copies of the logits and targets of the last pass, for what decides on the host (region and similarity
+  // seeds and scores, Smooth Grad-CAM++'s noisy copies, CAM's eigen-smoothed weights).
   std::vector<float> host_logits;
   std::vector<std::vector<int64_t>> host_targets;
-  const float* last_logits = nullptr;
 
   // Plan-time facts of the pass: how many targets, whether they are ranked on the device from the logits, and
   // whether anything in the pass needs the host (then it is never captured).
@@ -661,7 +682,6 @@ struct Explainer::Impl {
     if (host_decisions) {
       host_logits.resize(static_cast<size_t>(batch * out_per_image));
       main->fetch(out_id, host_logits.data());
-      last_logits = host_logits.data();
       std::vector<int64_t> flat(T * static_cast<size_t>(batch));
       k.download(flat.data(), targets, flat.size() * sizeof(int64_t));
       host_targets.assign(T, {});
@@ -691,7 +711,7 @@ struct Explainer::Impl {
                   static_cast<int64_t>(g0), static_cast<int64_t>(in_group), plan.seeds_per_backward(), rule.softmax);
           plan.backward_from_seed(guided_relu);
         } else {
-          plan.backward(stacked_seeds(last_logits, host_targets, g0, in_group, plan.seeds_per_backward()).data(), guided_relu);
+          plan.backward(stacked_seeds(host_logits.data(), host_targets, g0, in_group, plan.seeds_per_backward()).data(), guided_relu);
         }
       };
       if (any_gradient) {
@@ -952,6 +972,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     PlanOptions o;
     o.cuda = cuda;
     o.device_constants = constants;
+    o.cuda_graphs = !m.capture_pass;  // inside the pass's own graph every plan runs eagerly
     return o;
   };
   m.rule = parse_target(options.target);
@@ -992,21 +1013,21 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     m.target_count = std::max<int64_t>(1, std::min(m.rule.value, classes));
     m.seeds_per_pass = std::clamp<int64_t>(m.target_count, 1, kMaxSeedsPerPass);
   }
-  // Logit and softmax targets are ranked and seeded on the device; what still decides on the host (Score-CAM
-  // and Ablation-CAM scores, Smooth Grad-CAM++'s noise, region and similarity seeds, CAM's eigen-smoothed
-  // weights) keeps the pass out of a CUDA graph. Otherwise, on the GPU, the whole pass is one graph.
+  // Logit and softmax targets are ranked, seeded and scored on the device; what still decides on the host
+  // (Smooth Grad-CAM++'s noise, region and similarity seeds and scores, CAM's eigen-smoothed weights) keeps the
+  // pass out of a CUDA graph. Otherwise, on the GPU, the whole pass is one graph, Score-CAM's and Ablation-CAM's
+  // chunked forwards included.
   auto requested_method = [&](const char* name) {
     return std::find(options.methods.begin(), options.methods.end(), name) != options.methods.end();
   };
   m.device_targets = m.rule.kind == TargetRule::Predicted || m.rule.kind == TargetRule::Class || m.rule.kind == TargetRule::TopK;
-  m.host_decisions = !m.device_targets || m.any_score || m.any_ablation || requested_method("smooth-gradcampp") ||
+  m.host_decisions = !m.device_targets || requested_method("smooth-gradcampp") ||
                      (requested_method("cam") && options.eigen_smooth);
   m.capture_pass = cuda != nullptr && !m.host_decisions;
   // The main and guided plans run one backward per group of seeds_per_pass targets. With one group the
   // activations their backward reads are reused as soon as it has read them; with more (or where a plan fell
   // back to one seed per pass) they stay for every group's pass.
   auto backward_plan = [&](PlanOptions o) {
-    o.cuda_graphs = !m.capture_pass;
     o.seeds_per_backward = m.seeds_per_pass;
     o.repeat_backward = m.target_count > m.seeds_per_pass;
     auto plan = std::make_unique<Executor>(graph, shapes, pool, o);

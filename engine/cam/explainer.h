@@ -3,8 +3,8 @@
 // Score-CAM runs batched forwards of masked inputs through a second plan; Ablation-CAM continues the network
 // from the explained layer through a tail plan, never recomputing the layers before it. All methods requested
 // together share the forward and backward passes; top-k targets share one backward pass (stacked seeds). Targets
-// are ranked and seeded on the plan's device, so on the GPU a pass that decides nothing on the host (no Score-CAM,
-// Ablation-CAM, Smooth Grad-CAM++, region or similarity target) is captured once as one CUDA graph and replayed.
+// are ranked, seeded and scored on the plan's device, so on the GPU a pass that decides nothing on the host (no
+// Smooth Grad-CAM++, region or similarity target) is captured once as one CUDA graph and replayed.
 // The arithmetic is in kernels/cpu/cam.h and its CUDA twin kernels/cuda/cam.h: the same orchestration runs on
 // either device (CamKernels in explainer.cpp dispatches).
 #pragma once

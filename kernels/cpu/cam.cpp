@@ -960,6 +960,24 @@ void target_seeds(float* seeds, const int64_t* classes, const float* logits, int
   }
 }
 
+void target_scores(float* scores, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows,
+                   int64_t C, bool softmax) {
+  CAMRT_CHECK(rows >= 0 && C > 0 && class_stride >= 0, "target_scores: bad sizes");
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* z = logits + r * C;
+    const int64_t c = classes[r * class_stride];
+    CAMRT_CHECK(c >= 0 && c < C, "target_scores: class " << c << " outside the " << C << " classes");
+    if (!softmax) {
+      scores[r] = z[c];
+      continue;
+    }
+    const float max_z = *std::max_element(z, z + C);
+    double sum = 0;
+    for (int64_t j = 0; j < C; ++j) sum += std::exp(double(z[j]) - max_z);
+    scores[r] = static_cast<float>(std::exp(double(z[c]) - max_z) / sum);
+  }
+}
+
 // ---- post-processing -------------------------------------------------------------------------------------
 
 void relu_inplace(float* x, int64_t n) {

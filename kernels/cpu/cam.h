@@ -237,6 +237,14 @@ void target_seeds(float* seeds,            // (S, B, C)
                   const float* logits,     // (B, C)
                   int64_t B, int64_t C, int64_t first, int64_t count, int64_t S, bool softmax);
 
+// scores[r] = the explained score of logits row r (rows, C) for class classes[r * class_stride] (stride 0: one
+// class for every row): the logit z_c, or with softmax p_c = exp(z_c - max z) / sum_j exp(z_j - max z) in double.
+// Score-CAM's and Ablation-CAM's extra forwards are scored this way, on the device.
+void target_scores(float* scores,           // (rows)
+                   const float* logits,     // (rows, C)
+                   const int64_t* classes,  // (rows) or (1)
+                   int64_t class_stride, int64_t rows, int64_t C, bool softmax);
+
 // Guided Grad-CAM: out_bc = guided_bc * cam_b (the final upsampled, normalized map) over the C input channels.
 void guided_gradcam(float* out,           // (B, C, H, W)
                     const float* guided,  // (B, C, H, W)

@@ -461,6 +461,30 @@ __global__ void guided_gradcam_kernel(float* out, const float* guided, const flo
   for (int64_t i = global_index(); i < n; i += global_stride()) out[i] = guided[i] * cam[(i / CHW) * HW + i % HW];
 }
 
+// One block per row: the logit, or the softmax probability in double as the CPU twin.
+__global__ void target_scores_kernel(float* scores, const float* logits, const int64_t* classes, int64_t class_stride,
+                                     int64_t rows, int64_t C, bool softmax) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* z = logits + r * C;
+    const int64_t c = classes[r * class_stride];
+    if (c < 0 || c >= C) {
+      if (threadIdx.x == 0) scores[r] = nan_f();
+      continue;
+    }
+    if (!softmax) {
+      if (threadIdx.x == 0) scores[r] = z[c];
+      continue;
+    }
+    float max_z = -INFINITY;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) max_z = fmaxf(max_z, z[j]);
+    max_z = block_max(max_z);
+    double sum = 0;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) sum += exp(double(z[j]) - max_z);
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) scores[r] = float(exp(double(z[c]) - max_z) / sum);
+  }
+}
+
 // ---- Score-CAM ----------------------------------------------------------------------------------------
 
 // One block per (b, k) plane: upsample (align_corners=true) into the mask, min/max, normalize in place. Each
@@ -1277,6 +1301,14 @@ void target_seeds(float* seeds, const int64_t* classes, const float* logits, int
   if (S * B == 0) return;
   target_seeds_kernel<<<grid_size(S * B), kThreads, 0, stream>>>(seeds, classes, logits, B, C, first, count, S, softmax);
   CAMRT_CUDA_CHECK_LAUNCH("target_seeds_kernel");
+}
+
+void target_scores(float* scores, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows,
+                   int64_t C, bool softmax, cudaStream_t stream) {
+  CAMRT_CHECK(rows >= 0 && C > 0 && class_stride >= 0, "cuda::target_scores: bad sizes");
+  if (rows == 0) return;
+  target_scores_kernel<<<grid_size(rows), kThreads, 0, stream>>>(scores, logits, classes, class_stride, rows, C, softmax);
+  CAMRT_CUDA_CHECK_LAUNCH("target_scores_kernel");
 }
 
 void guided_gradcam(float* out, const float* guided, const float* cam, int64_t B, int64_t C, int64_t H, int64_t W,

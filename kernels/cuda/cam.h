@@ -191,6 +191,11 @@ void target_seeds(float* seeds,            // (S, B, C)
                   const float* logits,     // (B, C)
                   int64_t B, int64_t C, int64_t first, int64_t count, int64_t S, bool softmax, cudaStream_t stream);
 
+// scores[r] = logit or softmax probability of class classes[r * class_stride] in logits row r (the CPU twin's
+// contract; a class outside [0, C) scores NaN).
+void target_scores(float* scores, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows,
+                   int64_t C, bool softmax, cudaStream_t stream);
+
 // out_bc = guided_bc * cam_b.
 void guided_gradcam(float* out,           // (B, C, H, W)
                     const float* guided,  // (B, C, H, W)
