@@ -187,6 +187,17 @@ TEST_CASE("explain: similarity target with the embedding itself as concept has z
   options.concept_vector = other;
   const Explanation diff = Explainer(graph, 1, options, pool).run(x);
   CHECK(*std::max_element(diff.results[0].maps.f32(), diff.results[0].maps.f32() + diff.results[0].maps.numel()) > 0.5f);
+  // The methods that score or seed extra passes do it on the host for this target (cosine with the concept):
+  // finite maps in [0, 1]; Score-CAM's (softmax weights, non-negative activations) reaches 1.
+  options.methods = {"scorecam", "ablationcam", "smooth-gradcampp"};
+  options.smooth_samples = 2;
+  const Explanation host_scored = Explainer(graph, 1, options, pool).run(x);
+  for (const auto& r : host_scored.results) {
+    CAPTURE(r.method);
+    const auto [lo, hi] = std::minmax_element(r.maps.f32(), r.maps.f32() + r.maps.numel());
+    CHECK((std::isfinite(*lo) && std::isfinite(*hi) && *lo >= 0.f && *hi <= 1.f));
+    if (r.method == "scorecam") CHECK(*hi > 0.99f);
+  }
 }
 
 TEST_CASE("explain: unknown method, bad layer, bad target are clear errors") {

@@ -401,31 +401,20 @@ struct Explainer::Impl {
     return seed;
   }
 
-  std::vector<double> softmax(const float* z) const {
-    const float max_z = *std::max_element(z, z + classes);
-    std::vector<double> p(static_cast<size_t>(classes));
-    double sum = 0;
-    for (int64_t j = 0; j < classes; ++j) sum += p[j] = std::exp(double(z[j]) - max_z);
-    for (auto& v : p) v /= sum;
-    return p;
-  }
-
-  // The explained score of one output row: logit z_c, or softmax(z)_c.
+  // The explained score of one output row for a region or similarity target, on the host (logit and softmax
+  // targets: the target_scores kernel, on the device).
   float score_of(const float* z, int64_t c) const {
+    CAMRT_CHECK(rule.kind == TargetRule::Region || rule.kind == TargetRule::Similarity, "score_of: a device-scored target");
     if (rule.kind == TargetRule::Region) {
       const float* m = options.region_mask->f32();
       double y = 0;
       for (int64_t i = 0; i < out_spatial; ++i) y += double(m[i]) * z[c * out_spatial + i];
       return static_cast<float>(y);
     }
-    if (rule.kind == TargetRule::Similarity) {
-      const float* v = options.concept_vector->f32();
-      double ee = 0, vv = 0, ev = 0;
-      for (int64_t j = 0; j < out_per_image; ++j) ee += double(z[j]) * z[j], vv += double(v[j]) * v[j], ev += double(z[j]) * v[j];
-      return static_cast<float>(ev / std::sqrt(ee * vv));
-    }
-    if (!rule.softmax) return z[c];
-    return static_cast<float>(softmax(z)[c]);
+    const float* v = options.concept_vector->f32();  // similarity: cos(e, v)
+    double ee = 0, vv = 0, ev = 0;
+    for (int64_t j = 0; j < out_per_image; ++j) ee += double(z[j]) * z[j], vv += double(v[j]) * v[j], ev += double(z[j]) * v[j];
+    return static_cast<float>(ev / std::sqrt(ee * vv));
   }
 
   // Per layer and target: raw maps (B, h, w) of one method before post-processing, on the plan's device.
