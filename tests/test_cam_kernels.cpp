@@ -822,3 +822,29 @@ TEST_CASE("target_scores: the logit or the softmax probability of each row's cla
   const std::vector<int64_t> bad = {4};
   CHECK_THROWS_AS(target_scores(scores.data(), logits.data(), bad.data(), 0, rows, C, false), Error);
 }
+
+TEST_CASE("smooth_noisy_copies: x + z * sigma as std::normal_distribution(0, sigma) computes it, zero slots after") {
+  ThreadPool pool(2);
+  const int64_t B = 2, N = 1, plane = 5, samples = 3, S = 2;
+  const VecF x = {0.f, 1.f, 2.f, 3.f, 4.f, /**/ -1.f, -1.f, -1.f, -1.f, -1.f};  // image 1 constant: sigma 0
+  VecF sigma(B);
+  smooth_noise_sigma(sigma.data(), x.data(), B, plane);
+  CHECK(sigma[0] == 0.2f * 4.f);
+  CHECK(sigma[1] == 0.f);
+  // The same generator state gives the same numbers as a distribution at stddev sigma: draw both ways.
+  std::mt19937_64 rng(7), rng_ref(7);
+  VecF z(static_cast<size_t>(samples * N * plane)), ref(z.size());
+  for (int64_t s = 0; s < samples; ++s) {
+    std::normal_distribution<float> unit(0.f, 1.f), scaled(0.f, sigma[0]);
+    for (int64_t i = 0; i < plane; ++i) z[s * plane + i] = unit(rng), ref[s * plane + i] = x[i] + scaled(rng_ref);
+  }
+  VecF out(static_cast<size_t>(S * B * plane), 9.f);
+  smooth_noisy_copies(out.data(), x.data(), z.data(), sigma.data(), 2, 1, S, B, N, plane, true, pool);  // sample 2
+  for (int64_t i = 0; i < plane; ++i) {
+    CHECK(out[i] == ref[2 * plane + i]);      // image 0, bit for bit
+    CHECK(out[plane + i] == x[plane + i]);   // image 1: sigma 0, no noise
+    CHECK(out[2 * plane + i] == 0.f);        // slot 1 unused
+  }
+  smooth_noisy_copies(out.data(), x.data(), z.data(), sigma.data(), 0, 1, S, B, N, plane, false, pool);  // injected
+  for (int64_t i = 0; i < plane; ++i) CHECK(out[i] == x[i] + z[i]);
+}

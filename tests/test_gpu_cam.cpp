@@ -754,6 +754,32 @@ TEST_CASE("gpu cam: target_scores (logit, softmax, one class or one per row) equ
 #endif
 }
 
+TEST_CASE("gpu cam: Smooth Grad-CAM++ noise scale and noisy copies equal the CPU twins bit for bit") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+#ifdef CAMRT_WITH_CUDA
+  CudaRuntime& rt = *runtime;
+  const int64_t B = 4, N = 2, plane = 3 * 17 * 23, samples = 5, S = 3;
+  const VecF x = random_vector(static_cast<size_t>(B * plane), 1900, -2.f, 3.f);
+  const VecF z = random_vector(static_cast<size_t>(samples * N * plane), 1901, -3.f, 3.f);
+  VecF sigma(static_cast<size_t>(B));
+  smooth_noise_sigma(sigma.data(), x.data(), B, plane);
+  const DeviceBuffer dx = upload(rt, x), dz = upload(rt, z);
+  DeviceBuffer dsigma = device_buffer(rt, sigma.size() * sizeof(float));
+  cuda::smooth_noise_sigma(f32(dsigma), f32(dx), B, plane, rt.stream());
+  check_bits(download<float>(rt, dsigma, sigma.size()), sigma, "smooth_noise_sigma");
+  for (bool scaled : {true, false})
+    for (int64_t count : {int64_t(3), int64_t(2)}) {  // a full pass and a partial last one (sample 3 of 5)
+      const int64_t first = count == 3 ? 0 : 3;
+      VecF expected(static_cast<size_t>(S * B * plane));
+      smooth_noisy_copies(expected.data(), x.data(), z.data(), sigma.data(), first, count, S, B, N, plane, scaled, pool());
+      DeviceBuffer dout = device_buffer(rt, expected.size() * sizeof(float));
+      cuda::smooth_noisy_copies(f32(dout), f32(dx), f32(dz), f32(dsigma), first, count, S, B, N, plane, scaled, rt.stream());
+      check_bits(download<float>(rt, dout, expected.size()), expected,
+                 std::string("smooth_noisy_copies scaled ") + (scaled ? "yes" : "no") + " count " + std::to_string(count));
+    }
+#endif
+}
+
 TEST_CASE("gpu cam: two runs give bit-identical results") {
   CAMRT_GPU_TEST_RUNTIME(runtime);
 #ifdef CAMRT_WITH_CUDA

@@ -199,7 +199,8 @@ TEST_CASE("gpu models: aug-smooth variants batched on the device give the CPU's 
 
 TEST_CASE("gpu models: the whole explain pass in one CUDA graph replays the eager pass bit for bit") {
   // Methods that decide nothing on the host: the pass (forward, device-ranked top-2 targets, one backward for
-  // both, Guided Backprop, Score-CAM's and Ablation-CAM's chunked forwards scored on the device, every map
+  // both, Guided Backprop, Score-CAM's and Ablation-CAM's chunked forwards scored on the device, Smooth
+  // Grad-CAM++'s noisy copies made on the device, every map
   // normalized and upsampled) runs eagerly on the first call, is captured on the second and replayed on the third. All three bit-identical, no allocation after the first, and the CPU's
   // maps within the GPU golden tests' bounds.
   CAMRT_GPU_TEST_RUNTIME(runtime);
@@ -210,7 +211,9 @@ TEST_CASE("gpu models: the whole explain pass in one CUDA graph replays the eage
   const HostTensor x = read_npy((dir / "input.npy").string());
   ExplainOptions options;
   options.methods = {"gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "normgrad", "eigencam",
-                     "eigengradcam", "cam", "scorecam", "ablationcam", "guided-backprop", "guided-gradcam"};
+                     "eigengradcam", "cam", "scorecam", "ablationcam", "smooth-gradcampp", "guided-backprop",
+                     "guided-gradcam"};
+  options.smooth_samples = 3;
   for (const char* target : {"top2", "softmax"}) {  // two targets in one backward; device-side softmax seeds
     CAPTURE(target);
     options.target = target;

@@ -256,6 +256,14 @@ struct CamKernels {
     CAMRT_CAM_DISPATCH(target_seeds(seeds, classes, logits, B, C, first, count, S, softmax),
                        target_seeds(seeds, classes, logits, B, C, first, count, S, softmax, stream()));
   }
+  void noise_sigma(float* sigma, const float* x, int64_t B, int64_t plane) const {
+    CAMRT_CAM_DISPATCH(smooth_noise_sigma(sigma, x, B, plane), smooth_noise_sigma(sigma, x, B, plane, stream()));
+  }
+  void noisy_copies(float* out, const float* x, const float* z, const float* sigma, int64_t first, int64_t count,
+                    int64_t S, int64_t B, int64_t N, int64_t plane, bool scaled) const {
+    CAMRT_CAM_DISPATCH(smooth_noisy_copies(out, x, z, sigma, first, count, S, B, N, plane, scaled, *pool),
+                       smooth_noisy_copies(out, x, z, sigma, first, count, S, B, N, plane, scaled, stream()));
+  }
   void scores(float* out, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows, int64_t C,
               bool softmax) const {
     CAMRT_CAM_DISPATCH(target_scores(out, logits, classes, class_stride, rows, C, softmax),
@@ -322,6 +330,10 @@ struct Explainer::Impl {
   // backward of this plan, so the main plan's activations stay those of the clean input.
   std::unique_ptr<Executor> smooth;
   int64_t smooth_per_pass = 1;
+  // Its noise on the device, made at plan time: standard normals (samples, noise_batch, C, H, W) drawn as
+  // std::normal_distribution draws them from the seed, scaled per image in the pass (or the injected noise as is).
+  const float* smooth_z = nullptr;
+  bool smooth_z_scaled = true;
   // Targets (top-k) whose gradients one backward pass computes: the main and guided plans' seeds per backward.
   int64_t seeds_per_pass = 1;
   std::vector<std::unique_ptr<Executor>> tails;  // per layer, for Ablation-CAM
@@ -609,7 +621,7 @@ struct Explainer::Impl {
   }
 
   // Host copies of the logits and targets of the last pass, for what decides on the host (region and similarity
-  // seeds and scores, Smooth Grad-CAM++'s noisy copies, CAM's eigen-smoothed weights).
+  // seeds and scores, CAM's eigen-smoothed weights).
   std::vector<float> host_logits;
   std::vector<std::vector<int64_t>> host_targets;
 
@@ -661,7 +673,7 @@ struct Explainer::Impl {
   // already in classes_buffer() (aug-smooth variants explain the clean input's targets); else they are ranked
   // from the logits, or set from the rule. Everything is queued on the plan's device; with host_decisions false
   // nothing here waits for it, so run_pass can capture it.
-  void enqueue_pass(const HostTensor& x, bool given_targets, std::map<std::string, double>& timings) {
+  void enqueue_pass(bool given_targets, std::map<std::string, double>& timings) {
     const size_t T = static_cast<size_t>(target_count), L = layer_ids.size();
     const int out_id = graph.output_ids()[0];
     auto t0 = Clock::now();
@@ -719,7 +731,7 @@ struct Explainer::Impl {
         // Smooth Grad-CAM++: noisy copies through forward + backward, means of G, G^2, G^3 per layer.
         std::vector<std::array<float*, 3>> moments(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
         if (smooth) {
-          smooth_moments(x, targets + t * batch, host_targets[t], moments);
+          smooth_moments(x_device, targets + t * batch, host_decisions ? &host_targets[t] : nullptr, moments);
           lap(timings, "smooth-gradcampp", t0);
         }
         const int64_t image_numel = batch * channels * height * width;
@@ -756,11 +768,11 @@ struct Explainer::Impl {
 
   // Runs enqueue_pass: eagerly, or (capture_pass) eagerly on the first call (cuDNN/cuBLAS set-up and every
   // working buffer allocated), captured into one CUDA graph on the second, replayed from then on.
-  void run_pass(const HostTensor& x, bool given_targets, std::map<std::string, double>& timings) {
-    if (!capture_pass || pass_failed) return enqueue_pass(x, given_targets, timings);
+  void run_pass(bool given_targets, std::map<std::string, double>& timings) {
+    if (!capture_pass || pass_failed) return enqueue_pass(given_targets, timings);
     const auto t0 = Clock::now();
     if (!pass_graph && pass_runs == 0) {  // counted once it succeeded: a failed first call is first again
-      enqueue_pass(x, given_targets, timings);
+      enqueue_pass(given_targets, timings);
       ++pass_runs;
       return;
     }
@@ -770,7 +782,7 @@ struct Explainer::Impl {
       capturing = true;
       bool captured = false;
       try {
-        enqueue_pass(x, given_targets, timings);
+        enqueue_pass(given_targets, timings);
         capturing = false;
         captured = pass_graph->end_capture();
       } catch (...) {  // a call the capture refused, or a real error: the eager pass below tells which
@@ -780,7 +792,7 @@ struct Explainer::Impl {
       if (!captured) {  // eager from now on (a real error throws again there)
         pass_graph.reset();
         pass_failed = true;
-        return enqueue_pass(x, given_targets, timings);
+        return enqueue_pass(given_targets, timings);
       }
     }
     pass_graph->launch();
@@ -808,8 +820,9 @@ struct Explainer::Impl {
     return maps;
   }
 
-  // Smooth Grad-CAM++'s moments for one target: cls_device / cls its classes (B) on the device and the host.
-  void smooth_moments(const HostTensor& x, const int64_t* cls_device, const std::vector<int64_t>& cls,
+  // Smooth Grad-CAM++'s moments for one target: cls_device its classes (B) on the device, cls the same on the host
+  // (region and similarity targets only). The noisy copies are made on the device from the input there.
+  void smooth_moments(const float* x_device, const int64_t* cls_device, const std::vector<int64_t>* cls,
                       std::vector<std::array<float*, 3>>& d) {
     const size_t L = layer_ids.size();
     for (size_t l = 0; l < L; ++l) {
@@ -820,35 +833,17 @@ struct Explainer::Impl {
       }
     }
     const int64_t n = options.smooth_samples, plane = channels * height * width;
-    const int64_t N = noise_batch;
-    if (options.smooth_noise)
-      CAMRT_CHECK(options.smooth_noise->shape == (Shape{n, N, channels, height, width}),
-                  "smooth noise must be " << shape_str({n, N, channels, height, width}));
-    // One generator per group of noise_batch images (one per aug-smooth variant in a variant plan, each seeded
-    // alike, as the variants explained one by one would be).
-    std::vector<std::mt19937_64> rngs(static_cast<size_t>(batch / N), std::mt19937_64(options.seed));
-    // Passes of S noisy copies: copy s of image b is row s * B + b of the S x B batch. The noise is drawn in the
-    // order of (sample, image, pixel), whatever S is, so every S gives the same copies.
+    float* sigma = buffer("smooth sigma", batch);
+    k.noise_sigma(sigma, x_device, batch, plane);
+    // Passes of S noisy copies: copy s of image b is row s * B + b of the S x B batch, with sample s0 + s's noise
+    // whatever S is, so every S gives the same copies.
     const int64_t S = smooth_per_pass;
-    HostTensor noisy(DType::F32, {S * batch, channels, height, width});
+    float* noisy = smooth->input(input_name).f32();
     const int out_id = graph.output_ids()[0];
     const int64_t per_copy_out = batch * out_per_image;
     for (int64_t s0 = 0; s0 < n; s0 += S) {
       const int64_t count = std::min(S, n - s0);  // copies in this pass; the rest of the batch is zeros, unused
-      std::fill(noisy.f32() + count * batch * plane, noisy.f32() + S * batch * plane, 0.f);
-      for (int64_t s = 0; s < count; ++s) {
-        for (int64_t b = 0; b < batch; ++b) {
-          const float* xb = x.f32() + b * plane;
-          // sigma = 0.2 * (max x - min x) per image (spec).
-          const auto [lo, hi] = std::minmax_element(xb, xb + plane);
-          std::normal_distribution<float> normal(0.f, 0.2f * (*hi - *lo));
-          const float* injected = options.smooth_noise ? options.smooth_noise->f32() + ((s0 + s) * N + b % N) * plane : nullptr;
-          std::mt19937_64& rng = rngs[static_cast<size_t>(b / N)];
-          float* row = noisy.f32() + (s * batch + b) * plane;
-          for (int64_t i = 0; i < plane; ++i) row[i] = xb[i] + (injected ? injected[i] : normal(rng));
-        }
-      }
-      smooth->set_input(input_name, noisy);
+      k.noisy_copies(noisy, x_device, smooth_z, sigma, s0, count, S, batch, noise_batch, plane, smooth_z_scaled);
       smooth->forward();
       // One seed per copy, from that copy's own outputs (the softmax target's derivative depends on them); the
       // zero-filled copies of a partial pass get zero seeds.
@@ -865,7 +860,7 @@ struct Explainer::Impl {
         smooth->fetch(out_id, logits.data());
         std::fill(seeds.begin(), seeds.begin() + S * per_copy_out, 0.f);
         for (int64_t s = 0; s < count; ++s) {
-          const std::vector<float> seed = seed_for(logits.data() + s * per_copy_out, cls);
+          const std::vector<float> seed = seed_for(logits.data() + s * per_copy_out, *cls);
           std::copy(seed.begin(), seed.end(), seeds.begin() + s * per_copy_out);
         }
         smooth->backward(seeds.data());
@@ -877,15 +872,12 @@ struct Explainer::Impl {
           k.smooth_accumulate(d[l][0], d[l][1], d[l][2], g.f32() + s * per_copy, per_copy);
       }
     }
-    // Sums to means: scale every channel by 1/n (the channel-scaling kernel with constant weights).
+    // Sums to means: scale every channel by 1/n (the channel-scaling kernel with constant weights, made at plan
+    // time).
     for (size_t l = 0; l < L; ++l) {
       const Shape& shape = layer_shapes[l];
-      const int64_t BK = shape[0] * shape[1];
-      std::vector<float>& inverse = host_buffer("inverse n", BK);
-      std::fill(inverse.begin(), inverse.begin() + BK, 1.f / static_cast<float>(n));
-      float* inverse_device = buffer("inverse n", BK);
-      k.upload(inverse_device, inverse.data(), static_cast<size_t>(BK) * sizeof(float));
-      for (float* t : d[l]) k.scale(t, t, inverse_device, shape[0], shape[1], shape[2], shape[3]);
+      const float* inverse = buffer("inverse n", shape[0] * shape[1]);
+      for (float* t : d[l]) k.scale(t, t, inverse, shape[0], shape[1], shape[2], shape[3]);
     }
   }
 };
@@ -1002,16 +994,15 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     m.target_count = std::max<int64_t>(1, std::min(m.rule.value, classes));
     m.seeds_per_pass = std::clamp<int64_t>(m.target_count, 1, kMaxSeedsPerPass);
   }
-  // Logit and softmax targets are ranked, seeded and scored on the device; what still decides on the host
-  // (Smooth Grad-CAM++'s noise, region and similarity seeds and scores, CAM's eigen-smoothed weights) keeps the
-  // pass out of a CUDA graph. Otherwise, on the GPU, the whole pass is one graph, Score-CAM's and Ablation-CAM's
-  // chunked forwards included.
+  // Logit and softmax targets are ranked, seeded and scored on the device, Smooth Grad-CAM++'s noise made there;
+  // what still decides on the host (region and similarity seeds and scores, CAM's eigen-smoothed weights) keeps
+  // the pass out of a CUDA graph. Otherwise, on the GPU, the whole pass is one graph, Score-CAM's and
+  // Ablation-CAM's chunked forwards and the noisy copies included.
   auto requested_method = [&](const char* name) {
     return std::find(options.methods.begin(), options.methods.end(), name) != options.methods.end();
   };
   m.device_targets = m.rule.kind == TargetRule::Predicted || m.rule.kind == TargetRule::Class || m.rule.kind == TargetRule::TopK;
-  m.host_decisions = !m.device_targets || requested_method("smooth-gradcampp") ||
-                     (requested_method("cam") && options.eigen_smooth);
+  m.host_decisions = !m.device_targets || (requested_method("cam") && options.eigen_smooth);
   m.capture_pass = cuda != nullptr && !m.host_decisions;
   // The main and guided plans run one backward per group of seeds_per_pass targets. With one group the
   // activations their backward reads are reused as soon as it has read them; with more (or where a plan fell
@@ -1101,6 +1092,31 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     PlanOptions smooth_options = plan_options();
     smooth_options.grad_targets = m.layer_tensors;
     m.smooth = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(m.smooth_per_pass * batch), pool, smooth_options);
+    // The noise, once: drawn from one generator seeded options.seed in (sample, image, pixel) order, with a fresh
+    // std::normal_distribution per (sample, image) as a per-call draw would use, at stddev 1 (the pass scales it:
+    // y * sigma + 0, the distribution's own arithmetic). A variant plan's images take image b % noise_batch's.
+    const int64_t samples = options.smooth_samples, N = m.noise_batch, plane = m.channels * m.height * m.width;
+    std::vector<float> z(static_cast<size_t>(samples * N * plane));
+    if (options.smooth_noise) {
+      CAMRT_CHECK(options.smooth_noise->dtype == DType::F32 && options.smooth_noise->shape == (Shape{samples, N, m.channels, m.height, m.width}),
+                  "smooth noise must be float32 " << shape_str({samples, N, m.channels, m.height, m.width}));
+      std::memcpy(z.data(), options.smooth_noise->f32(), z.size() * sizeof(float));
+      m.smooth_z_scaled = false;
+    } else {
+      std::mt19937_64 rng(options.seed);
+      for (int64_t r = 0; r < samples * N; ++r) {
+        std::normal_distribution<float> normal(0.f, 1.f);
+        for (int64_t i = 0; i < plane; ++i) z[r * plane + i] = normal(rng);
+      }
+    }
+    float* z_device = m.buffer("smooth noise", static_cast<int64_t>(z.size()));
+    m.k.upload(z_device, z.data(), z.size() * sizeof(float));
+    m.smooth_z = z_device;
+    for (size_t l = 0; l < m.layer_shapes.size(); ++l) {
+      const int64_t BK = m.layer_shapes[l][0] * m.layer_shapes[l][1];
+      std::vector<float> inverse(static_cast<size_t>(BK), 1.f / static_cast<float>(samples));
+      m.k.upload(m.buffer("inverse n", BK), inverse.data(), inverse.size() * sizeof(float));
+    }
   }
   if (m.any_ablation) {
     for (const auto& tensor : m.layer_tensors) {
@@ -1141,7 +1157,7 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
   result.timings_ms["upload"] += ms_since(t0);
 
   if (!options_.aug_smooth) {
-    m.run_pass(input, /*given_targets=*/false, result.timings_ms);
+    m.run_pass(/*given_targets=*/false, result.timings_ms);
     t0 = Clock::now();
     m.collect_targets(result);
     for (const auto& method : options_.methods) result.results.push_back(MethodResult{method, m.collect_maps(method)});
@@ -1181,7 +1197,7 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
     runner.k.upload(runner.classes_buffer(), flat.data(), flat.size() * sizeof(int64_t));
     runner.k.wait();
     result.timings_ms["upload"] += ms_since(t0);
-    runner.run_pass(x, /*given_targets=*/true, result.timings_ms);
+    runner.run_pass(/*given_targets=*/true, result.timings_ms);
     for (const auto& method : options_.methods) {
       t0 = Clock::now();
       HostTensor pass = runner.collect_maps(method);  // (T, P*B, ...)

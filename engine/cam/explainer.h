@@ -4,7 +4,7 @@
 // from the explained layer through a tail plan, never recomputing the layers before it. All methods requested
 // together share the forward and backward passes; top-k targets share one backward pass (stacked seeds). Targets
 // are ranked, seeded and scored on the plan's device, so on the GPU a pass that decides nothing on the host (no
-// Smooth Grad-CAM++, region or similarity target) is captured once as one CUDA graph and replayed.
+// region or similarity target) is captured once as one CUDA graph and replayed.
 // The arithmetic is in kernels/cpu/cam.h and its CUDA twin kernels/cuda/cam.h: the same orchestration runs on
 // either device (CamKernels in explainer.cpp dispatches).
 #pragma once

@@ -897,6 +897,38 @@ void class_activation_map(float* cam, const float* fc_weight, const int64_t* cla
   });
 }
 
+// ---- Smooth Grad-CAM++ noisy copies -----------------------------------------------------------------------
+
+void smooth_noise_sigma(float* sigma, const float* x, int64_t B, int64_t plane) {
+  CAMRT_CHECK(B >= 0 && plane > 0, "smooth_noise_sigma: bad sizes");
+  for (int64_t b = 0; b < B; ++b) {
+    const auto [lo, hi] = std::minmax_element(x + b * plane, x + (b + 1) * plane);
+    sigma[b] = 0.2f * (*hi - *lo);
+  }
+}
+
+void smooth_noisy_copies(float* out, const float* x, const float* z, const float* sigma, int64_t first, int64_t count,
+                         int64_t S, int64_t B, int64_t N, int64_t plane, bool scaled, ThreadPool& pool) {
+  CAMRT_CHECK(count >= 0 && count <= S && N >= 1 && B % N == 0 && plane >= 0, "smooth_noisy_copies: bad sizes");
+  pool.parallel_for(S * B, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t s = r / B, b = r % B;
+      float* row = out + r * plane;
+      if (s >= count) {
+        std::fill(row, row + plane, 0.f);
+        continue;
+      }
+      const float* xb = x + b * plane;
+      const float* zb = z + ((first + s) * N + b % N) * plane;
+      const float scale = sigma[b];
+      for (int64_t i = 0; i < plane; ++i) {
+        const float noise = scaled ? zb[i] * scale + 0.f : zb[i];  // std::normal_distribution's y * stddev + mean
+        row[i] = xb[i] + noise;
+      }
+    }
+  }, 1);
+}
+
 // ---- targets and seeds -----------------------------------------------------------------------------------
 
 namespace {

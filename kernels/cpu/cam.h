@@ -72,6 +72,18 @@ void smooth_gradcampp_accumulate(float* D1, float* D2, float* D3,  // (n) each
                                  const float* G,                   // (n)
                                  int64_t n, ThreadPool& pool);
 
+// Smooth Grad-CAM++'s noisy copies, made on the pass's device. sigma_b = 0.2 (max x_b - min x_b) per image (spec),
+// in float. out (S, B, plane): slot s < count holds x_b + z[first + s][b % N] * sigma_b (z standard normals drawn
+// once; scaled = false: z is the noise itself, injected by tests), slots from count on are zero. The float
+// operations are those of x + std::normal_distribution(0, sigma), so host-drawn z give the same copies.
+void smooth_noise_sigma(float* sigma, const float* x, int64_t B, int64_t plane);  // (B); x (B, plane)
+void smooth_noisy_copies(float* out,        // (S, B, plane)
+                         const float* x,    // (B, plane)
+                         const float* z,    // (samples, N, plane)
+                         const float* sigma,  // (B)
+                         int64_t first, int64_t count, int64_t S, int64_t B, int64_t N, int64_t plane, bool scaled,
+                         ThreadPool& pool);
+
 // Channel weights from the sample means: S_k = sum A_k (clean input);
 // alpha = D2 / (2 D2 + S_k D3 + 1e-6), 0 where D2 == 0; w_k = sum alpha ReLU(D1).
 void smooth_gradcampp_channel_weights(float* weights,  // (B, K)

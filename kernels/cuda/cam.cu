@@ -461,6 +461,35 @@ __global__ void guided_gradcam_kernel(float* out, const float* guided, const flo
   for (int64_t i = global_index(); i < n; i += global_stride()) out[i] = guided[i] * cam[(i / CHW) * HW + i % HW];
 }
 
+// One block per image: min and max (exact in any order), then 0.2 * (max - min) in fp32 as the CPU twin.
+__global__ void __launch_bounds__(kMapThreads) smooth_sigma_kernel(float* sigma, const float* x, int64_t B, int64_t plane) {
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = threadIdx.x; i < plane; i += blockDim.x) {
+      lo = fminf(lo, x[b * plane + i]);
+      hi = fmaxf(hi, x[b * plane + i]);
+    }
+    lo = block_min(lo);
+    hi = block_max(hi);
+    if (threadIdx.x == 0) sigma[b] = __fmul_rn(0.2f, __fsub_rn(hi, lo));
+  }
+}
+
+// x + (z * sigma + 0), each operation rounded on its own as std::normal_distribution and the CPU twin round it.
+__global__ void smooth_copies_kernel(float* out, const float* x, const float* z, const float* sigma, int64_t first,
+                                     int64_t count, int64_t total, int64_t B, int64_t N, int64_t plane, bool scaled) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int64_t r = i / plane, p = i % plane, s = r / B, b = r % B;
+    if (s >= count) {
+      out[i] = 0.f;
+      continue;
+    }
+    const float zv = z[((first + s) * N + b % N) * plane + p];
+    const float noise = scaled ? __fadd_rn(__fmul_rn(zv, sigma[b]), 0.f) : zv;
+    out[i] = __fadd_rn(x[b * plane + p], noise);
+  }
+}
+
 // One block per row: the logit, or the softmax probability in double as the CPU twin.
 __global__ void target_scores_kernel(float* scores, const float* logits, const int64_t* classes, int64_t class_stride,
                                      int64_t rows, int64_t C, bool softmax) {
@@ -1301,6 +1330,22 @@ void target_seeds(float* seeds, const int64_t* classes, const float* logits, int
   if (S * B == 0) return;
   target_seeds_kernel<<<grid_size(S * B), kThreads, 0, stream>>>(seeds, classes, logits, B, C, first, count, S, softmax);
   CAMRT_CUDA_CHECK_LAUNCH("target_seeds_kernel");
+}
+
+void smooth_noise_sigma(float* sigma, const float* x, int64_t B, int64_t plane, cudaStream_t stream) {
+  CAMRT_CHECK(B >= 0 && plane > 0, "cuda::smooth_noise_sigma: bad sizes");
+  if (B == 0) return;
+  smooth_sigma_kernel<<<grid_size(B), kMapThreads, 0, stream>>>(sigma, x, B, plane);
+  CAMRT_CUDA_CHECK_LAUNCH("smooth_sigma_kernel");
+}
+
+void smooth_noisy_copies(float* out, const float* x, const float* z, const float* sigma, int64_t first, int64_t count,
+                         int64_t S, int64_t B, int64_t N, int64_t plane, bool scaled, cudaStream_t stream) {
+  CAMRT_CHECK(count >= 0 && count <= S && N >= 1 && B % N == 0 && plane >= 0, "cuda::smooth_noisy_copies: bad sizes");
+  const int64_t total = S * B * plane;
+  if (total == 0) return;
+  smooth_copies_kernel<<<grid_for(total), kThreads, 0, stream>>>(out, x, z, sigma, first, count, total, B, N, plane, scaled);
+  CAMRT_CUDA_CHECK_LAUNCH("smooth_copies_kernel");
 }
 
 void target_scores(float* scores, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows,

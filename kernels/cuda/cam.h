@@ -196,6 +196,12 @@ void target_seeds(float* seeds,            // (S, B, C)
 void target_scores(float* scores, const float* logits, const int64_t* classes, int64_t class_stride, int64_t rows,
                    int64_t C, bool softmax, cudaStream_t stream);
 
+// Smooth Grad-CAM++'s noisy copies (the CPU twins' contracts, kernels/cpu/cam.h): sigma_b = 0.2 (max - min) of
+// image b; out slot s < count = x_b + z[first + s][b % N] * sigma_b (or + z when !scaled), zero after.
+void smooth_noise_sigma(float* sigma, const float* x, int64_t B, int64_t plane, cudaStream_t stream);
+void smooth_noisy_copies(float* out, const float* x, const float* z, const float* sigma, int64_t first, int64_t count,
+                         int64_t S, int64_t B, int64_t N, int64_t plane, bool scaled, cudaStream_t stream);
+
 // out_bc = guided_bc * cam_b.
 void guided_gradcam(float* out,           // (B, C, H, W)
                     const float* guided,  // (B, C, H, W)
