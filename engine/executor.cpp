@@ -6,7 +6,17 @@
 #include <algorithm>
 #include <set>
 
+#include "kernels/cpu/layout.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/layout.h"
+#endif
+
 namespace camrt {
+
+bool half_storage_enabled(PlanOptions::HalfStorage setting, const CudaRuntime* cuda) {
+  if (setting == PlanOptions::HalfStorage::kAuto) return cuda && cuda->precision() == Precision::FP16;
+  return setting == PlanOptions::HalfStorage::kOn;
+}
 
 int Executor::resolve(const std::string& name) const {
   int id = graph_.find_value(name);
@@ -107,14 +117,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   for (int id : graph_.output_ids()) keep[id] = keep[id] || available[id];
   for (int id : input_ids_) keep[id] = true;
   for (int id : grad_target_ids_) keep[id] = true;
-  std::vector<int64_t> last_step(num_values, 0);
-  for (size_t id = 0; id < num_values; ++id) {
-    if (values[id].producer >= 0 && forward_step_of_node[values[id].producer] >= 0)
-      last_step[id] = forward_step_of_node[values[id].producer];
-    for (int consumer : values[id].consumers)
-      last_step[id] = std::max(last_step[id], forward_step_of_node[consumer]);
-    if (keep[id]) last_step[id] = end_step;
-  }
+  std::vector<int64_t> backward_last_step(num_values, 0);  // last backward step reading the forward value
   std::vector<bool> needed_by_backward(num_values, false);
   std::vector<bool> reads_activations(static_cast<size_t>(num_backward), false);  // per backward step
   for (int64_t j = 0; j < num_backward; ++j) {
@@ -131,7 +134,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
       if (id < 0 || values[id].constant) return;
       needed_by_backward[id] = true;
       reads_activations[j] = true;
-      last_step[id] = std::max(last_step[id], options.repeat_backward ? end_step : backward_step(j));
+      backward_last_step[id] = std::max(backward_last_step[id], options.repeat_backward ? end_step : backward_step(j));
     };
     for (size_t i = 0; i < gn.inputs.size() && i < needs.inputs.size(); ++i)
       if (needs.inputs[i]) extend(gn.inputs[i]);
@@ -170,8 +173,70 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     else wide_descs = descs_;
   }
 
+  auto input_descs = [&](const GraphNode& gn, const std::vector<TensorDesc>& shapes_of) {
+    std::vector<TensorDesc> in;
+    for (int id : gn.inputs) {
+      TensorDesc d;
+      if (id >= 0) d = shapes_of[id];
+      else d.present = false;
+      in.push_back(d);
+    }
+    return in;
+  };
+
+  // --- Half storage: the nodes that only run forward and whose op can, run on NHWC half (their 4-d float32
+  // operands, activations and weights, in that form). A value lives in the form its producer writes (plan inputs:
+  // float32) and, where a reader wants the other, also in a copy converted right after the producer, in the same
+  // step (the copy's buffer then cannot overlap anything alive there). Value ids name the float32 forms; half
+  // forms get ids after the graph's values.
+  std::vector<bool> half_node(nodes.size(), false);
+  auto half_operand = [&](int id) { return id >= 0 && descs_[id].dtype == DType::F32 && descs_[id].shape.size() == 4; };
+  if (half_storage_enabled(options.half_storage, options.cuda)) {
+    std::vector<bool> runs_backward(nodes.size(), false);
+    for (int n : backward_nodes) runs_backward[n] = true;
+    for (int n : active) {
+      if (runs_backward[n] || !nodes[n].op->forward_half_nhwc(input_descs(nodes[n], descs_))) continue;
+      bool outputs_fit = true;
+      for (int id : nodes[n].outputs) outputs_fit = outputs_fit && half_operand(id);
+      half_node[n] = outputs_fit;
+      stats_.half_nodes += half_node[n] ? 1 : 0;
+    }
+  }
+  auto reads_half = [&](int n, int id) { return half_node[n] && half_operand(id); };
+  std::vector<bool> written_half(num_values, false), half_wanted(num_values, false), float_wanted(num_values, false);
+  for (int n : active) {
+    for (int id : nodes[n].outputs) written_half[id] = half_node[n];
+    for (int id : nodes[n].inputs) {
+      if (id < 0) continue;
+      if (reads_half(n, id)) half_wanted[id] = true;
+      else float_wanted[id] = true;
+    }
+  }
+  for (size_t id = 0; id < num_values; ++id) float_wanted[id] = float_wanted[id] || keep[id] || needed_by_backward[id];
+  std::vector<int> half_form(num_values, -1);
+  int num_half_forms = 0;
+  for (size_t id = 0; id < num_values; ++id)
+    if (written_half[id] || half_wanted[id]) half_form[id] = static_cast<int>(num_values) + num_half_forms++;
+
+  // --- Lifetimes of forward values, per form: from the producer's step (0 for plan inputs) to the last reader
+  // of that form; "end" for kept values.
+  std::vector<int64_t> last_step(num_values, 0), half_last_step(num_values, 0);
+  for (size_t id = 0; id < num_values; ++id) {
+    if (values[id].producer >= 0 && forward_step_of_node[values[id].producer] >= 0)
+      last_step[id] = half_last_step[id] = forward_step_of_node[values[id].producer];
+    for (int consumer : values[id].consumers) {
+      const int64_t step = forward_step_of_node[consumer];
+      if (step < 0) continue;
+      int64_t& last = reads_half(consumer, static_cast<int>(id)) ? half_last_step[id] : last_step[id];
+      last = std::max(last, step);
+    }
+    last_step[id] = std::max(last_step[id], backward_last_step[id]);
+    if (keep[id]) last_step[id] = end_step;
+  }
+
   // --- Forward buffers: one per computed value, except in-place outputs that take over their input's buffer.
   buffer_of_value_.assign(num_values, -1);
+  std::vector<int> buffer_of_half(num_values, -1);
   auto value_bytes = [&](int id) {
     return static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(descs_[id].dtype);
   };
@@ -179,12 +244,25 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     buffer_of_value_[id] = static_cast<int>(buffers_.size());
     buffers_.push_back(BufferRequest{value_bytes(id), first_step, last_step[id]});
   };
-  for (int id : input_ids_) new_buffer(id, 0);
+  auto new_half_buffer = [&](int id, int64_t first_step) {
+    buffer_of_half[id] = static_cast<int>(buffers_.size());
+    const size_t bytes = static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(DType::F16);
+    buffers_.push_back(BufferRequest{bytes, first_step, std::max(first_step, half_last_step[id])});
+  };
+  for (int id : input_ids_) {
+    new_buffer(id, 0);
+    if (half_form[id] >= 0) new_half_buffer(id, 0);
+  }
   for (int n : active) {
     const GraphNode& gn = nodes[n];
     const int64_t step = forward_step_of_node[n];
     for (size_t o = 0; o < gn.outputs.size(); ++o) {
       const int out = gn.outputs[o];
+      if (half_form[out] >= 0) new_half_buffer(out, step);
+      if (written_half[out]) {
+        if (float_wanted[out]) new_buffer(out, step);
+        continue;
+      }
       if (o == 0 && gn.op->can_run_in_place() && !gn.inputs.empty() && gn.inputs[0] >= 0) {
         const int in = gn.inputs[0];
         const bool in_is_activation = values[in].constant == nullptr && buffer_of_value_[in] >= 0;
@@ -244,18 +322,12 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   context_.device = options.cuda ? Device::CUDA : Device::CPU;
   context_.pool = &pool_;
   context_.cuda = options.cuda;
-  auto input_descs = [&](const GraphNode& gn, const std::vector<TensorDesc>& shapes_of) {
-    std::vector<TensorDesc> in;
-    for (int id : gn.inputs) {
-      TensorDesc d;
-      if (id >= 0) d = shapes_of[id];
-      else d.present = false;
-      in.push_back(d);
-    }
-    return in;
-  };
-  for (int n : active)
-    stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(input_descs(nodes[n], descs_), context_));
+  for (int n : active) {
+    std::vector<TensorDesc> in = input_descs(nodes[n], descs_);
+    for (size_t i = 0; i < in.size(); ++i)
+      if (reads_half(n, nodes[n].inputs[i])) in[i].dtype = DType::F16;
+    stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(in, context_));
+  }
   for (int64_t j = 0; j < num_backward; ++j) {  // a step over all seeds at once sees the wide shapes
     const GraphNode& gn = nodes[backward_nodes[j]];
     const bool per_seed = seeds_ > 1 && reads_activations[j] && !gn.op->backward_over_seeds();
@@ -268,9 +340,13 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   } catch (const Error& e) {  // out of (GPU) memory: say which model
     throw Error(graph_.source_name() + ": " + e.what(), e.file(), e.line(), e.expression().c_str());
   }
+  bool half_weights = false;  // some half node reads a 4-d constant
+  for (size_t id = 0; id < num_values; ++id) half_weights = half_weights || (values[id].constant && half_form[id] >= 0);
   if (options.cuda) {
     device_constants_ = options.device_constants ? options.device_constants
-                                                 : std::make_shared<const DeviceConstants>(graph_, *options.cuda);
+                                                 : std::make_shared<const DeviceConstants>(graph_, *options.cuda, half_weights);
+    CAMRT_CHECK(!half_weights || device_constants_->has_half_nhwc(),
+                graph_.source_name() << ": a half-storage plan needs the weights' half copies (DeviceConstants made with half_nhwc)");
     // Staging: the largest of the plan inputs (together), output 0 and the seed.
     size_t inputs_bytes = 0;
     for (int id : input_ids_) inputs_bytes += value_bytes(id);
@@ -288,7 +364,8 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   context_.workspace_bytes = stats_.workspace_bytes;
 
   // --- Views and steps.
-  views_.resize(num_values);
+  views_.resize(num_values + static_cast<size_t>(num_half_forms));
+  half_constants_.reserve(static_cast<size_t>(num_half_forms));
   gradient_views_.resize(num_values);
   wide_views_.resize(num_values);
   for (size_t id = 0; id < num_values; ++id) {
@@ -305,13 +382,42 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     }
     wide_views_[id] = view;
     wide_views_[id].shape = wide_descs[id].shape;
+    if (half_form[id] < 0) continue;
+    Tensor& half = views_[static_cast<size_t>(half_form[id])];
+    half = Tensor{nullptr, DType::F16, descs_[id].shape, context_.device, Layout::NHWC};
+    if (buffer_of_half[id] >= 0) {
+      half.data = arena_.data() + memory_plan_.offsets[buffer_of_half[id]];
+    } else if (device_constants_) {
+      half.data = device_constants_->half_nhwc_data(static_cast<int>(id));
+    } else {  // CPU: the plan's own OHWI half copy of the weight
+      const HostTensor& weight = *values[id].constant;
+      half_constants_.emplace_back(DType::F16, weight.shape);
+      nchw_to_nhwc_half(reinterpret_cast<uint16_t*>(half_constants_.back().bytes.data()), weight.f32(), weight.shape[0],
+                        weight.shape[1], weight.shape[2] * weight.shape[3], pool_);
+      half.data = half_constants_.back().bytes.data();
+    }
+    CAMRT_CHECK(half.data, graph_.source_name() << ": no half form of '" << values[id].name << "'");
   }
+  auto conversion = [&](const Tensor* from, Tensor* to) {
+    Step step;
+    step.inputs.push_back(from);
+    step.outputs.push_back(to);
+    forward_steps_.push_back(std::move(step));
+    ++stats_.conversions;
+  };
+  for (int id : input_ids_)
+    if (half_form[id] >= 0) conversion(&views_[id], &views_[half_form[id]]);
   for (int n : active) {
     Step step;
     step.node = n;
-    for (int id : nodes[n].inputs) step.inputs.push_back(id >= 0 ? &views_[id] : nullptr);
-    for (int id : nodes[n].outputs) step.outputs.push_back(&views_[id]);
+    for (int id : nodes[n].inputs)
+      step.inputs.push_back(id < 0 ? nullptr : reads_half(n, id) ? &views_[half_form[id]] : &views_[id]);
+    for (int id : nodes[n].outputs) step.outputs.push_back(written_half[id] ? &views_[half_form[id]] : &views_[id]);
     forward_steps_.push_back(std::move(step));
+    for (int id : nodes[n].outputs) {
+      if (written_half[id] && float_wanted[id]) conversion(&views_[half_form[id]], &views_[id]);
+      else if (!written_half[id] && half_form[id] >= 0) conversion(&views_[id], &views_[half_form[id]]);
+    }
   }
   for (int64_t j = 0; j < num_backward; ++j) {
     Step& step = backward_steps_[j];
@@ -455,12 +561,31 @@ void Executor::forward() {
 void Executor::run_forward_steps() {
   const auto& nodes = graph_.nodes();
   for (const Step& step : forward_steps_) {
+    if (step.node < 0) {
+      convert(*step.inputs[0], *step.outputs[0]);
+      continue;
+    }
     try {
       nodes[step.node].op->forward(context_, step.inputs, step.outputs);
     } catch (const Error& e) {
       rethrow_with_node(e, graph_.source_name(), *nodes[step.node].node, "");
     }
   }
+}
+
+// Float32 NCHW <-> NHWC half, whichever way `from` and `to` say.
+void Executor::convert(const Tensor& from, const Tensor& to) const {
+  const int64_t images = from.shape[0], channels = from.shape[1], positions = from.shape[2] * from.shape[3];
+  const bool to_half = to.dtype == DType::F16;
+#if CAMRT_WITH_CUDA
+  if (context_.device == Device::CUDA) {
+    if (to_half) cuda::nchw_to_nhwc_half(static_cast<uint16_t*>(to.data), from.f32(), images, channels, positions, context_.cuda->stream());
+    else cuda::nhwc_half_to_nchw(to.f32(), static_cast<const uint16_t*>(from.data), images, channels, positions, context_.cuda->stream());
+    return;
+  }
+#endif
+  if (to_half) nchw_to_nhwc_half(static_cast<uint16_t*>(to.data), from.f32(), images, channels, positions, pool_);
+  else nhwc_half_to_nchw(to.f32(), static_cast<const uint16_t*>(from.data), images, channels, positions, pool_);
 }
 
 void Executor::backward(const HostTensor& seed, bool guided) {

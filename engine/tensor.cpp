@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/half.h"
+
 namespace camrt {
 
 namespace {
@@ -92,20 +94,9 @@ std::vector<float> HostTensor::to_float() const {
       case DType::F32: std::memcpy(&out[i], p + i * 4, 4); break;
       case DType::F64: { double v; std::memcpy(&v, p + i * 8, 8); out[i] = static_cast<float>(v); break; }
       case DType::F16: {
-        uint16_t h; std::memcpy(&h, p + i * 2, 2);
-        // IEEE half -> float, including subnormals, inf and NaN.
-        const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-        uint32_t bits;
-        if (exp == 0) {
-          float f = std::ldexp(static_cast<float>(mant), -24);
-          std::memcpy(&bits, &f, 4);
-          bits |= sign;
-        } else if (exp == 31) {
-          bits = sign | 0x7f800000u | (mant << 13);
-        } else {
-          bits = sign | ((exp + 112) << 23) | (mant << 13);
-        }
-        std::memcpy(&out[i], &bits, 4);
+        uint16_t h;
+        std::memcpy(&h, p + i * 2, 2);
+        out[i] = half_to_float(h);
         break;
       }
       default: break;

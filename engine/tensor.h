@@ -13,6 +13,10 @@ namespace camrt {
 
 enum class DType : uint8_t { F32, F16, F64, I64, I32, I8, U8, Bool };
 enum class Device : uint8_t { CPU, CUDA };
+// Where the elements of a 4-d (N, C, H, W) tensor lie: NCHW, row-major over the shape as every tensor is unless
+// said otherwise, or NHWC (channels last, element (n, c, h, w) at ((n * H + h) * W + w) * C + c), the form of
+// half storage (PlanOptions::half_storage). The shape is the logical (N, C, H, W) either way.
+enum class Layout : uint8_t { NCHW, NHWC };
 
 using Shape = std::vector<int64_t>;
 
@@ -31,6 +35,7 @@ struct Tensor {
   DType dtype = DType::F32;
   Shape shape;
   Device device = Device::CPU;
+  Layout layout = Layout::NCHW;
 
   int64_t numel() const { return checked_numel(shape); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }

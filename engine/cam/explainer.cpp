@@ -908,7 +908,8 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
                                  pool);
   // Every plan runs on the same device and shares one copy of the weights there.
   std::shared_ptr<const DeviceConstants> constants;
-  if (cuda) constants = std::make_shared<const DeviceConstants>(impl_->graph, *cuda);
+  if (cuda)
+    constants = std::make_shared<const DeviceConstants>(impl_->graph, *cuda, half_storage_enabled(options_.half_storage, cuda));
   impl_->plan(batch, options_, layer_tensors, cuda, constants);
   if (options_.aug_smooth) {
     // Variants per pass: on the GPU as many of the six as a quarter of the free memory holds at the main plan's
@@ -954,6 +955,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     o.cuda = cuda;
     o.device_constants = constants;
     o.cuda_graphs = !m.capture_pass;  // inside the pass's own graph every plan runs eagerly
+    o.half_storage = options.half_storage;
     return o;
   };
   m.rule = parse_target(options.target);

@@ -63,6 +63,13 @@ class Op {
     (void)ctx;
     return 0;
   }
+  // Half storage (PlanOptions::half_storage): true if forward() also runs with every 4-d input and output as
+  // NHWC half (DType::F16, Layout::NHWC; 4-d weights then as OHWI half) for these inputs, other inputs (a bias)
+  // as they are. workspace_bytes() is then asked with those inputs' descs at DType::F16.
+  virtual bool forward_half_nhwc(const std::vector<TensorDesc>& inputs) const {
+    (void)inputs;
+    return false;
+  }
   // True if output 0 may share the buffer of input 0 (same size, element-wise dependency only).
   virtual bool can_run_in_place() const { return false; }
   // inputs[i] is nullptr for an omitted optional input. Output tensors are pre-allocated views.

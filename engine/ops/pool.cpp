@@ -62,6 +62,11 @@ class PoolOp : public Op {
     return {out};
   }
 
+  // 2-D max pooling also runs on NHWC half (half storage): a max picks one of its inputs, exact at any precision.
+  bool forward_half_nhwc(const std::vector<TensorDesc>& inputs) const override {
+    return kind_ == PoolKind::Max && inputs.size() == 1 && inputs[0].shape.size() == 4;
+  }
+
   void forward(const Context& ctx, const std::vector<const Tensor*>& inputs,
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
@@ -69,6 +74,20 @@ class PoolOp : public Op {
     PoolGeometry g;
     const Shape expected = output_shape(x.shape, &g);
     CAMRT_CHECK(y.shape == expected, where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
+    if (x.dtype == DType::F16) {
+      CAMRT_CHECK(kind_ == PoolKind::Max && x.layout == Layout::NHWC && y.dtype == DType::F16 && y.layout == Layout::NHWC,
+                  where() << "half storage: max pooling of NHWC half only");
+      const auto* in = static_cast<const uint16_t*>(x.data);
+      auto* out = static_cast<uint16_t*>(y.data);
+#if CAMRT_WITH_CUDA
+      if (ctx.device == Device::CUDA) {
+        cuda::max_pool_forward_nhwc_half(out, in, x.shape[0], x.shape[1], g, ctx.cuda->stream());
+        return;
+      }
+#endif
+      max_pool_forward_nhwc_half(out, in, x.shape[0], x.shape[1], g, *ctx.pool);
+      return;
+    }
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) {
       CAMRT_CHECK(ctx.cuda && x.device == Device::CUDA && y.device == Device::CUDA,

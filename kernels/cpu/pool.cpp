@@ -2,11 +2,14 @@
 // pool_taps, so no padded copy of the input is made. 2-D pools without W dilation take a fast path whose
 // interior columns (window fully inside the row) skip all clipping. Backward kernels scatter each window's
 // gradient into its plane of dx; one plane belongs to one worker, so overlapping windows never race.
+// The half-storage max pool (channels-last half bits) is threaded over output positions instead and compares
+// the bits directly: max only selects, so no conversion is needed.
 #include "kernels/cpu/pool.h"
 
 #include <limits>
 #include <vector>
 
+#include "engine/error.h"
 #include "kernels/cpu/reduce.h"
 
 namespace camrt {
@@ -115,6 +118,65 @@ void pool_forward(float* out, const float* in, const PoolGeometry& g, bool inclu
 
 void max_pool_forward(float* out, const float* in, const PoolGeometry& g, ThreadPool& pool) {
   pool_forward<true>(out, in, g, false, pool);
+}
+
+namespace {
+
+// Max over half bits without converting them: for non-NaN halves, sign-magnitude bits mapped to a signed integer
+// order exactly as the values do (-0 and +0 both map to 0, so they tie as in float).
+inline int32_t half_order(uint16_t h) {
+  const int32_t magnitude = h & 0x7fff;
+  return (h & 0x8000) ? -magnitude : magnitude;
+}
+inline bool half_is_nan(uint16_t h) { return (h & 0x7fffu) > 0x7c00u; }
+
+// accumulate<true> on half bits: v wins if greater, or if NaN (so a later NaN replaces an earlier one and a NaN
+// best is never replaced by a number, as `v > acc || v != v` behaves in float).
+inline uint16_t half_max(uint16_t best, uint16_t v) {
+  return (half_is_nan(v) || (!half_is_nan(best) && half_order(v) > half_order(best))) ? v : best;
+}
+
+constexpr uint16_t kHalfMinusInfinity = 0xfc00;
+// float_to_half(half_to_float(h)) sets this bit of a NaN h (it comes back quiet); the float reference does that.
+constexpr uint16_t kHalfQuietBit = 0x0200;
+
+}  // namespace
+
+void max_pool_forward_nhwc_half(uint16_t* out, const uint16_t* in, int64_t images, int64_t channels,
+                                const PoolGeometry& g, ThreadPool& pool) {
+  CAMRT_CHECK(images >= 0 && channels >= 0,
+              "max_pool_forward_nhwc_half: negative size (images " << images << ", channels " << channels << ")");
+  const int64_t out_plane = g.out_plane(), in_image = g.in_plane() * channels;
+  const int64_t taps_per_position = std::max<int64_t>(1, channels * g.kernel[0] * g.kernel[1] * g.kernel[2]);
+  // One work item per output position: its `channels` outputs are contiguous, and so is each tap's run of
+  // `channels` inputs, so the inner loop streams both rows whatever the window shape.
+  pool.parallel_for(images * out_plane, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t image = o / out_plane;
+      int64_t rest = o % out_plane;
+      const int64_t ow = rest % g.out[2];
+      rest /= g.out[2];
+      const int64_t oh = rest % g.out[1], od = rest / g.out[1];
+      const PoolTaps td = pool_taps(g, 0, od), th = pool_taps(g, 1, oh), tw = pool_taps(g, 2, ow);
+      const uint16_t* x = in + image * in_image;
+      uint16_t* y = out + o * channels;
+      std::fill(y, y + channels, kHalfMinusInfinity);
+      // Taps in max_pool_forward's order (d, h, w): on ties (+0 / -0) the first one stays, as there.
+      for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
+        const int64_t d = td.start + kd * g.dilation[0];
+        for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
+          const int64_t h = th.start + kh * g.dilation[1];
+          for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) {
+            const int64_t w = tw.start + kw * g.dilation[2];
+            const uint16_t* tap = x + ((d * g.in[1] + h) * g.in[2] + w) * channels;
+            for (int64_t c = 0; c < channels; ++c) y[c] = half_max(y[c], tap[c]);
+          }
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c)
+        if (half_is_nan(y[c])) y[c] |= kHalfQuietBit;
+    }
+  }, std::max<int64_t>(1, kMinTapsPerChunk / taps_per_position));
 }
 
 void average_pool_forward(float* out, const float* in, const PoolGeometry& g, bool count_include_pad, ThreadPool& pool) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <cuda_fp16.h>
+
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/conv.h"
 
@@ -93,6 +95,9 @@ struct Choice {
 ConvAlgo pack(const Choice& c) { return ConvAlgo{c.algo | (int(c.math) << 8), c.workspace_bytes}; }
 Choice unpack(const ConvAlgo& a) { return Choice{a.algo & 0xff, static_cast<cudnnMathType_t>(a.algo >> 8), a.workspace_bytes}; }
 
+// How the operands are stored: float32 NCHW (OIHW weights), or half NHWC (OHWI weights) for half-storage plans.
+enum class Storage : uint8_t { kFloatNchw, kHalfNhwc };
+
 // Descriptors for one call, created and destroyed around it: host-only calls (a small malloc each, about a
 // microsecond in all), cheaper than a kernel launch, and they keep launchers free of shared mutable state.
 struct Descriptors {
@@ -101,17 +106,20 @@ struct Descriptors {
   cudnnConvolutionDescriptor_t conv = nullptr;
   cudnnActivationDescriptor_t act = nullptr;
 
-  Descriptors(const Geometry& g, cudnnMathType_t math) {
+  Descriptors(const Geometry& g, cudnnMathType_t math, Storage storage = Storage::kFloatNchw) {
+    const bool half = storage == Storage::kHalfNhwc;
+    const cudnnTensorFormat_t format = half ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    const cudnnDataType_t type = half ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
     try {
       CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
       CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
       CAMRT_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
       CAMRT_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv));
-      CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.n, g.c, g.h, g.w));
-      CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.n, g.k, g.oh, g.ow));
-      CAMRT_CUDNN_CHECK(
-          cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.k, g.c / g.groups, g.kh, g.kw));
-      // Cross-correlation (what ONNX and PyTorch call convolution), fp32 accumulation.
+      CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x, format, type, g.n, g.c, g.h, g.w));
+      CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, format, type, g.n, g.k, g.oh, g.ow));
+      CAMRT_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, type, format, g.k, g.c / g.groups, g.kh, g.kw));
+      // Cross-correlation (what ONNX and PyTorch call convolution), fp32 accumulation (half data included:
+      // cuDNN's "pseudo half" configuration).
       CAMRT_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h,
                                                         g.dil_w, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
       CAMRT_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, g.groups));
@@ -155,10 +163,11 @@ struct Descriptors {
   }
 };
 
-std::string algo_key(const Geometry& g, ConvDirection direction, Precision precision) {
+std::string algo_key(const Geometry& g, ConvDirection direction, Precision precision, Storage storage = Storage::kFloatNchw) {
   char key[256];
   std::snprintf(key, sizeof(key), "conv2d %s %s x(%d,%d,%d,%d) w(%d,%d,%d,%d) pad(%d,%d) stride(%d,%d) dil(%d,%d) g%d",
-                direction == ConvDirection::kForward ? "fwd" : "bwd_data", precision_name(precision), g.n, g.c, g.h,
+                direction == ConvDirection::kForward ? "fwd" : "bwd_data",
+                storage == Storage::kHalfNhwc ? "f16-nhwc" : precision_name(precision), g.n, g.c, g.h,
                 g.w, g.k, g.c / g.groups, g.kh, g.kw, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w,
                 g.groups);
   return key;
@@ -217,11 +226,13 @@ bool pick(const std::vector<Perf>& perfs, int returned, Precision precision, cud
 // PyTorch's cudnn.benchmark does: the heuristic ranking alone picked kernels up to several times slower on
 // Hopper. This happens at plan time, once per shape, never in the steady state. If Find fails (no memory for its
 // scratch), the heuristic ranking (_v7: no kernels, no allocations) decides.
-Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, const std::string& key) {
+Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, const std::string& key,
+              Storage storage = Storage::kFloatNchw) {
   ConvAlgo cached;
   if (runtime.find_conv_algo(key, &cached)) return unpack(cached);
-  const Precision precision = runtime.precision();
-  Descriptors d(g, requested_math(precision));
+  // Half storage computes on fp16 tensor cores whatever the runtime's precision (that is its point).
+  const Precision precision = storage == Storage::kHalfNhwc ? Precision::FP16 : runtime.precision();
+  Descriptors d(g, requested_math(precision), storage);
   cudnnHandle_t handle = runtime.cudnn();
   Choice choice;
   bool found = false;
@@ -307,6 +318,25 @@ __global__ void bias_activation_kernel(float* __restrict__ y, const float* __res
   }
 }
 
+// y (positions, channels) NHWC half = half(act((float(y) + bias[c]) + float(residual))): the CPU twin's float
+// operations and comparisons (conv2d_epilogue_nhwc_half in kernels/cpu/conv.cpp), one rounding to nearest even.
+__global__ void epilogue_nhwc_half_kernel(__half* __restrict__ y, const float* __restrict__ bias,
+                                          const __half* __restrict__ residual, int64_t n, int64_t channels, int kind,
+                                          float lo, float hi) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = __half2float(y[i]);
+    if (bias) v = __fadd_rn(v, bias[i % channels]);
+    if (residual) v = __fadd_rn(v, __half2float(residual[i]));
+    if (kind == FusedActivation::kRelu) {
+      v = v > 0.f ? v : 0.f;
+    } else if (kind == FusedActivation::kClip) {
+      v = v < lo ? lo : v;
+      v = hi < v ? hi : v;
+    }
+    y[i] = __float2half_rn(v);
+  }
+}
+
 __global__ void accumulate_kernel(float* __restrict__ dz, const float* __restrict__ g, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dz[i] += g[i];
@@ -329,6 +359,44 @@ size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDi
   const Geometry g = geometry_of(s);
   const Choice c = choose(runtime, g, direction, algo_key(g, direction, runtime.precision()));
   return g.padded_bytes() + c.workspace_bytes;
+}
+
+size_t conv2d_forward_half_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s) {
+  CAMRT_CHECK(conv2d_half_nhwc_supported(s), "cuda::conv2d_forward_half_nhwc: needs a valid conv with symmetric pads");
+  const Geometry g = geometry_of(s);
+  const ConvDirection forward = ConvDirection::kForward;
+  return choose(runtime, g, forward, algo_key(g, forward, runtime.precision(), Storage::kHalfNhwc), Storage::kHalfNhwc)
+      .workspace_bytes;
+}
+
+void conv2d_forward_half_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
+                              const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
+                              CudaRuntime& runtime, const uint16_t* residual) {
+  CAMRT_CHECK(conv2d_half_nhwc_supported(s), "cuda::conv2d_forward_half_nhwc: needs a valid conv with symmetric pads");
+  CAMRT_CHECK(!residual || residual != out, "cuda::conv2d_forward_half_nhwc: the residual must not alias the output");
+  const Geometry g = geometry_of(s);  // symmetric pads: no explicit padding copy
+  const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision(), Storage::kHalfNhwc);
+  const Choice c = choose(runtime, g, ConvDirection::kForward, key, Storage::kHalfNhwc);
+  check_workspace(key, g, c, workspace, workspace_bytes);
+  cudnnHandle_t handle = runtime.cudnn();
+  CAMRT_CUDNN_CHECK(cudnnSetStream(handle, runtime.stream()));
+  Descriptors d(g, c.math, Storage::kHalfNhwc);
+  const float one = 1.f, zero = 0.f;  // float scaling factors: the compute type is float
+  CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, in, d.w, weight, d.conv,
+                                            static_cast<cudnnConvolutionFwdAlgo_t>(c.algo),
+                                            c.workspace_bytes ? workspace : nullptr, c.workspace_bytes, &zero, d.y, out));
+  if (bias || residual || act.kind != FusedActivation::kNone)
+    conv2d_epilogue_nhwc_half(out, bias, residual, int64_t(g.n) * g.oh * g.ow, g.k, act, runtime.stream());
+}
+
+void conv2d_epilogue_nhwc_half(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
+                               int64_t channels, const FusedActivation& act, cudaStream_t stream) {
+  const int64_t n = positions * channels;
+  if (n <= 0) return;
+  epilogue_nhwc_half_kernel<<<grid_for(n), 256, 0, stream>>>(reinterpret_cast<__half*>(y), bias,
+                                                             reinterpret_cast<const __half*>(residual), n, channels,
+                                                             int(act.kind), act.min, act.max);
+  CAMRT_CUDA_CHECK_LAUNCH("epilogue_nhwc_half_kernel");
 }
 
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,

@@ -82,6 +82,48 @@ __global__ void pool_forward_kernel(float* __restrict__ out, const float* __rest
   }
 }
 
+// Half-bit max, the CPU twin's (kernels/cpu/pool.cpp), kept in step with it: for non-NaN halves the
+// sign-magnitude bits map to a signed integer in value order (-0 and +0 tie at 0); a NaN wins and stays.
+__device__ __forceinline__ int32_t half_order(uint16_t h) {
+  const int32_t magnitude = h & 0x7fff;
+  return (h & 0x8000) ? -magnitude : magnitude;
+}
+__device__ __forceinline__ bool half_is_nan(uint16_t h) { return (h & 0x7fffu) > 0x7c00u; }
+
+// One thread per output, channel fastest: a warp reads 32 consecutive channels of each tap (coalesced) and
+// visits the taps in the CPU's order (d, h, w), so ties and NaNs resolve the same way.
+__global__ void max_pool_nhwc_half_kernel(uint16_t* __restrict__ out, const uint16_t* __restrict__ in,
+                                          const PoolGeometry g, int64_t channels, int64_t total) {
+  const int64_t in_image = g.in[0] * g.in[1] * g.in[2] * channels;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    int64_t rest = i;
+    const int64_t c = rest % channels;
+    rest /= channels;
+    const int64_t ow = rest % g.out[2];
+    rest /= g.out[2];
+    const int64_t oh = rest % g.out[1];
+    rest /= g.out[1];
+    const int64_t od = rest % g.out[0];
+    const int64_t image = rest / g.out[0];
+    const Taps td = taps_of(g, 0, od), th = taps_of(g, 1, oh), tw = taps_of(g, 2, ow);
+    const uint16_t* x = in + image * in_image + c;
+    uint16_t best = 0xfc00;  // -inf: a window with no input tap
+    for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
+      const int64_t d = td.start + kd * g.dilation[0];
+      for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
+        const int64_t h = th.start + kh * g.dilation[1];
+        for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) {
+          const int64_t w = tw.start + kw * g.dilation[2];
+          const uint16_t v = x[((d * g.in[1] + h) * g.in[2] + w) * channels];
+          if (half_is_nan(v) || (!half_is_nan(best) && half_order(v) > half_order(best))) best = v;
+        }
+      }
+    }
+    // A NaN comes out quiet (bit 9 set), as the float reference's float_to_half leaves it.
+    out[i] = half_is_nan(best) ? static_cast<uint16_t>(best | 0x0200) : best;
+  }
+}
+
 // Plane offset of the tap that receives a max window's gradient, or -1: the CPU twin's max_tap.
 __device__ int64_t max_tap(const float* plane, const PoolGeometry& g, const Taps& td, const Taps& th, const Taps& tw,
                            float y) {
@@ -217,6 +259,16 @@ void max_pool_forward(float* out, const float* in, const PoolGeometry& g, cudaSt
   if (total == 0) return;
   pool_forward_kernel<true><<<grid_for(total), kThreads, 0, stream>>>(out, in, g, false, total);
   CAMRT_CUDA_CHECK_LAUNCH("max_pool_forward_kernel");
+}
+
+void max_pool_forward_nhwc_half(uint16_t* out, const uint16_t* in, int64_t images, int64_t channels,
+                                const PoolGeometry& g, cudaStream_t stream) {
+  CAMRT_CHECK(images >= 0 && channels >= 0,
+              "max_pool_forward_nhwc_half: negative size (images " << images << ", channels " << channels << ")");
+  const int64_t total = images * g.out_plane() * channels;
+  if (total == 0) return;
+  max_pool_nhwc_half_kernel<<<grid_for(total), kThreads, 0, stream>>>(out, in, g, channels, total);
+  CAMRT_CUDA_CHECK_LAUNCH("max_pool_nhwc_half_kernel");
 }
 
 void average_pool_forward(float* out, const float* in, const PoolGeometry& g, bool count_include_pad, cudaStream_t stream) {

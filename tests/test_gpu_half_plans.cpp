@@ -1,0 +1,262 @@
+// Half storage on the GPU (cuDNN fp16 NHWC convolutions, the NHWC half epilogue, max pooling and conversions)
+// against its CPU reference twins: the half conv launcher over a matrix of shapes, the epilogue bit for bit, whole
+// plans of the resnet18 fixture (same nodes half, same conversions, logits near the CPU's), and the Explainer at
+// --precision fp16: every method's maps near the float32 maps, two runs and the captured pass bit-identical.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <random>
+
+#include "engine/cam/explainer.h"
+#include "engine/executor.h"
+#include "engine/npy.h"
+#include "kernels/cpu/conv.h"
+#include "kernels/cpu/half.h"
+#include "tests/gpu_test_util.h"
+#include "weights/onnx/onnx_import.h"
+#if CAMRT_WITH_CUDA
+#include "kernels/cuda/conv.h"
+#include "kernels/cuda/device.h"
+#endif
+
+using namespace camrt;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kResnet18 = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models/resnet18";
+
+std::vector<uint16_t> random_half(int64_t n, uint32_t seed, float scale = 1.f) {
+  std::vector<uint16_t> v(static_cast<size_t>(n));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, scale);
+  for (auto& h : v) h = float_to_half(normal(rng));
+  return v;
+}
+
+std::vector<float> random_float(int64_t n, uint32_t seed) {
+  std::vector<float> v(static_cast<size_t>(n));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
+
+double max_abs_diff(const float* a, const float* b, int64_t n) {
+  double d = 0;
+  for (int64_t i = 0; i < n; ++i) d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
+  return d;
+}
+
+double max_abs(const float* a, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(double(a[i])));
+  return m;
+}
+
+}  // namespace
+
+#if CAMRT_WITH_CUDA
+namespace {
+
+template <typename T>
+DeviceBuffer upload(CudaRuntime& rt, const std::vector<T>& host) {
+  DeviceBuffer d(rt, std::max<size_t>(1, host.size() * sizeof(T)), "test data");
+  if (!host.empty()) copy_to_device(rt, d.data(), host.data(), host.size() * sizeof(T));
+  return d;
+}
+
+template <typename T>
+std::vector<T> download(CudaRuntime& rt, const DeviceBuffer& d, size_t n) {
+  std::vector<T> host(n);
+  copy_to_host(rt, host.data(), d.data(), n * sizeof(T));  // synchronizes: kernel errors surface here
+  return host;
+}
+
+std::vector<float> widen(const std::vector<uint16_t>& h) {
+  std::vector<float> f(h.size());
+  for (size_t i = 0; i < h.size(); ++i) f[i] = half_to_float(h[i]);
+  return f;
+}
+
+// One half conv on both devices. The convolutions accumulate in a different order, so the rounded outputs may
+// differ by an ulp of the pre-epilogue value here and there; relative to the largest output, fp16's ulp is 2^-11.
+void check_half_conv(CudaRuntime& rt, const Conv2dShape& s, const FusedActivation& act, bool with_bias,
+                     bool with_residual) {
+  ThreadPool pool(2);
+  const int64_t in_n = s.batch * s.in_channels * s.in_h * s.in_w;
+  const int64_t w_n = s.out_channels * (s.in_channels / s.groups) * s.kernel_h * s.kernel_w;
+  const int64_t out_n = s.batch * s.out_channels * s.out_h() * s.out_w();
+  const std::vector<uint16_t> x = random_half(in_n, 1), w = random_half(w_n, 2, 0.3f), z = random_half(out_n, 3);
+  const std::vector<float> bias = random_float(s.out_channels, 4);
+  std::vector<uint16_t> want(static_cast<size_t>(out_n));
+  std::vector<uint8_t> ws(conv2d_forward_half_nhwc_workspace_bytes(s, pool.num_threads()));
+  conv2d_forward_half_nhwc(want.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, s, act, ws.data(),
+                           ws.size(), pool, with_residual ? z.data() : nullptr);
+
+  const size_t ws_bytes = cuda::conv2d_forward_half_nhwc_workspace_bytes(rt, s);
+  DeviceBuffer dws(rt, std::max<size_t>(1, ws_bytes), "conv workspace");
+  DeviceBuffer dx = upload(rt, x), dw = upload(rt, w), dz = upload(rt, z), db = upload(rt, bias);
+  DeviceBuffer dout = upload(rt, std::vector<uint16_t>(static_cast<size_t>(out_n), 0x7e00));  // NaN: all written
+  cuda::conv2d_forward_half_nhwc(reinterpret_cast<uint16_t*>(dout.data()), reinterpret_cast<const uint16_t*>(dx.data()),
+                                 reinterpret_cast<const uint16_t*>(dw.data()), with_bias ? reinterpret_cast<const float*>(db.data()) : nullptr,
+                                 s, act, ws_bytes ? dws.data() : nullptr, ws_bytes, rt,
+                                 with_residual ? reinterpret_cast<const uint16_t*>(dz.data()) : nullptr);
+  const std::vector<float> got = widen(download<uint16_t>(rt, dout, size_t(out_n))), ref = widen(want);
+  const double scale = std::max(1.0, max_abs(ref.data(), out_n));
+  const double err = max_abs_diff(got.data(), ref.data(), out_n);
+  CHECK(err <= 4.0 * std::ldexp(scale, -11));
+}
+
+}  // namespace
+#endif
+
+TEST_CASE("gpu half: the fp16 NHWC conv matches its CPU twin (1x1, 3x3 strided, 7x7 on 3 channels, depthwise, residual)") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+#if CAMRT_WITH_CUDA
+  FusedActivation relu;
+  relu.kind = FusedActivation::kRelu;
+  FusedActivation clip;
+  clip.kind = FusedActivation::kClip;
+  clip.min = 0.f;
+  clip.max = 6.f;
+  struct Case {
+    Conv2dShape s;
+    FusedActivation act;
+    bool bias, residual;
+  };
+  std::vector<Case> cases;
+  auto shape = [](int64_t n, int64_t c, int64_t hw, int64_t k, int64_t kernel, int64_t stride, int64_t pad, int64_t groups) {
+    Conv2dShape s;
+    s.batch = n;
+    s.in_channels = c;
+    s.in_h = s.in_w = hw;
+    s.out_channels = k;
+    s.kernel_h = s.kernel_w = kernel;
+    s.stride_h = s.stride_w = stride;
+    s.pad_top = s.pad_bottom = s.pad_left = s.pad_right = pad;
+    s.groups = groups;
+    return s;
+  };
+  cases.push_back({shape(2, 64, 14, 128, 1, 1, 0, 1), FusedActivation{}, true, false});
+  cases.push_back({shape(3, 32, 15, 48, 3, 2, 1, 1), relu, true, false});
+  cases.push_back({shape(2, 3, 32, 16, 7, 2, 3, 1), relu, true, false});   // ResNet's stem on 3 channels
+  cases.push_back({shape(2, 32, 16, 32, 3, 1, 1, 32), clip, true, false});  // MobileNet's depthwise + ReLU6
+  cases.push_back({shape(2, 64, 8, 64, 3, 1, 1, 1), relu, true, true});     // bottleneck end: + residual, ReLU
+  cases.push_back({shape(1, 24, 9, 24, 1, 1, 0, 1), FusedActivation{}, false, true});  // linear bottleneck + residual
+  for (const Case& c : cases) {
+    CAPTURE(c.s.in_channels);
+    CAPTURE(c.s.kernel_h);
+    CAPTURE(c.s.groups);
+    check_half_conv(*runtime, c.s, c.act, c.bias, c.residual);
+  }
+#endif
+}
+
+TEST_CASE("gpu half: the NHWC half epilogue equals the CPU twin bit for bit") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+#if CAMRT_WITH_CUDA
+  ThreadPool pool(2);
+  const int64_t positions = 1000, channels = 37;
+  const std::vector<uint16_t> y = random_half(positions * channels, 5, 4.f), z = random_half(positions * channels, 6, 4.f);
+  const std::vector<float> bias = random_float(channels, 7);
+  FusedActivation clip;
+  clip.kind = FusedActivation::kClip;
+  clip.min = -1.f;
+  clip.max = 2.f;
+  FusedActivation relu;
+  relu.kind = FusedActivation::kRelu;
+  for (const FusedActivation& act : {FusedActivation{}, relu, clip}) {
+    for (bool with_residual : {false, true}) {
+      std::vector<uint16_t> want = y;
+      conv2d_epilogue_nhwc_half(want.data(), bias.data(), with_residual ? z.data() : nullptr, positions, channels, act, pool);
+      DeviceBuffer dy = upload(*runtime, y), dz = upload(*runtime, z), db = upload(*runtime, bias);
+      cuda::conv2d_epilogue_nhwc_half(reinterpret_cast<uint16_t*>(dy.data()), reinterpret_cast<const float*>(db.data()),
+                                      with_residual ? reinterpret_cast<const uint16_t*>(dz.data()) : nullptr, positions,
+                                      channels, act, runtime->stream());
+      CHECK(download<uint16_t>(*runtime, dy, want.size()) == want);
+    }
+  }
+#endif
+}
+
+TEST_CASE("gpu half: resnet18 plans with half storage on the GPU run the CPU twin's nodes half and land near its logits") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP16);
+  struct Restore {
+    CudaRuntime* rt;
+    ~Restore() { rt->set_precision(Precision::FP32); }
+  } restore{runtime};
+  const Graph plain(import_onnx((kResnet18 / "model.onnx").string()), "resnet18");
+  const auto fused = plain.fused({});
+  const HostTensor x = read_npy((kResnet18 / "input.npy").string());
+  const std::string input = plain.values()[plain.input_ids()[0]].name;
+  ThreadPool pool(2);
+  PlanOptions cpu_half;
+  cpu_half.half_storage = PlanOptions::HalfStorage::kOn;
+  Executor cpu(*fused, {{input, x.shape}}, pool, cpu_half);
+  PlanOptions gpu_auto;  // fp16 runtime: half storage by default
+  gpu_auto.cuda = runtime;
+  Executor gpu(*fused, {{input, x.shape}}, pool, gpu_auto);
+  CHECK(gpu.stats().half_nodes == cpu.stats().half_nodes);
+  CHECK(gpu.stats().half_nodes > 0);
+  CHECK(gpu.stats().conversions == cpu.stats().conversions);
+  const int out = fused->output_ids()[0];
+  cpu.set_input(input, x);
+  cpu.forward();
+  const HostTensor want = cpu.fetch(out);
+  HostTensor runs[3];
+  for (HostTensor& r : runs) {  // eager, captured, replayed
+    gpu.set_input(input, x);
+    gpu.forward();
+    r = gpu.fetch(out);
+  }
+  const double scale = max_abs(want.f32(), want.numel());
+  const double err = max_abs_diff(want.f32(), runs[0].f32(), want.numel()) / scale;
+  std::cout << "gpu half resnet18 logits vs the CPU half twin: " << err << " of the largest logit\n";
+  // Same roundings, different accumulation orders inside the convolutions: an ulp here and there, through ~20
+  // layers; well under the 1e-2 that half storage itself keeps from float32 (test_half_storage.cpp).
+  CHECK(err < 5e-3);
+  CHECK(std::memcmp(runs[0].bytes.data(), runs[1].bytes.data(), runs[0].bytes.size()) == 0);
+  CHECK(std::memcmp(runs[0].bytes.data(), runs[2].bytes.data(), runs[0].bytes.size()) == 0);
+}
+
+TEST_CASE("gpu half: the Explainer at fp16 gives maps near the float32 CPU maps, bit-identical run to run") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP16);
+  struct Restore {
+    CudaRuntime* rt;
+    ~Restore() { rt->set_precision(Precision::FP32); }
+  } restore{runtime};
+  const Graph graph(import_onnx((kResnet18 / "model.onnx").string()), "resnet18");
+  const HostTensor x = read_npy((kResnet18 / "input.npy").string());
+  ThreadPool pool(2);
+  ExplainOptions options;
+  options.methods = {"gradcam", "gradcampp", "layercam", "eigencam", "scorecam", "ablationcam", "guided-gradcam",
+                     "smooth-gradcampp"};
+  options.smooth_samples = 2;
+  options.chunk = 16;
+  Explainer cpu(graph, x.shape[0], options, pool);
+  Explainer gpu(graph, x.shape[0], options, pool, runtime);
+  CHECK(gpu.main_plan_stats().half_nodes > 0);
+  const Explanation want = cpu.run(x);
+  Explanation runs[3];
+  for (Explanation& r : runs) r = gpu.run(x);  // eager, captured, replayed
+  CHECK(want.classes == runs[0].classes);
+  REQUIRE(want.results.size() == runs[0].results.size());
+  for (size_t i = 0; i < want.results.size(); ++i) {
+    const std::string& method = want.results[i].method;
+    CAPTURE(method);
+    const HostTensor& a = want.results[i].maps;
+    const HostTensor& b = runs[0].results[i].maps;
+    REQUIRE(a.shape == b.shape);
+    const double err = max_abs_diff(a.f32(), b.f32(), a.numel());
+    std::cout << "gpu half explain " << method << ": max map difference vs float32 CPU " << err << "\n";
+    CHECK(err < 5e-2);  // the bound of test_half_storage.cpp (half storage vs float32), same reasons
+    for (int r = 1; r < 3; ++r)
+      CHECK(std::memcmp(b.bytes.data(), runs[r].results[i].maps.bytes.data(), b.bytes.size()) == 0);
+  }
+}
