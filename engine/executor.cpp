@@ -189,6 +189,9 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   // float32) and, where a reader wants the other, also in a copy converted right after the producer, in the same
   // step (the copy's buffer then cannot overlap anything alive there). Value ids name the float32 forms; half
   // forms get ids after the graph's values.
+  context_.device = options.cuda ? Device::CUDA : Device::CPU;
+  context_.pool = &pool_;
+  context_.cuda = options.cuda;
   std::vector<bool> half_node(nodes.size(), false);
   auto half_operand = [&](int id) { return id >= 0 && descs_[id].dtype == DType::F32 && descs_[id].shape.size() == 4; };
   if (half_storage_enabled(options.half_storage, options.cuda)) {
@@ -198,8 +201,19 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
       if (runs_backward[n] || !nodes[n].op->forward_half_nhwc(input_descs(nodes[n], descs_))) continue;
       bool outputs_fit = true;
       for (int id : nodes[n].outputs) outputs_fit = outputs_fit && half_operand(id);
-      half_node[n] = outputs_fit;
-      stats_.half_nodes += half_node[n] ? 1 : 0;
+      if (!outputs_fit) continue;
+      // The half form must also plan on this device: cuDNN may offer no fp16 NHWC algorithm for a shape. Asked now
+      // (the choice is cached for the workspace pass below); a node it refuses runs float32, so a plan that runs
+      // at float32 never fails for being asked to store half.
+      std::vector<TensorDesc> in = input_descs(nodes[n], descs_);
+      for (size_t i = 0; i < in.size(); ++i)
+        if (half_operand(nodes[n].inputs[i])) in[i].dtype = DType::F16;
+      try {
+        nodes[n].op->workspace_bytes(in, context_);
+        half_node[n] = true;
+        ++stats_.half_nodes;
+      } catch (const Error&) {
+      }
     }
   }
   auto reads_half = [&](int n, int id) { return half_node[n] && half_operand(id); };
@@ -319,9 +333,6 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   }
 
   // --- Workspace, shared by every forward and backward step.
-  context_.device = options.cuda ? Device::CUDA : Device::CPU;
-  context_.pool = &pool_;
-  context_.cuda = options.cuda;
   for (int n : active) {
     std::vector<TensorDesc> in = input_descs(nodes[n], descs_);
     for (size_t i = 0; i < in.size(); ++i)

@@ -169,3 +169,58 @@ TEST_CASE("half storage: every CAM method's maps through half-storage plans stay
     CHECK(err < 5e-2);
   }
 }
+
+TEST_CASE("half storage: every golden model (depthwise, SE gates, concat, BN) stays near PyTorch's logits, fused or not") {
+  // Each model of tests/fixtures/models against the PyTorch logits its generator recorded (tools/golden): half
+  // storage mixes half nodes with float32 ones that read their outputs (SE gates' broadcasting Mul, DenseNet's
+  // Concat, hardswish), so every kind of conversion boundary is crossed somewhere.
+  const fs::path root = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models";
+  ThreadPool pool(2);
+  int64_t models = 0;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const fs::path dir = entry.path();
+    if (!fs::exists(dir / "model.onnx") || !fs::exists(dir / "logits.npy")) continue;
+    const Graph plain(import_onnx((dir / "model.onnx").string()), dir.filename().string());
+    const auto fused = plain.fused({});
+    const HostTensor x = read_npy((dir / "input.npy").string());
+    const HostTensor torch_logits = read_npy((dir / "logits.npy").string());
+    const std::string input = plain.values()[plain.input_ids()[0]].name;
+    const std::string name = dir.filename().string();
+    const double scale = max_abs(torch_logits.f32(), torch_logits.numel());
+    // How much this model amplifies one fp16-sized error: the float32 plan's logits for the input scaled by
+    // (1 +- 2^-11), signs alternating pseudo-randomly. Small random-weight nets differ a lot here (resnet18 moves
+    // 0.07% of its largest logit, the width-0.25 MobileNetV2 fixture 0.96%, measured).
+    HostTensor nudged = x;
+    uint32_t state = 1;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      state = state * 1664525u + 1013904223u;
+      nudged.f32()[i] *= 1.f + ((state >> 31) ? 1.f : -1.f) * std::ldexp(1.f, -11);
+    }
+    Executor reference(plain, {{input, x.shape}}, pool);
+    reference.set_input(input, nudged);
+    reference.forward();
+    const HostTensor nudged_logits = reference.fetch(plain.output_ids()[0]);
+    const double sensitivity = max_abs_diff(nudged_logits.f32(), torch_logits.f32(), scale > 0 ? torch_logits.numel() : 0) / scale;
+    for (const Graph* graph : {&plain, static_cast<const Graph*>(fused.get())}) {
+      CAPTURE(name);
+      const bool is_fused = graph != &plain;
+      CAPTURE(is_fused);
+      Executor half(*graph, {{input, x.shape}}, pool, with_half({}));
+      CHECK(half.stats().half_nodes > 0);
+      half.set_input(input, x);
+      half.forward();
+      const HostTensor got = half.fetch(graph->output_ids()[0]);
+      REQUIRE(got.numel() == torch_logits.numel());
+      const double err = max_abs_diff(got.f32(), torch_logits.f32(), got.numel()) / scale;
+      MESSAGE(name << std::string(is_fused ? " (fused)" : "") << ": half storage vs PyTorch logits " << err << " of the largest (one "
+                   << "fp16 nudge of the input: " << sensitivity << "), " << half.stats().half_nodes << " half nodes, "
+                   << half.stats().conversions << " conversions");
+      // Half storage rounds every layer's output by a relative 2^-11, each such error amplified about as the input
+      // nudge is (less for later layers): a few nudges' worth, at least the 1e-2 of the first test case. A layout
+      // mistake moves logits by their own size.
+      CHECK(err < std::max(1e-2, 5 * sensitivity));
+    }
+    ++models;
+  }
+  CHECK(models >= 5);
+}

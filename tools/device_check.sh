@@ -58,8 +58,10 @@ for m in ${models//,/ }; do
   bench $m --batch 1,32 --method forward,gradcam,eigencam --precision tf32 --iters 30
   bench $m --batch 1,32 --method forward,gradcam --precision tf32 --iters 30 --fusion off  # what fusion buys
   bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
-  bench $m --batch 1 --method gradcam,forward --precision fp16 --iters 30
+  # fp16: the forward-only part of each plan on NHWC half (half_nodes in the JSON says how many nodes).
+  bench $m --batch 1,32 --method gradcam,forward --precision fp16 --iters 30
   bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
+  bench $m --batch 1 --method scorecam --precision fp16 --iters 5 --warmup 1
   # Batched variants: five targets in one backward (compare with the top-1 rows above), aug-smooth's six
   # variants in one pass (automatic) against one at a time (--chunk 1).
   bench $m --batch 1 --method gradcam,guided-backprop --target top5 --precision tf32 --iters 30

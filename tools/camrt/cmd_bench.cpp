@@ -235,6 +235,7 @@ int run_bench(const std::vector<std::string>& argv) {
       if (gpu) timer = std::make_unique<StreamTimer>(*cuda);
       std::function<void()> run;
       size_t planned_bytes = 0;
+      int64_t half_nodes = 0;  // nodes of the (main) plan on NHWC half: --precision fp16 on the GPU
       std::unique_ptr<Executor> executor;
       std::unique_ptr<Explainer> explainer;
       HostTensor logits;
@@ -247,6 +248,7 @@ int run_bench(const std::vector<std::string>& argv) {
         executor = std::make_unique<Executor>(forward_graph, shapes, pool, plan);
         executor->set_input(input_name, x);
         planned_bytes = executor->stats().arena_bytes + executor->stats().workspace_bytes + executor->stats().weight_bytes;
+        half_nodes = executor->stats().half_nodes;
         const int out = forward_graph.output_ids()[0];  // captured by value: the lambda outlives this block
         logits = HostTensor(executor->descs()[out].dtype, executor->descs()[out].shape);
         // On the GPU the forward alone is timed by events; the transfers are timed separately.
@@ -275,6 +277,7 @@ int run_bench(const std::vector<std::string>& argv) {
         explainer = std::make_unique<Explainer>(graph, batch, options, pool, cuda.get());
         const PlanStats& s = explainer->main_plan_stats();
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
+        half_nodes = s.half_nodes;
         run = [&] {
           const Explanation e = explainer->run(x);
           for (const auto& [phase, ms] : e.timings_ms) phase_times[phase].push_back(ms);
@@ -324,6 +327,7 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"planned_mib", planned_mib},
                             {"precision", precision_name(precision)},
                             {"fusion", fusion},
+                            {"half_nodes", half_nodes},
                             {"target", args.get("target")},
                             {"aug_smooth", args.has("aug-smooth")},
                             {"chunk", args.get_int("chunk")},
