@@ -48,8 +48,12 @@ Session::Session(const std::string& model_json, int64_t batch, ExplainOptions op
     plan.cuda = cuda_.get();
   }
   predict_graph_ = options_.fuse_activations ? graph_->fused({}) : std::make_unique<Graph>(model_, graph_->source_name());
+  if (!options_.methods.empty()) {
+    explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
+    plan.device_constants = explainer_->device_constants();  // the weights once on the GPU, not once per plan kind
+    plan.half_storage = options_.half_storage;
+  }
   predictor_ = std::make_unique<Executor>(*predict_graph_, shapes, *pool_, plan);
-  if (!options_.methods.empty()) explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
   input_ = HostTensor(DType::F32, input_shape_);
 } catch (const std::bad_alloc&) {
   fail_out_of_memory(model_json, "loading and planning the model", nullptr);

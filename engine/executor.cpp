@@ -356,6 +356,8 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   if (options.cuda) {
     device_constants_ = options.device_constants ? options.device_constants
                                                  : std::make_shared<const DeviceConstants>(graph_, *options.cuda, half_weights);
+    CAMRT_CHECK(device_constants_->serves(graph_),
+                graph_.source_name() << ": the device constants given to the plan belong to another model");
     CAMRT_CHECK(!half_weights || device_constants_->has_half_nhwc(),
                 graph_.source_name() << ": a half-storage plan needs the weights' half copies (DeviceConstants made with half_nhwc)");
     // Staging: the largest of the plan inputs (together), output 0 and the seed.

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "engine/cam/explainer.h"
+#include "engine/camrt.h"
 #include "engine/executor.h"
 #include "engine/npy.h"
 #include "kernels/cpu/conv.h"
@@ -258,5 +259,32 @@ TEST_CASE("gpu half: the Explainer at fp16 gives maps near the float32 CPU maps,
     CHECK(err < 5e-2);  // the bound of test_half_storage.cpp (half storage vs float32), same reasons
     for (int r = 1; r < 3; ++r)
       CHECK(std::memcmp(b.bytes.data(), runs[r].results[i].maps.bytes.data(), b.bytes.size()) == 0);
+  }
+}
+
+TEST_CASE("gpu half: a Session's predictor shares the explainer's weights on the GPU, at fp32 and at fp16") {
+  CAMRT_GPU_TEST_RUNTIME(runtime);  // (the sessions make their own runtimes; this only decides whether to skip)
+  const std::string model = (fs::path(CAMRT_SOURCE_DIR) / "weights/models/fashion-canvas/model.json").string();
+  ExplainOptions options;
+  options.methods = {"gradcam"};
+  Session cpu(model, 1, options, 2, Device::CPU);
+  std::vector<float> x(static_cast<size_t>(checked_numel(cpu.input_shape())));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  for (float& v : x) v = uniform(rng);
+  const HostTensor want = cpu.predict_copy(x.data());
+  const double scale = max_abs(want.f32(), want.numel());
+  for (const Precision precision : {Precision::FP32, Precision::FP16}) {
+    CAPTURE(precision_name(precision));
+    Session gpu(model, 1, options, 2, Device::CUDA, precision);
+    const HostTensor logits = gpu.predict_copy(x.data());
+    const Explanation e = gpu.explain_copy(x.data());
+    REQUIRE(logits.numel() == want.numel());
+    const double err = max_abs_diff(logits.f32(), want.f32(), want.numel()) / scale;
+    std::cout << "gpu session " << precision_name(precision) << ": logits vs CPU " << err << " of the largest\n";
+    CHECK(err < (precision == Precision::FP32 ? 1e-4 : 1e-2));  // fp32: accumulation order; fp16: test_half_storage
+    int64_t best = 0;
+    for (int64_t c = 1; c < logits.numel(); ++c) best = logits.f32()[c] > logits.f32()[best] ? c : best;
+    CHECK(e.classes.at(0).at(0) == best);  // the explainer's forward agrees with the predictor's
   }
 }

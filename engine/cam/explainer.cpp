@@ -907,9 +907,9 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
                                                            : std::make_shared<Graph>(model_graph.shared_model(), model_graph.source_name()),
                                  pool);
   // Every plan runs on the same device and shares one copy of the weights there.
-  std::shared_ptr<const DeviceConstants> constants;
   if (cuda)
-    constants = std::make_shared<const DeviceConstants>(impl_->graph, *cuda, half_storage_enabled(options_.half_storage, cuda));
+    constants_ = std::make_shared<const DeviceConstants>(impl_->graph, *cuda, half_storage_enabled(options_.half_storage, cuda));
+  const std::shared_ptr<const DeviceConstants>& constants = constants_;
   impl_->plan(batch, options_, layer_tensors, cuda, constants);
   if (options_.aug_smooth) {
     // Variants per pass: on the GPU as many of the six as a quarter of the free memory holds at the main plan's

@@ -83,6 +83,8 @@ class Explainer {
   const std::vector<std::string>& layer_names() const { return layer_names_; }
   // Planned bytes of the main plan (activations kept for the backward included).
   const PlanStats& main_plan_stats() const;
+  // The weights on the GPU (null on the CPU), for other plans of the same model to share (Session's predictor).
+  const std::shared_ptr<const DeviceConstants>& device_constants() const { return constants_; }
 
  private:
   Explanation run_unguarded(const HostTensor& input);
@@ -90,6 +92,7 @@ class Explainer {
   std::unique_ptr<Impl> impl_;
   ExplainOptions options_;
   std::vector<std::string> layer_names_;
+  std::shared_ptr<const DeviceConstants> constants_;
 };
 
 }  // namespace camrt

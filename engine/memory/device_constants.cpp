@@ -28,6 +28,8 @@ DeviceConstants::DeviceConstants(const Graph& graph, CudaRuntime& runtime, bool 
   }
   block_ = DeviceBuffer(runtime, total, "weights");
   pointers_.assign(values.size(), nullptr);
+  sources_.assign(values.size(), nullptr);
+  for (size_t id = 0; id < values.size(); ++id) sources_[id] = values[id].constant;
   if (half_nhwc) half_pointers_.assign(values.size(), nullptr);
   if (total == 0) return;
   // Staged through one host image of the block so the upload is a single transfer.
@@ -47,6 +49,13 @@ DeviceConstants::DeviceConstants(const Graph& graph, CudaRuntime& runtime, bool 
   }
   copy_to_device(runtime, block_.data(), image.data(), total);
   runtime.synchronize();  // the host image dies here
+}
+
+bool DeviceConstants::serves(const Graph& graph) const {
+  const auto& values = graph.values();
+  for (size_t id = 0; id < values.size(); ++id)
+    if (values[id].constant && (id >= sources_.size() || sources_[id] != values[id].constant)) return false;
+  return true;
 }
 
 }  // namespace camrt
