@@ -51,7 +51,7 @@ Session::Session(const std::string& model_json, int64_t batch, ExplainOptions op
   if (!options_.methods.empty()) {
     explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
     plan.device_constants = explainer_->device_constants();  // the weights once on the GPU, not once per plan kind
-    plan.half_storage = options_.half_storage;
+    plan.channels_last = options_.channels_last;
   }
   predictor_ = std::make_unique<Executor>(*predict_graph_, shapes, *pool_, plan);
   input_ = HostTensor(DType::F32, input_shape_);

@@ -13,9 +13,17 @@
 
 namespace camrt {
 
-bool half_storage_enabled(PlanOptions::HalfStorage setting, const CudaRuntime* cuda) {
-  if (setting == PlanOptions::HalfStorage::kAuto) return cuda && cuda->precision() == Precision::FP16;
-  return setting == PlanOptions::HalfStorage::kOn;
+ChannelsLast resolve_channels_last(ChannelsLast setting, const CudaRuntime* cuda) {
+  if (setting != ChannelsLast::kAuto) return setting;
+  return cuda && cuda->precision() == Precision::FP16 ? ChannelsLast::kHalf : ChannelsLast::kOff;
+}
+
+ChannelsLast parse_channels_last(const std::string& name) {
+  if (name == "auto") return ChannelsLast::kAuto;
+  if (name == "off") return ChannelsLast::kOff;
+  if (name == "half") return ChannelsLast::kHalf;
+  if (name == "float") return ChannelsLast::kFloat;
+  CAMRT_FAIL("unknown channels-last form '" << name << "' (expected auto, off, half or float)");
 }
 
 int Executor::resolve(const std::string& name) const {
@@ -184,64 +192,69 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     return in;
   };
 
-  // --- Half storage: the nodes that only run forward and whose op can, run on NHWC half (their 4-d float32
-  // operands, activations and weights, in that form). A value lives in the form its producer writes (plan inputs:
-  // float32) and, where a reader wants the other, also in a copy converted right after the producer, in the same
-  // step (the copy's buffer then cannot overlap anything alive there). Value ids name the float32 forms; half
-  // forms get ids after the graph's values.
+  // --- Channels-last storage: the nodes that only run forward and whose op can, run on NHWC data (their 4-d
+  // float32 operands, activations and weights, in that form: half or float32). A value lives in the form its
+  // producer writes (plan inputs: NCHW) and, where a reader wants the other, also in a copy converted right after
+  // the producer, in the same step (the copy's buffer then cannot overlap anything alive there). Value ids name the
+  // NCHW forms; channels-last forms get ids after the graph's values.
+  const ChannelsLast channels_last = resolve_channels_last(options.channels_last, options.cuda);
+  const DType nhwc_type = channels_last == ChannelsLast::kHalf ? DType::F16 : DType::F32;
   context_.device = options.cuda ? Device::CUDA : Device::CPU;
   context_.pool = &pool_;
   context_.cuda = options.cuda;
-  std::vector<bool> half_node(nodes.size(), false);
-  auto half_operand = [&](int id) { return id >= 0 && descs_[id].dtype == DType::F32 && descs_[id].shape.size() == 4; };
-  if (half_storage_enabled(options.half_storage, options.cuda)) {
+  std::vector<bool> nhwc_node(nodes.size(), false);
+  auto nhwc_operand = [&](int id) { return id >= 0 && descs_[id].dtype == DType::F32 && descs_[id].shape.size() == 4; };
+  if (channels_last != ChannelsLast::kOff) {
     std::vector<bool> runs_backward(nodes.size(), false);
     for (int n : backward_nodes) runs_backward[n] = true;
     for (int n : active) {
-      if (runs_backward[n] || !nodes[n].op->forward_half_nhwc(input_descs(nodes[n], descs_))) continue;
+      if (runs_backward[n] || !nodes[n].op->forward_channels_last(input_descs(nodes[n], descs_))) continue;
       bool outputs_fit = true;
-      for (int id : nodes[n].outputs) outputs_fit = outputs_fit && half_operand(id);
+      for (int id : nodes[n].outputs) outputs_fit = outputs_fit && nhwc_operand(id);
       if (!outputs_fit) continue;
-      // The half form must also plan on this device: cuDNN may offer no fp16 NHWC algorithm for a shape. Asked now
-      // (the choice is cached for the workspace pass below); a node it refuses runs float32, so a plan that runs
-      // at float32 never fails for being asked to store half.
+      // The channels-last form must also plan on this device: cuDNN may offer no NHWC algorithm for a shape. Asked
+      // now (the choice is cached for the workspace pass below); a node it refuses stays NCHW, so a plan never
+      // fails for being asked to store channels-last.
       std::vector<TensorDesc> in = input_descs(nodes[n], descs_);
-      for (size_t i = 0; i < in.size(); ++i)
-        if (half_operand(nodes[n].inputs[i])) in[i].dtype = DType::F16;
+      for (size_t i = 0; i < in.size(); ++i) {
+        if (!nhwc_operand(nodes[n].inputs[i])) continue;
+        in[i].dtype = nhwc_type;
+        in[i].layout = Layout::NHWC;
+      }
       try {
         nodes[n].op->workspace_bytes(in, context_);
-        half_node[n] = true;
-        ++stats_.half_nodes;
+        nhwc_node[n] = true;
+        ++stats_.channels_last_nodes;
       } catch (const Error&) {
       }
     }
   }
-  auto reads_half = [&](int n, int id) { return half_node[n] && half_operand(id); };
-  std::vector<bool> written_half(num_values, false), half_wanted(num_values, false), float_wanted(num_values, false);
+  auto reads_nhwc = [&](int n, int id) { return nhwc_node[n] && nhwc_operand(id); };
+  std::vector<bool> written_nhwc(num_values, false), nhwc_wanted(num_values, false), nchw_wanted(num_values, false);
   for (int n : active) {
-    for (int id : nodes[n].outputs) written_half[id] = half_node[n];
+    for (int id : nodes[n].outputs) written_nhwc[id] = nhwc_node[n];
     for (int id : nodes[n].inputs) {
       if (id < 0) continue;
-      if (reads_half(n, id)) half_wanted[id] = true;
-      else float_wanted[id] = true;
+      if (reads_nhwc(n, id)) nhwc_wanted[id] = true;
+      else nchw_wanted[id] = true;
     }
   }
-  for (size_t id = 0; id < num_values; ++id) float_wanted[id] = float_wanted[id] || keep[id] || needed_by_backward[id];
-  std::vector<int> half_form(num_values, -1);
-  int num_half_forms = 0;
+  for (size_t id = 0; id < num_values; ++id) nchw_wanted[id] = nchw_wanted[id] || keep[id] || needed_by_backward[id];
+  std::vector<int> nhwc_form(num_values, -1);
+  int num_nhwc_forms = 0;
   for (size_t id = 0; id < num_values; ++id)
-    if (written_half[id] || half_wanted[id]) half_form[id] = static_cast<int>(num_values) + num_half_forms++;
+    if (written_nhwc[id] || nhwc_wanted[id]) nhwc_form[id] = static_cast<int>(num_values) + num_nhwc_forms++;
 
   // --- Lifetimes of forward values, per form: from the producer's step (0 for plan inputs) to the last reader
   // of that form; "end" for kept values.
-  std::vector<int64_t> last_step(num_values, 0), half_last_step(num_values, 0);
+  std::vector<int64_t> last_step(num_values, 0), nhwc_last_step(num_values, 0);
   for (size_t id = 0; id < num_values; ++id) {
     if (values[id].producer >= 0 && forward_step_of_node[values[id].producer] >= 0)
-      last_step[id] = half_last_step[id] = forward_step_of_node[values[id].producer];
+      last_step[id] = nhwc_last_step[id] = forward_step_of_node[values[id].producer];
     for (int consumer : values[id].consumers) {
       const int64_t step = forward_step_of_node[consumer];
       if (step < 0) continue;
-      int64_t& last = reads_half(consumer, static_cast<int>(id)) ? half_last_step[id] : last_step[id];
+      int64_t& last = reads_nhwc(consumer, static_cast<int>(id)) ? nhwc_last_step[id] : last_step[id];
       last = std::max(last, step);
     }
     last_step[id] = std::max(last_step[id], backward_last_step[id]);
@@ -250,7 +263,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
 
   // --- Forward buffers: one per computed value, except in-place outputs that take over their input's buffer.
   buffer_of_value_.assign(num_values, -1);
-  std::vector<int> buffer_of_half(num_values, -1);
+  std::vector<int> buffer_of_nhwc(num_values, -1);
   auto value_bytes = [&](int id) {
     return static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(descs_[id].dtype);
   };
@@ -258,23 +271,23 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     buffer_of_value_[id] = static_cast<int>(buffers_.size());
     buffers_.push_back(BufferRequest{value_bytes(id), first_step, last_step[id]});
   };
-  auto new_half_buffer = [&](int id, int64_t first_step) {
-    buffer_of_half[id] = static_cast<int>(buffers_.size());
-    const size_t bytes = static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(DType::F16);
-    buffers_.push_back(BufferRequest{bytes, first_step, std::max(first_step, half_last_step[id])});
+  auto new_nhwc_buffer = [&](int id, int64_t first_step) {
+    buffer_of_nhwc[id] = static_cast<int>(buffers_.size());
+    const size_t bytes = static_cast<size_t>(checked_numel(descs_[id].shape)) * dtype_size(nhwc_type);
+    buffers_.push_back(BufferRequest{bytes, first_step, std::max(first_step, nhwc_last_step[id])});
   };
   for (int id : input_ids_) {
     new_buffer(id, 0);
-    if (half_form[id] >= 0) new_half_buffer(id, 0);
+    if (nhwc_form[id] >= 0) new_nhwc_buffer(id, 0);
   }
   for (int n : active) {
     const GraphNode& gn = nodes[n];
     const int64_t step = forward_step_of_node[n];
     for (size_t o = 0; o < gn.outputs.size(); ++o) {
       const int out = gn.outputs[o];
-      if (half_form[out] >= 0) new_half_buffer(out, step);
-      if (written_half[out]) {
-        if (float_wanted[out]) new_buffer(out, step);
+      if (nhwc_form[out] >= 0) new_nhwc_buffer(out, step);
+      if (written_nhwc[out]) {
+        if (nchw_wanted[out]) new_buffer(out, step);
         continue;
       }
       if (o == 0 && gn.op->can_run_in_place() && !gn.inputs.empty() && gn.inputs[0] >= 0) {
@@ -335,8 +348,11 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   // --- Workspace, shared by every forward and backward step.
   for (int n : active) {
     std::vector<TensorDesc> in = input_descs(nodes[n], descs_);
-    for (size_t i = 0; i < in.size(); ++i)
-      if (reads_half(n, nodes[n].inputs[i])) in[i].dtype = DType::F16;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (!reads_nhwc(n, nodes[n].inputs[i])) continue;
+      in[i].dtype = nhwc_type;
+      in[i].layout = Layout::NHWC;
+    }
     stats_.workspace_bytes = std::max(stats_.workspace_bytes, nodes[n].op->workspace_bytes(in, context_));
   }
   for (int64_t j = 0; j < num_backward; ++j) {  // a step over all seeds at once sees the wide shapes
@@ -351,15 +367,16 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   } catch (const Error& e) {  // out of (GPU) memory: say which model
     throw Error(graph_.source_name() + ": " + e.what(), e.file(), e.line(), e.expression().c_str());
   }
-  bool half_weights = false;  // some half node reads a 4-d constant
-  for (size_t id = 0; id < num_values; ++id) half_weights = half_weights || (values[id].constant && half_form[id] >= 0);
+  bool nhwc_weights = false;  // some channels-last node reads a 4-d constant
+  for (size_t id = 0; id < num_values; ++id) nhwc_weights = nhwc_weights || (values[id].constant && nhwc_form[id] >= 0);
   if (options.cuda) {
     device_constants_ = options.device_constants ? options.device_constants
-                                                 : std::make_shared<const DeviceConstants>(graph_, *options.cuda, half_weights);
+                                                 : std::make_shared<const DeviceConstants>(graph_, *options.cuda, nhwc_weights ? channels_last : ChannelsLast::kOff);
     CAMRT_CHECK(device_constants_->serves(graph_),
                 graph_.source_name() << ": the device constants given to the plan belong to another model");
-    CAMRT_CHECK(!half_weights || device_constants_->has_half_nhwc(),
-                graph_.source_name() << ": a half-storage plan needs the weights' half copies (DeviceConstants made with half_nhwc)");
+    CAMRT_CHECK(!nhwc_weights || device_constants_->channels_last() == channels_last,
+                graph_.source_name() << ": a channels-last plan needs the weights' OHWI copies in its type (DeviceConstants "
+                                        "made for the same ChannelsLast form)");
     // Staging: the largest of the plan inputs (together), output 0 and the seed.
     size_t inputs_bytes = 0;
     for (int id : input_ids_) inputs_bytes += value_bytes(id);
@@ -377,8 +394,8 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
   context_.workspace_bytes = stats_.workspace_bytes;
 
   // --- Views and steps.
-  views_.resize(num_values + static_cast<size_t>(num_half_forms));
-  half_constants_.reserve(static_cast<size_t>(num_half_forms));
+  views_.resize(num_values + static_cast<size_t>(num_nhwc_forms));
+  nhwc_constants_.reserve(static_cast<size_t>(num_nhwc_forms));
   gradient_views_.resize(num_values);
   wide_views_.resize(num_values);
   for (size_t id = 0; id < num_values; ++id) {
@@ -395,21 +412,22 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     }
     wide_views_[id] = view;
     wide_views_[id].shape = wide_descs[id].shape;
-    if (half_form[id] < 0) continue;
-    Tensor& half = views_[static_cast<size_t>(half_form[id])];
-    half = Tensor{nullptr, DType::F16, descs_[id].shape, context_.device, Layout::NHWC};
-    if (buffer_of_half[id] >= 0) {
-      half.data = arena_.data() + memory_plan_.offsets[buffer_of_half[id]];
+    if (nhwc_form[id] < 0) continue;
+    Tensor& nhwc = views_[static_cast<size_t>(nhwc_form[id])];
+    nhwc = Tensor{nullptr, nhwc_type, descs_[id].shape, context_.device, Layout::NHWC};
+    if (buffer_of_nhwc[id] >= 0) {
+      nhwc.data = arena_.data() + memory_plan_.offsets[buffer_of_nhwc[id]];
     } else if (device_constants_) {
-      half.data = device_constants_->half_nhwc_data(static_cast<int>(id));
-    } else {  // CPU: the plan's own OHWI half copy of the weight
+      nhwc.data = device_constants_->channels_last_data(static_cast<int>(id));
+    } else {  // CPU: the plan's own OHWI copy of the weight
       const HostTensor& weight = *values[id].constant;
-      half_constants_.emplace_back(DType::F16, weight.shape);
-      nchw_to_nhwc_half(reinterpret_cast<uint16_t*>(half_constants_.back().bytes.data()), weight.f32(), weight.shape[0],
-                        weight.shape[1], weight.shape[2] * weight.shape[3], pool_);
-      half.data = half_constants_.back().bytes.data();
+      nhwc_constants_.emplace_back(nhwc_type, weight.shape);
+      Tensor copy = nhwc_constants_.back().view();
+      copy.layout = Layout::NHWC;
+      convert(weight.view(), copy);
+      nhwc.data = nhwc_constants_.back().bytes.data();
     }
-    CAMRT_CHECK(half.data, graph_.source_name() << ": no half form of '" << values[id].name << "'");
+    CAMRT_CHECK(nhwc.data, graph_.source_name() << ": no channels-last form of '" << values[id].name << "'");
   }
   auto conversion = [&](const Tensor* from, Tensor* to) {
     Step step;
@@ -419,17 +437,17 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
     ++stats_.conversions;
   };
   for (int id : input_ids_)
-    if (half_form[id] >= 0) conversion(&views_[id], &views_[half_form[id]]);
+    if (nhwc_form[id] >= 0) conversion(&views_[id], &views_[nhwc_form[id]]);
   for (int n : active) {
     Step step;
     step.node = n;
     for (int id : nodes[n].inputs)
-      step.inputs.push_back(id < 0 ? nullptr : reads_half(n, id) ? &views_[half_form[id]] : &views_[id]);
-    for (int id : nodes[n].outputs) step.outputs.push_back(written_half[id] ? &views_[half_form[id]] : &views_[id]);
+      step.inputs.push_back(id < 0 ? nullptr : reads_nhwc(n, id) ? &views_[nhwc_form[id]] : &views_[id]);
+    for (int id : nodes[n].outputs) step.outputs.push_back(written_nhwc[id] ? &views_[nhwc_form[id]] : &views_[id]);
     forward_steps_.push_back(std::move(step));
     for (int id : nodes[n].outputs) {
-      if (written_half[id] && float_wanted[id]) conversion(&views_[half_form[id]], &views_[id]);
-      else if (!written_half[id] && half_form[id] >= 0) conversion(&views_[id], &views_[half_form[id]]);
+      if (written_nhwc[id] && nchw_wanted[id]) conversion(&views_[nhwc_form[id]], &views_[id]);
+      else if (!written_nhwc[id] && nhwc_form[id] >= 0) conversion(&views_[id], &views_[nhwc_form[id]]);
     }
   }
   for (int64_t j = 0; j < num_backward; ++j) {
@@ -586,19 +604,28 @@ void Executor::run_forward_steps() {
   }
 }
 
-// Float32 NCHW <-> NHWC half, whichever way `from` and `to` say.
+// NCHW float32 <-> channels-last (NHWC half or float32), whichever way `from` and `to` say; on the plan's device
+// (a host tensor on the CPU: weights converted at plan time).
 void Executor::convert(const Tensor& from, const Tensor& to) const {
   const int64_t images = from.shape[0], channels = from.shape[1], positions = from.shape[2] * from.shape[3];
-  const bool to_half = to.dtype == DType::F16;
+  const bool to_nhwc = to.layout == Layout::NHWC;
+  const Tensor& nhwc = to_nhwc ? to : from;
+  const bool half = nhwc.dtype == DType::F16;
+  auto* half_data = static_cast<uint16_t*>(nhwc.data);
 #if CAMRT_WITH_CUDA
-  if (context_.device == Device::CUDA) {
-    if (to_half) cuda::nchw_to_nhwc_half(static_cast<uint16_t*>(to.data), from.f32(), images, channels, positions, context_.cuda->stream());
-    else cuda::nhwc_half_to_nchw(to.f32(), static_cast<const uint16_t*>(from.data), images, channels, positions, context_.cuda->stream());
+  if (context_.device == Device::CUDA && from.device == Device::CUDA) {
+    cudaStream_t stream = context_.cuda->stream();
+    if (to_nhwc && half) cuda::nchw_to_nhwc(half_data, from.f32(), images, channels, positions, stream);
+    else if (to_nhwc) cuda::nchw_to_nhwc(to.f32(), from.f32(), images, channels, positions, stream);
+    else if (half) cuda::nhwc_to_nchw(to.f32(), half_data, images, channels, positions, stream);
+    else cuda::nhwc_to_nchw(to.f32(), from.f32(), images, channels, positions, stream);
     return;
   }
 #endif
-  if (to_half) nchw_to_nhwc_half(static_cast<uint16_t*>(to.data), from.f32(), images, channels, positions, pool_);
-  else nhwc_half_to_nchw(to.f32(), static_cast<const uint16_t*>(from.data), images, channels, positions, pool_);
+  if (to_nhwc && half) nchw_to_nhwc(half_data, from.f32(), images, channels, positions, pool_);
+  else if (to_nhwc) nchw_to_nhwc(to.f32(), from.f32(), images, channels, positions, pool_);
+  else if (half) nhwc_to_nchw(to.f32(), half_data, images, channels, positions, pool_);
+  else nhwc_to_nchw(to.f32(), from.f32(), images, channels, positions, pool_);
 }
 
 void Executor::backward(const HostTensor& seed, bool guided) {
@@ -672,7 +699,7 @@ void Executor::run_backward_steps() {
 Tensor Executor::value(const std::string& tensor_name) const { return value(resolve(tensor_name)); }
 
 Tensor Executor::value(int value_id) const {
-  CAMRT_CHECK(value_id >= 0 && value_id < static_cast<int>(views_.size()), "value id " << value_id << " out of range");
+  CAMRT_CHECK(value_id >= 0 && value_id < static_cast<int>(readable_after_.size()), "value id " << value_id << " out of range");
   CAMRT_CHECK(readable_after_[value_id], graph_.source_name() << ": tensor '" << graph_.values()[value_id].name
                                                               << "' is not kept after the forward pass (add it to PlanOptions::keep)");
   return views_[value_id];

@@ -44,23 +44,25 @@ struct PlanOptions {
   CudaRuntime* cuda = nullptr;
   // The graph's constants on that GPU, shared by all plans of the graph; uploaded by the executor if null.
   std::shared_ptr<const DeviceConstants> device_constants;
-  // Half storage: nodes that run before the backward pass and only forward (no backward step; every node of a
-  // plan without one) run on NHWC half activations where their op can (Op::forward_half_nhwc: convolutions and
-  // max pooling), the tensor-core form of a convolution. Each value is stored as its producer writes it and,
-  // where a reader wants the other form, also converted right after it (a float32 NCHW copy for kept values,
-  // outputs, other ops and the backward pass; a half copy of a float32 input of a half node). On the GPU the
-  // 4-d weights come from DeviceConstants' half copies (made with half_nhwc); on the CPU the plan converts them.
-  // Auto: on for GPU plans whose runtime computes at fp16 (--precision fp16), else off. On, on the CPU: the
-  // reference twin (slow; for tests).
-  enum class HalfStorage : uint8_t { kAuto, kOn, kOff };
-  HalfStorage half_storage = HalfStorage::kAuto;
+  // Channels-last storage: nodes that run before the backward pass and only forward (no backward step; every
+  // node of a plan without one) keep their 4-d activations NHWC where their op can (Op::forward_channels_last:
+  // convolutions and max pooling), the form tensor-core convolutions read; as half (fp16 tensor cores) or float32.
+  // Each value is stored as its producer writes it and, where a reader wants the other form, also converted right
+  // after it (a float32 NCHW copy for kept values, outputs, other ops and the backward pass; a channels-last copy
+  // of an NCHW input of a channels-last node). On the GPU the 4-d weights come from DeviceConstants' OHWI copies
+  // (made for the same form); on the CPU the plan converts them. kAuto: half for GPU plans whose runtime computes
+  // at fp16 (--precision fp16), else off. On the CPU the channels-last kernels are reference twins (for tests).
+  ChannelsLast channels_last = ChannelsLast::kAuto;
   // GPU: capture forward() and backward() in CUDA graphs on their second call (the first warms up cuDNN/cuBLAS)
   // and replay them afterwards. Work that cannot be captured keeps running eagerly.
   bool cuda_graphs = true;
 };
 
-// Whether a plan with this setting on this runtime (null: the CPU) stores half (the kAuto rule in one place).
-bool half_storage_enabled(PlanOptions::HalfStorage setting, const CudaRuntime* cuda);
+// The channels-last form a plan with this setting uses on this runtime (null: the CPU): kOff, kHalf or kFloat (the
+// kAuto rule in one place).
+ChannelsLast resolve_channels_last(ChannelsLast setting, const CudaRuntime* cuda);
+// "auto", "off", "half", "float"; throws naming the accepted values otherwise.
+ChannelsLast parse_channels_last(const std::string& name);
 
 struct PlanStats {
   size_t arena_bytes = 0;      // planned peak of activations and gradients
@@ -72,8 +74,8 @@ struct PlanStats {
   int64_t forward_nodes = 0;   // nodes run by forward()
   int64_t backward_nodes = 0;  // nodes run by backward()
   int64_t kept_for_backward = 0;  // forward values kept alive for the backward pass
-  int64_t half_nodes = 0;         // nodes run on NHWC half activations (PlanOptions::half_storage)
-  int64_t conversions = 0;        // float32 NCHW <-> NHWC half conversions per forward
+  int64_t channels_last_nodes = 0;  // nodes run on NHWC activations (PlanOptions::channels_last)
+  int64_t conversions = 0;          // NCHW float32 <-> channels-last conversions per forward
 };
 
 class Executor {
@@ -130,7 +132,7 @@ class Executor {
 
  private:
   struct Step {
-    int node = -1;  // -1: a conversion between inputs[0] and outputs[0] (float32 NCHW <-> NHWC half)
+    int node = -1;  // -1: a conversion between inputs[0] and outputs[0] (NCHW float32 <-> channels-last)
     std::vector<const Tensor*> inputs;
     std::vector<Tensor*> outputs;
     // Backward only:
@@ -187,8 +189,8 @@ class Executor {
   // Runs `steps` eagerly, or through the replay's graph once it is captured.
   template <typename Steps>
   void run_maybe_captured(Replay& replay, Steps steps);
-  std::vector<HostTensor> half_constants_;  // CPU half storage: OHWI half copies of the weights half nodes read
-  std::vector<Tensor> views_;           // per value id, then the NHWC half forms (half_storage)
+  std::vector<HostTensor> nhwc_constants_;  // CPU: OHWI copies of the weights channels-last nodes read
+  std::vector<Tensor> views_;           // per value id, then the channels-last forms
   std::vector<Tensor> gradient_views_;  // per value id (dim 0 times seeds_)
   std::vector<Tensor> wide_views_;      // per value id: views_ with the shapes of a pass over seeds_ seeds
   std::vector<Step> forward_steps_, backward_steps_;

@@ -15,7 +15,7 @@ enum class DType : uint8_t { F32, F16, F64, I64, I32, I8, U8, Bool };
 enum class Device : uint8_t { CPU, CUDA };
 // Where the elements of a 4-d (N, C, H, W) tensor lie: NCHW, row-major over the shape as every tensor is unless
 // said otherwise, or NHWC (channels last, element (n, c, h, w) at ((n * H + h) * W + w) * C + c), the form of
-// half storage (PlanOptions::half_storage). The shape is the logical (N, C, H, W) either way.
+// channels-last storage (PlanOptions::channels_last). The shape is the logical (N, C, H, W) either way.
 enum class Layout : uint8_t { NCHW, NHWC };
 
 using Shape = std::vector<int64_t>;

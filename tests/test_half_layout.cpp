@@ -1,6 +1,7 @@
-// Half storage on the CPU: the float <-> half conversions of kernels/cpu/half.h (exhaustively over the 65536
-// half patterns, against known values, the nearest-even rule and the binary16 formula), the NCHW float <-> NHWC half transposes of kernels/cpu/layout.h, and max pooling over NHWC half
-// data against float_to_half of the NCHW float max pool (kernels/cpu/pool.h).
+// Channels-last storage on the CPU: the float <-> half conversions of kernels/cpu/half.h (exhaustively over the
+// 65536 half patterns, against known values, the nearest-even rule and the binary16 formula), the NCHW float <->
+// NHWC half and NHWC float transposes of kernels/cpu/layout.h, and max pooling over NHWC data against the NCHW
+// float max pool (kernels/cpu/pool.h): float_to_half of it for half, the very bits for float.
 #include <doctest/doctest.h>
 
 #include <array>
@@ -44,6 +45,24 @@ std::vector<uint16_t> random_halves(size_t n, uint32_t seed) {
     while (half_is_nan(h));
   }
   return v;
+}
+
+// Random float bit patterns: every class (subnormals, infinities, +-0, and with nans, NaNs of any sign and payload,
+// signalling ones too) turns up.
+std::vector<float> random_float_bits(size_t n, uint32_t seed, bool nans) {
+  std::mt19937 rng(seed);
+  std::vector<float> v(n);
+  for (float& f : v) {
+    do f = float_from_bits(static_cast<uint32_t>(rng()));
+    while (!nans && std::isnan(f));
+  }
+  return v;
+}
+
+std::vector<uint32_t> bits_of(const std::vector<float>& v) {
+  std::vector<uint32_t> b(v.size());
+  if (!v.empty()) std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+  return b;
 }
 
 // Values in [-levels, levels) / 4 on a coarse grid, as halves: many exact ties inside pooling windows; every
@@ -197,7 +216,7 @@ TEST_CASE("half layout: a hand-made 2 x 3 x 4 example lands every element at its
       for (int64_t p = 0; p < P; ++p) nchw[static_cast<size_t>((i * C + c) * P + p)] = float(100 * i + 10 * c + p);
   ThreadPool pool(1);
   std::vector<uint16_t> nhwc(nchw.size(), 0xffff);
-  nchw_to_nhwc_half(nhwc.data(), nchw.data(), N, C, P, pool);
+  nchw_to_nhwc(nhwc.data(), nchw.data(), N, C, P, pool);
   // Position by position: image 0 position 0 holds channels 0, 10, 20; image 1 position 3 holds 103, 113, 123.
   const float expected[] = {0, 10, 20, 1, 11, 21, 2, 12, 22, 3, 13, 23,
                             100, 110, 120, 101, 111, 121, 102, 112, 122, 103, 113, 123};
@@ -207,7 +226,7 @@ TEST_CASE("half layout: a hand-made 2 x 3 x 4 example lands every element at its
   }
   CHECK(nhwc[1] == 0x4900);  // 10.0 in half bits
   std::vector<float> back(nchw.size(), -1.f);
-  nhwc_half_to_nchw(back.data(), nhwc.data(), N, C, P, pool);
+  nhwc_to_nchw(back.data(), nhwc.data(), N, C, P, pool);
   CHECK(back == nchw);
 }
 
@@ -228,12 +247,12 @@ TEST_CASE("half layout: odd sizes round-trip exactly, round once, and do not dep
     std::vector<float> nchw(n);
     for (size_t k = 0; k < n; ++k) nchw[k] = half_to_float(halves[k]);
     std::vector<uint16_t> nhwc1(n), nhwc3(n);
-    nchw_to_nhwc_half(nhwc1.data(), nchw.data(), s.images, s.channels, s.positions, one);
-    nchw_to_nhwc_half(nhwc3.data(), nchw.data(), s.images, s.channels, s.positions, three);
+    nchw_to_nhwc(nhwc1.data(), nchw.data(), s.images, s.channels, s.positions, one);
+    nchw_to_nhwc(nhwc3.data(), nchw.data(), s.images, s.channels, s.positions, three);
     CHECK(nhwc1 == nhwc3);
     std::vector<float> back1(n), back3(n);
-    nhwc_half_to_nchw(back1.data(), nhwc1.data(), s.images, s.channels, s.positions, one);
-    nhwc_half_to_nchw(back3.data(), nhwc1.data(), s.images, s.channels, s.positions, three);
+    nhwc_to_nchw(back1.data(), nhwc1.data(), s.images, s.channels, s.positions, one);
+    nhwc_to_nchw(back3.data(), nhwc1.data(), s.images, s.channels, s.positions, three);
     int64_t bad = 0;
     for (size_t k = 0; k < n; ++k) bad += float_bits(back1[k]) != float_bits(nchw[k]) || float_bits(back3[k]) != float_bits(nchw[k]);
     CHECK(bad == 0);
@@ -245,7 +264,7 @@ TEST_CASE("half layout: odd sizes round-trip exactly, round once, and do not dep
     for (size_t k = 0; k < n; ++k) rough[k] = (k % 5 == 0) ? dist(rng) : dist(rng) * 1e-4f;
     rough[0] = std::numeric_limits<float>::quiet_NaN();
     if (n > 1) rough[n - 1] = -std::numeric_limits<float>::infinity();
-    nchw_to_nhwc_half(nhwc3.data(), rough.data(), s.images, s.channels, s.positions, three);
+    nchw_to_nhwc(nhwc3.data(), rough.data(), s.images, s.channels, s.positions, three);
     bad = 0;
     for (int64_t i = 0; i < s.images; ++i)
       for (int64_t c = 0; c < s.channels; ++c)
@@ -261,13 +280,84 @@ TEST_CASE("half layout: empty sizes write nothing; negative sizes are refused") 
   ThreadPool pool(2);
   uint16_t h = 0x1234;
   float f = 5.f;
-  nchw_to_nhwc_half(&h, &f, 0, 3, 4, pool);
-  nchw_to_nhwc_half(&h, &f, 2, 0, 4, pool);
-  nhwc_half_to_nchw(&f, &h, 2, 3, 0, pool);
+  nchw_to_nhwc(&h, &f, 0, 3, 4, pool);
+  nchw_to_nhwc(&h, &f, 2, 0, 4, pool);
+  nhwc_to_nchw(&f, &h, 2, 3, 0, pool);
   CHECK(h == 0x1234);
   CHECK(f == 5.f);
-  CHECK_THROWS(nchw_to_nhwc_half(&h, &f, -1, 3, 4, pool));
-  CHECK_THROWS(nhwc_half_to_nchw(&f, &h, 1, -3, 4, pool));
+  CHECK_THROWS(nchw_to_nhwc(&h, &f, -1, 3, 4, pool));
+  CHECK_THROWS(nhwc_to_nchw(&f, &h, 1, -3, 4, pool));
+}
+
+// ---------------- NCHW float <-> NHWC float ----------------
+
+TEST_CASE("float layout: a hand-made 2 x 3 x 4 example lands every element at its NHWC position, and back") {
+  const int64_t N = 2, C = 3, P = 4;
+  std::vector<float> nchw(static_cast<size_t>(N * C * P));
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < P; ++p)
+        nchw[static_cast<size_t>((i * C + c) * P + p)] = float(100 * i + 10 * c + p) + 0.125f;
+  ThreadPool pool(1);
+  std::vector<float> nhwc(nchw.size(), -1.f);
+  nchw_to_nhwc(nhwc.data(), nchw.data(), N, C, P, pool);
+  // Position by position: image 0 position 0 holds channels 0, 10, 20; image 1 position 3 holds 103, 113, 123
+  // (each + 0.125, which half could not keep at 123.125: the float path does not round).
+  const std::vector<float> expected = {0, 10, 20, 1, 11, 21, 2, 12, 22, 3, 13, 23,
+                                       100, 110, 120, 101, 111, 121, 102, 112, 122, 103, 113, 123};
+  for (size_t k = 0; k < nhwc.size(); ++k) {
+    INFO("element " << k);
+    CHECK(nhwc[k] == expected[k] + 0.125f);
+  }
+  std::vector<float> back(nchw.size(), -1.f);
+  nhwc_to_nchw(back.data(), nhwc.data(), N, C, P, pool);
+  CHECK(back == nchw);
+}
+
+TEST_CASE("float layout: odd sizes land every bit pattern, NaN payloads too, and do not depend on the thread count") {
+  ThreadPool one(1), three(3);
+  struct Size {
+    int64_t images, channels, positions;
+  };
+  // As for half: odd counts around the 32-element tile, and one size that three threads really split.
+  const Size sizes[] = {{1, 1, 1}, {2, 1, 49}, {3, 7, 1}, {2, 7, 49}, {1, 33, 49}, {3, 33, 1}, {2, 33, 7},
+                        {4, 64, 3}, {2, 70, 1000}};
+  for (const Size& s : sizes) {
+    INFO("images " << s.images << ", channels " << s.channels << ", positions " << s.positions);
+    const size_t n = static_cast<size_t>(s.images * s.channels * s.positions);
+    std::vector<float> nchw = random_float_bits(n, 11 + static_cast<uint32_t>(n), true);
+    nchw[0] = float_from_bits(0x7f800001u);  // a signalling NaN: copied, not quieted
+    const std::vector<uint32_t> nchw_bits = bits_of(nchw);
+    std::vector<float> nhwc1(n), nhwc3(n);
+    nchw_to_nhwc(nhwc1.data(), nchw.data(), s.images, s.channels, s.positions, one);
+    nchw_to_nhwc(nhwc3.data(), nchw.data(), s.images, s.channels, s.positions, three);
+    const std::vector<uint32_t> nhwc_bits = bits_of(nhwc1);
+    CHECK(bits_of(nhwc3) == nhwc_bits);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < s.images; ++i)
+      for (int64_t c = 0; c < s.channels; ++c)
+        for (int64_t p = 0; p < s.positions; ++p)
+          bad += nhwc_bits[static_cast<size_t>((i * s.positions + p) * s.channels + c)] !=
+                 nchw_bits[static_cast<size_t>((i * s.channels + c) * s.positions + p)];
+    CHECK(bad == 0);
+    std::vector<float> back1(n), back3(n);
+    nhwc_to_nchw(back1.data(), nhwc1.data(), s.images, s.channels, s.positions, one);
+    nhwc_to_nchw(back3.data(), nhwc1.data(), s.images, s.channels, s.positions, three);
+    CHECK(bits_of(back1) == nchw_bits);
+    CHECK(bits_of(back3) == nchw_bits);
+  }
+}
+
+TEST_CASE("float layout: empty sizes write nothing; negative sizes are refused") {
+  ThreadPool pool(2);
+  float a = 3.f, b = 5.f;
+  nchw_to_nhwc(&a, &b, 0, 3, 4, pool);
+  nchw_to_nhwc(&a, &b, 2, 0, 4, pool);
+  nhwc_to_nchw(&b, &a, 2, 3, 0, pool);
+  CHECK(a == 3.f);
+  CHECK(b == 5.f);
+  CHECK_THROWS(nchw_to_nhwc(&a, &b, -1, 3, 4, pool));
+  CHECK_THROWS(nhwc_to_nchw(&b, &a, 1, -3, 4, pool));
 }
 
 // ---------------- max pool over NHWC half ----------------
@@ -315,24 +405,30 @@ const std::vector<PoolCase>& half_pool_cases() {
   return cases;
 }
 
-// The reference: NHWC half -> NCHW float (exact), max_pool_forward, float_to_half back into NHWC order.
-std::vector<uint16_t> reference_pool(const std::vector<uint16_t>& x, int64_t images, int64_t channels,
-                                     const PoolGeometry& g, ThreadPool& pool) {
+float to_float(uint16_t h) { return half_to_float(h); }
+float to_float(float f) { return f; }
+void from_float(float f, uint16_t* h) { *h = float_to_half(f); }
+void from_float(float f, float* out) { *out = f; }
+
+// The reference: NHWC -> NCHW float (exact), max_pool_forward, back into NHWC order (float_to_half for half).
+template <typename T>
+std::vector<T> reference_pool(const std::vector<T>& x, int64_t images, int64_t channels, const PoolGeometry& g,
+                              ThreadPool& pool) {
   const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
   std::vector<float> nchw(x.size());
   for (int64_t i = 0; i < images; ++i)
     for (int64_t c = 0; c < channels; ++c)
       for (int64_t p = 0; p < in_plane; ++p)
         nchw[static_cast<size_t>((i * channels + c) * in_plane + p)] =
-            half_to_float(x[static_cast<size_t>((i * in_plane + p) * channels + c)]);
+            to_float(x[static_cast<size_t>((i * in_plane + p) * channels + c)]);
   std::vector<float> y(static_cast<size_t>(images * channels * out_plane));
   max_pool_forward(y.data(), nchw.data(), g, pool);
-  std::vector<uint16_t> out(y.size());
+  std::vector<T> out(y.size());
   for (int64_t i = 0; i < images; ++i)
     for (int64_t c = 0; c < channels; ++c)
       for (int64_t p = 0; p < out_plane; ++p)
-        out[static_cast<size_t>((i * out_plane + p) * channels + c)] =
-            float_to_half(y[static_cast<size_t>((i * channels + c) * out_plane + p)]);
+        from_float(y[static_cast<size_t>((i * channels + c) * out_plane + p)],
+                   &out[static_cast<size_t>((i * out_plane + p) * channels + c)]);
   return out;
 }
 
@@ -355,8 +451,8 @@ TEST_CASE("half max pool: NHWC half equals float_to_half of the NCHW float max p
             for (size_t k = 4; k < n_in; k += 23) x[k] = (k % 3 == 0) ? 0x7E00 : (k % 3 == 1) ? 0xFE01 : 0x7C05;
           const std::vector<uint16_t> want = reference_pool(x, images, channels, g, one);
           std::vector<uint16_t> got1(n_out, 0x1234), got3(n_out, 0x1234);
-          max_pool_forward_nhwc_half(got1.data(), x.data(), images, channels, g, one);
-          max_pool_forward_nhwc_half(got3.data(), x.data(), images, channels, g, three);
+          max_pool_forward_nhwc(got1.data(), x.data(), images, channels, g, one);
+          max_pool_forward_nhwc(got3.data(), x.data(), images, channels, g, three);
           int64_t bad = 0, nans = 0;
           for (size_t k = 0; k < n_out; ++k) {
             bad += got1[k] != want[k];
@@ -383,7 +479,7 @@ TEST_CASE("half max pool: explicit windows: max, a window only in padding, NaN p
   const std::vector<uint16_t> x = {float_to_half(1.f), float_to_half(-1.f), float_to_half(2.f), nan,
                                    float_to_half(3.f), float_to_half(-3.f), float_to_half(4.f), float_to_half(-4.f)};
   std::vector<uint16_t> y(18);
-  max_pool_forward_nhwc_half(y.data(), x.data(), 1, 2, g, pool);
+  max_pool_forward_nhwc(y.data(), x.data(), 1, 2, g, pool);
   // Output position (oh, ow) channel ch at ((oh * 3) + ow) * 2 + ch.
   CHECK(half_to_float(y[(0 * 3 + 0) * 2 + 0]) == 1.f);  // top-left window sees only input (0, 0)
   CHECK(half_to_float(y[(1 * 3 + 1) * 2 + 0]) == 4.f);  // centre window sees all four
@@ -396,7 +492,7 @@ TEST_CASE("half max pool: explicit windows: max, a window only in padding, NaN p
   PoolCase wide{"pads 2", {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}, {0, 2, 2}, {0, 2, 2}, false};
   g = geometry_of(wide, 2);
   std::vector<uint16_t> z(static_cast<size_t>(2 * g.out_plane()));
-  max_pool_forward_nhwc_half(z.data(), x.data(), 1, 2, g, pool);
+  max_pool_forward_nhwc(z.data(), x.data(), 1, 2, g, pool);
   CHECK(z[0] == 0xFC00);
   CHECK(z[1] == 0xFC00);
   CHECK(z[z.size() - 1] == 0xFC00);
@@ -406,7 +502,95 @@ TEST_CASE("half max pool: explicit windows: max, a window only in padding, NaN p
   g = geometry_of(row, 2);
   const std::vector<uint16_t> zeros = {0x0000, 0x8000, 0x8000, 0x0000};  // channel 0: +0, -0; channel 1: -0, +0
   std::vector<uint16_t> w(2);
-  max_pool_forward_nhwc_half(w.data(), zeros.data(), 1, 2, g, pool);
+  max_pool_forward_nhwc(w.data(), zeros.data(), 1, 2, g, pool);
   CHECK(w[0] == 0x0000);
   CHECK(w[1] == 0x8000);
+}
+
+// ---------------- max pool over NHWC float ----------------
+
+TEST_CASE("float max pool: NHWC float equals the NCHW float max pool bit for bit, NaNs and empty windows too") {
+  ThreadPool one(1), three(3);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const PoolCase& c : half_pool_cases()) {
+    for (const int64_t images : {int64_t(1), int64_t(2)}) {
+      for (const int64_t channels : {int64_t(1), int64_t(3), int64_t(33)}) {
+        const PoolGeometry g = geometry_of(c, images * channels);
+        const size_t n_in = static_cast<size_t>(images * channels * g.in_plane());
+        const size_t n_out = static_cast<size_t>(images * channels * g.out_plane());
+        for (int data = 0; data < 3; ++data) {
+          INFO(c.name << ", images " << images << ", channels " << channels << ", data " << data);
+          // 0: random float patterns that are numbers (subnormals, infinities, +-0); 1: a coarse grid (ties,
+          // +0 / -0); 2: the grid with NaNs of both signs and different payloads, one of them signalling, and
+          // several per window, so which NaN wins (the last) is compared too.
+          std::vector<float> x(n_in);
+          if (data == 0) {
+            x = random_float_bits(n_in, 5, false);
+          } else {
+            const std::vector<uint16_t> grid = tied_halves(n_in, 6);
+            for (size_t k = 0; k < n_in; ++k) x[k] = half_to_float(grid[k]);
+          }
+          if (data == 2)
+            for (size_t k = 4; k < n_in; k += 7)
+              x[k] = float_from_bits((k % 3 == 0) ? 0x7fc00000u : (k % 3 == 1) ? 0xffc01234u : 0x7f800005u);
+          const std::vector<float> want = reference_pool(x, images, channels, g, one);
+          std::vector<float> got1(n_out, 1234.f), got3(n_out, 1234.f);
+          max_pool_forward_nhwc(got1.data(), x.data(), images, channels, g, one);
+          max_pool_forward_nhwc(got3.data(), x.data(), images, channels, g, three);
+          const std::vector<uint32_t> want_bits = bits_of(want), got_bits = bits_of(got1);
+          int64_t bad = 0, nans = 0, empty = 0;
+          for (size_t k = 0; k < n_out; ++k) {
+            bad += got_bits[k] != want_bits[k];
+            nans += std::isnan(got1[k]);
+            empty += got1[k] == -inf;
+          }
+          CHECK(bad == 0);
+          CHECK(bits_of(got3) == got_bits);
+          if (data == 2) CHECK(nans > 0);  // NaNs propagated, and were compared bit for bit above
+          if (std::string(c.name) == "windows entirely in padding") CHECK(empty > 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("float max pool: explicit windows: max, a window only in padding, the last NaN wins, +0 / -0 order") {
+  ThreadPool pool(1);
+  const float nan_a = float_from_bits(0x7fc00123u), nan_b = float_from_bits(0xff800077u);  // b signalling
+  // One image, 2 channels, a 2x2 input, 2x2 kernel, stride 1, pads 1: a 3x3 output whose centre window covers
+  // the whole input. Channel 0 holds 1, 2, 3, 4 (row-major); channel 1 holds -1, NaN a, -3, NaN b.
+  PoolCase c{"2x2 with pads", {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}, {0, 1, 1}, {0, 1, 1}, false};
+  PoolGeometry g = geometry_of(c, 2);
+  REQUIRE(g.out[1] == 3);
+  REQUIRE(g.out[2] == 3);
+  const std::vector<float> x = {1.f, -1.f, 2.f, nan_a, 3.f, -3.f, 4.f, nan_b};
+  std::vector<float> y(18);
+  max_pool_forward_nhwc(y.data(), x.data(), 1, 2, g, pool);
+  auto at = [&](int64_t oh, int64_t ow, int64_t ch) { return y[static_cast<size_t>((oh * 3 + ow) * 2 + ch)]; };
+  CHECK(at(0, 0, 0) == 1.f);  // top-left window sees only input (0, 0)
+  CHECK(at(1, 1, 0) == 4.f);  // centre window sees all four
+  CHECK(at(0, 0, 1) == -1.f);
+  CHECK(float_bits(at(0, 2, 1)) == 0x7fc00123u);  // top-right sees only NaN a: its payload comes out
+  CHECK(float_bits(at(1, 1, 1)) == 0xff800077u);  // centre sees both NaNs: the last one (b) wins, not quieted
+  CHECK(at(2, 0, 1) == -3.f);                     // bottom-left sees only -3
+
+  // Pads as wide as the kernel: corner windows see no input and yield -inf.
+  PoolCase wide{"pads 2", {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {1, 1, 1}, {0, 2, 2}, {0, 2, 2}, false};
+  g = geometry_of(wide, 2);
+  std::vector<float> z(static_cast<size_t>(2 * g.out_plane()));
+  max_pool_forward_nhwc(z.data(), x.data(), 1, 2, g, pool);
+  CHECK(float_bits(z[0]) == 0xff800000u);
+  CHECK(float_bits(z[1]) == 0xff800000u);
+  CHECK(float_bits(z[z.size() - 1]) == 0xff800000u);
+
+  // +0 then -0 in one window: the first stays (as in the NCHW kernel), -0 then +0 likewise.
+  PoolCase row{"1x2", {1, 1, 2}, {1, 1, 2}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {0, 0, 0}, false};
+  g = geometry_of(row, 2);
+  const std::vector<float> zeros = {0.f, -0.f, -0.f, 0.f};  // channel 0: +0, -0; channel 1: -0, +0
+  std::vector<float> w(2);
+  max_pool_forward_nhwc(w.data(), zeros.data(), 1, 2, g, pool);
+  CHECK(float_bits(w[0]) == 0x00000000u);
+  CHECK(float_bits(w[1]) == 0x80000000u);
+
+  CHECK_THROWS(max_pool_forward_nhwc(w.data(), zeros.data(), -1, 2, g, pool));
 }

@@ -58,10 +58,13 @@ for m in ${models//,/ }; do
   bench $m --batch 1,32 --method forward,gradcam,eigencam --precision tf32 --iters 30
   bench $m --batch 1,32 --method forward,gradcam --precision tf32 --iters 30 --fusion off  # what fusion buys
   bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
-  # fp16: the forward-only part of each plan on NHWC half (half_nodes in the JSON says how many nodes).
+  # fp16: the forward-only part of each plan on NHWC half (channels_last_nodes in the JSON says how many nodes);
+  # tf32 with float32 NHWC storage, against the NCHW rows above.
   bench $m --batch 1,32 --method gradcam,forward --precision fp16 --iters 30
+  bench $m --batch 1,32 --method gradcam,forward --precision tf32 --channels-last float --iters 30
   bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
   bench $m --batch 1 --method scorecam --precision fp16 --iters 5 --warmup 1
+  bench $m --batch 1 --method scorecam --precision tf32 --channels-last float --iters 5 --warmup 1
   # Batched variants: five targets in one backward (compare with the top-1 rows above), aug-smooth's six
   # variants in one pass (automatic) against one at a time (--chunk 1).
   bench $m --batch 1 --method gradcam,guided-backprop --target top5 --precision tf32 --iters 30
@@ -90,6 +93,8 @@ for f in ("camrt_bench.jsonl", "torch_baseline.jsonl"):
 for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
     e2e = f'  end-to-end {r["end_to_end_ms"]:9.3f} ms' if "end_to_end_ms" in r else ""
     scenario = r["scenario"] + ("_unfused" if r.get("fusion") is False else "")
+    if r.get("channels_last") not in (None, "auto", "off"):
+        scenario += "_nhwc_" + r["channels_last"]
     if r.get("target", "predicted") != "predicted":
         scenario += "_" + r["target"]
     if r.get("aug_smooth"):

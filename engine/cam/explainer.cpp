@@ -908,7 +908,7 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
                                  pool);
   // Every plan runs on the same device and shares one copy of the weights there.
   if (cuda)
-    constants_ = std::make_shared<const DeviceConstants>(impl_->graph, *cuda, half_storage_enabled(options_.half_storage, cuda));
+    constants_ = std::make_shared<const DeviceConstants>(impl_->graph, *cuda, resolve_channels_last(options_.channels_last, cuda));
   const std::shared_ptr<const DeviceConstants>& constants = constants_;
   impl_->plan(batch, options_, layer_tensors, cuda, constants);
   if (options_.aug_smooth) {
@@ -955,7 +955,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     o.cuda = cuda;
     o.device_constants = constants;
     o.cuda_graphs = !m.capture_pass;  // inside the pass's own graph every plan runs eagerly
-    o.half_storage = options.half_storage;
+    o.channels_last = options.channels_last;
     return o;
   };
   m.rule = parse_target(options.target);

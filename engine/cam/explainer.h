@@ -45,9 +45,9 @@ struct ExplainOptions {
   // Plan on the activation-fused graph (engine/fusion.h; the explained layers stay tensors): same values, fewer
   // kernels. false: plan the model's nodes as they are (for comparisons).
   bool fuse_activations = true;
-  // Half storage of the plans' forward-only parts (PlanOptions::half_storage): automatic (on at --precision fp16
-  // on the GPU) unless set; on, on the CPU, runs the reference twins (for tests).
-  PlanOptions::HalfStorage half_storage = PlanOptions::HalfStorage::kAuto;
+  // Channels-last storage of the plans' forward-only parts (PlanOptions::channels_last): automatic (half at
+  // --precision fp16 on the GPU) unless set; on the CPU it runs the reference twins (for tests).
+  ChannelsLast channels_last = ChannelsLast::kAuto;
   // Tests only: the Smooth Grad-CAM++ noise (n, B, C, H, W) to use instead of the generator's.
   std::shared_ptr<const HostTensor> smooth_noise;
 };

@@ -4,8 +4,8 @@
 // constants are its Model's weights, numbered first and in the same order in every Graph of that Model, so one
 // DeviceConstants also serves the other graphs of the model (fused or not: a Session's predictor and explainer);
 // serves() says whether it does.
-// With half_nhwc, every 4-d float32 constant (conv weights) also has an OHWI half copy in the block, for the
-// convolutions of half-storage plans (PlanOptions::half_storage).
+// With a channels-last form (kHalf or kFloat), every 4-d float32 constant (conv weights) also has an OHWI copy in
+// that type in the block, for the convolutions of channels-last plans (PlanOptions::channels_last).
 #pragma once
 #include <vector>
 
@@ -16,14 +16,16 @@ namespace camrt {
 
 class DeviceConstants {
  public:
-  DeviceConstants(const Graph& graph, CudaRuntime& runtime, bool half_nhwc = false);
+  DeviceConstants(const Graph& graph, CudaRuntime& runtime,
+                  ChannelsLast channels_last = ChannelsLast::kOff);
   // Device address of a constant value (nullptr for values that are not constants).
   void* data(int value_id) const { return pointers_[static_cast<size_t>(value_id)]; }
-  // Its OHWI half copy (nullptr unless made with half_nhwc and the constant is 4-d float32).
-  void* half_nhwc_data(int value_id) const {
-    return half_pointers_.empty() ? nullptr : half_pointers_[static_cast<size_t>(value_id)];
+  // Its OHWI copy in the channels-last type (nullptr unless made with one and the constant is 4-d float32).
+  void* channels_last_data(int value_id) const {
+    return nhwc_pointers_.empty() ? nullptr : nhwc_pointers_[static_cast<size_t>(value_id)];
   }
-  bool has_half_nhwc() const { return !half_pointers_.empty(); }
+  // kOff, kHalf or kFloat: which OHWI copies the block holds.
+  ChannelsLast channels_last() const { return channels_last_; }
   // True if every constant of `graph` is uploaded here under its value id.
   bool serves(const Graph& graph) const;
   size_t bytes() const { return block_.bytes(); }
@@ -31,7 +33,8 @@ class DeviceConstants {
  private:
   DeviceBuffer block_;
   std::vector<void*> pointers_;       // per value id
-  std::vector<void*> half_pointers_;  // per value id, with half_nhwc
+  std::vector<void*> nhwc_pointers_;  // per value id, with a channels-last form
+  ChannelsLast channels_last_ = ChannelsLast::kOff;
   std::vector<const HostTensor*> sources_;  // per value id: the host tensor uploaded there
 };
 

@@ -74,22 +74,22 @@ class ConvOp : public Op {
   }
 
   // 2-D convs with symmetric pads (what cuDNN expresses without an explicit padding copy).
-  bool forward_half_nhwc(const std::vector<TensorDesc>& inputs) const override {
+  bool forward_channels_last(const std::vector<TensorDesc>& inputs) const override {
     if (inputs.size() < 2 || !inputs[0].present || !inputs[1].present || inputs[0].shape.size() != 4) return false;
-    return conv2d_half_nhwc_supported(geometry(inputs[0].shape, inputs[1].shape));
+    return conv2d_channels_last_supported(geometry(inputs[0].shape, inputs[1].shape));
   }
 
   size_t workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
     const int threads = ctx.pool ? ctx.pool->num_threads() : 1;
-    if (inputs.at(0).dtype == DType::F16) {  // half storage
+    if (inputs.at(0).layout == Layout::NHWC) {  // channels-last storage
       const Conv2dShape s = geometry(inputs.at(0).shape, inputs.at(1).shape);
 #if CAMRT_WITH_CUDA
       if (ctx.device == Device::CUDA) {
         CAMRT_CHECK(ctx.cuda, where() << ": a GPU plan needs Context::cuda");
-        return cuda::conv2d_forward_half_nhwc_workspace_bytes(*ctx.cuda, s);
+        return cuda::conv2d_forward_nhwc_workspace_bytes(*ctx.cuda, s, inputs.at(0).dtype == DType::F16);
       }
 #endif
-      return conv2d_forward_half_nhwc_workspace_bytes(s, threads);
+      return conv2d_forward_nhwc_workspace_bytes(s, threads);
     }
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) {
@@ -107,8 +107,9 @@ class ConvOp : public Op {
                 where() << ": forward needs X, W and one output");
     const Conv2dShape s = geometry(inputs[0]->shape, inputs[1]->shape);
     const float* bias = inputs.size() > 2 && inputs[2] ? inputs[2]->f32() : nullptr;
-    if (inputs[0]->dtype == DType::F16) {
-      forward_half_nhwc(ctx, s, inputs, *outputs[0], bias);
+    if (inputs[0]->layout == Layout::NHWC) {
+      if (inputs[0]->dtype == DType::F16) forward_nhwc<uint16_t>(ctx, s, inputs, *outputs[0], bias);
+      else forward_nhwc<float>(ctx, s, inputs, *outputs[0], bias);
       return;
     }
     const float* residual = inputs.size() > 3 && inputs[3] ? inputs[3]->f32() : nullptr;
@@ -231,26 +232,28 @@ class ConvOp : public Op {
 
   std::string where() const { return "node '" + node_.name + "' (" + node_.op + ")"; }
 
-  // Half storage: X, W, Z and Y NHWC half (W as OHWI), B float32.
-  void forward_half_nhwc(const Context& ctx, const Conv2dShape& s, const std::vector<const Tensor*>& inputs, Tensor& y,
-                         const float* bias) const {
+  // Channels-last storage: X, W, Z and Y NHWC (W as OHWI) in T (uint16_t: half bits, or float), B float32.
+  template <typename T>
+  void forward_nhwc(const Context& ctx, const Conv2dShape& s, const std::vector<const Tensor*>& inputs, Tensor& y,
+                    const float* bias) const {
+    const DType type = sizeof(T) == 2 ? DType::F16 : DType::F32;
     const Tensor* z = inputs.size() > 3 ? inputs[3] : nullptr;
-    auto half_nhwc = [](const Tensor* t) { return !t || (t->dtype == DType::F16 && t->layout == Layout::NHWC); };
-    CAMRT_CHECK(half_nhwc(inputs[0]) && half_nhwc(inputs[1]) && half_nhwc(z) && half_nhwc(&y),
-                where() << ": half storage needs X, W, Z and Y as NHWC half");
-    const auto* x = static_cast<const uint16_t*>(inputs[0]->data);
-    const auto* w = static_cast<const uint16_t*>(inputs[1]->data);
-    const auto* residual = z ? static_cast<const uint16_t*>(z->data) : nullptr;
-    auto* out = static_cast<uint16_t*>(y.data);
+    auto fits = [&](const Tensor* t) { return !t || (t->dtype == type && t->layout == Layout::NHWC); };
+    CAMRT_CHECK(fits(inputs[0]) && fits(inputs[1]) && fits(z) && fits(&y),
+                where() << ": channels-last storage needs X, W, Z and Y NHWC of one type");
+    const auto* x = static_cast<const T*>(inputs[0]->data);
+    const auto* w = static_cast<const T*>(inputs[1]->data);
+    const auto* residual = z ? static_cast<const T*>(z->data) : nullptr;
+    auto* out = static_cast<T*>(y.data);
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) {
       CAMRT_CHECK(ctx.cuda, where() << ": the GPU forward needs Context::cuda");
-      cuda::conv2d_forward_half_nhwc(out, x, w, bias, s, act_, ctx.workspace, ctx.workspace_bytes, *ctx.cuda, residual);
+      cuda::conv2d_forward_nhwc(out, x, w, bias, s, act_, ctx.workspace, ctx.workspace_bytes, *ctx.cuda, residual);
       return;
     }
 #endif
     CAMRT_CHECK(ctx.device == Device::CPU && ctx.pool, where() << ": no CPU thread pool (or no CUDA backend)");
-    conv2d_forward_half_nhwc(out, x, w, bias, s, act_, ctx.workspace, ctx.workspace_bytes, *ctx.pool, residual);
+    conv2d_forward_nhwc(out, x, w, bias, s, act_, ctx.workspace, ctx.workspace_bytes, *ctx.pool, residual);
   }
 
   // Checks X and W against each other and the attributes, and returns the kernel's view of the conv.

@@ -14,6 +14,10 @@
 
 namespace camrt {
 
+// Channels-last storage of a plan's forward-only part (PlanOptions::channels_last): off, NHWC half, NHWC float32,
+// or automatic (half at --precision fp16 on the GPU).
+enum class ChannelsLast : uint8_t { kAuto, kOff, kHalf, kFloat };
+
 // What shape inference knows about a value: dtype, shape and, for weights and folded constants,
 // the data itself (Reshape reads its target shape from it).
 struct TensorDesc {
@@ -21,6 +25,7 @@ struct TensorDesc {
   Shape shape;
   const HostTensor* constant = nullptr;
   bool present = true;  // false for an omitted optional input ("" in the node's input list)
+  Layout layout = Layout::NCHW;  // NHWC: a channels-last form (PlanOptions::channels_last)
 };
 
 // Everything a kernel may use while running: the device, the CPU workers, the plan's scratch area (sized
@@ -63,10 +68,10 @@ class Op {
     (void)ctx;
     return 0;
   }
-  // Half storage (PlanOptions::half_storage): true if forward() also runs with every 4-d input and output as
-  // NHWC half (DType::F16, Layout::NHWC; 4-d weights then as OHWI half) for these inputs, other inputs (a bias)
-  // as they are. workspace_bytes() is then asked with those inputs' descs at DType::F16.
-  virtual bool forward_half_nhwc(const std::vector<TensorDesc>& inputs) const {
+  // Channels-last storage (PlanOptions::channels_last): true if forward() also runs with every 4-d input and
+  // output in Layout::NHWC, as float32 or as half (DType::F16), 4-d weights then OHWI in the same type, other
+  // inputs (a bias) as they are. workspace_bytes() is then asked with those inputs' descs in that layout and type.
+  virtual bool forward_channels_last(const std::vector<TensorDesc>& inputs) const {
     (void)inputs;
     return false;
   }

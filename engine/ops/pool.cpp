@@ -62,8 +62,8 @@ class PoolOp : public Op {
     return {out};
   }
 
-  // 2-D max pooling also runs on NHWC half (half storage): a max picks one of its inputs, exact at any precision.
-  bool forward_half_nhwc(const std::vector<TensorDesc>& inputs) const override {
+  // 2-D max pooling also runs channels-last (half or float32): a max picks one of its inputs, exact in any type.
+  bool forward_channels_last(const std::vector<TensorDesc>& inputs) const override {
     return kind_ == PoolKind::Max && inputs.size() == 1 && inputs[0].shape.size() == 4;
   }
 
@@ -74,18 +74,11 @@ class PoolOp : public Op {
     PoolGeometry g;
     const Shape expected = output_shape(x.shape, &g);
     CAMRT_CHECK(y.shape == expected, where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
-    if (x.dtype == DType::F16) {
-      CAMRT_CHECK(kind_ == PoolKind::Max && x.layout == Layout::NHWC && y.dtype == DType::F16 && y.layout == Layout::NHWC,
-                  where() << "half storage: max pooling of NHWC half only");
-      const auto* in = static_cast<const uint16_t*>(x.data);
-      auto* out = static_cast<uint16_t*>(y.data);
-#if CAMRT_WITH_CUDA
-      if (ctx.device == Device::CUDA) {
-        cuda::max_pool_forward_nhwc_half(out, in, x.shape[0], x.shape[1], g, ctx.cuda->stream());
-        return;
-      }
-#endif
-      max_pool_forward_nhwc_half(out, in, x.shape[0], x.shape[1], g, *ctx.pool);
+    if (x.layout == Layout::NHWC) {
+      CAMRT_CHECK(kind_ == PoolKind::Max && y.layout == Layout::NHWC && y.dtype == x.dtype,
+                  where() << "channels-last storage: max pooling only, output in the input's layout and type");
+      if (x.dtype == DType::F16) max_pool_nhwc(ctx, static_cast<const uint16_t*>(x.data), static_cast<uint16_t*>(y.data), x, g);
+      else max_pool_nhwc(ctx, x.f32(), y.f32(), x, g);
       return;
     }
 #if CAMRT_WITH_CUDA
@@ -104,6 +97,17 @@ class PoolOp : public Op {
       max_pool_forward(y.f32(), x.f32(), g, *ctx.pool);
     else
       average_pool_forward(y.f32(), x.f32(), g, count_include_pad_, *ctx.pool);
+  }
+
+  template <typename T>
+  void max_pool_nhwc(const Context& ctx, const T* in, T* out, const Tensor& x, const PoolGeometry& g) const {
+#if CAMRT_WITH_CUDA
+    if (ctx.device == Device::CUDA) {
+      cuda::max_pool_forward_nhwc(out, in, x.shape[0], x.shape[1], g, ctx.cuda->stream());
+      return;
+    }
+#endif
+    max_pool_forward_nhwc(out, in, x.shape[0], x.shape[1], g, *ctx.pool);
   }
 
   BackwardNeeds backward_needs(const std::vector<TensorDesc>& inputs, size_t num_outputs) const override {

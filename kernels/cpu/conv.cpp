@@ -604,65 +604,94 @@ void conv2d_backward_data(float* dx, const float* dy, const float* weight, const
   });
 }
 
-bool conv2d_half_nhwc_supported(const Conv2dShape& s) {
+bool conv2d_channels_last_supported(const Conv2dShape& s) {
   return conv2d_shape_error(s).empty() && s.pad_top == s.pad_bottom && s.pad_left == s.pad_right;
 }
 
 namespace {
-// The float32 images of a half conv's operands in its CPU workspace: input, weight, output, then the float
-// conv's own scratch; each 64-byte aligned.
-struct HalfConvScratch {
+// The float32 NCHW images of a channels-last conv's operands in its CPU workspace: input, weight, output, then
+// the float conv's own scratch; each 64-byte aligned.
+struct NhwcConvScratch {
   size_t in = 0, weight = 0, out = 0, conv = 0;
   static size_t aligned(size_t floats) { return (floats * sizeof(float) + 63) / 64 * 64; }
-  HalfConvScratch(const Conv2dShape& s, int num_threads)
+  NhwcConvScratch(const Conv2dShape& s, int num_threads)
       : in(aligned(size_t(s.batch * s.in_channels * s.in_h * s.in_w))),
         weight(aligned(size_t(s.out_channels * (s.in_channels / s.groups) * s.kernel_h * s.kernel_w))),
         out(aligned(size_t(s.batch * s.out_channels * s.out_h() * s.out_w()))),
         conv(conv2d_workspace_bytes(s, num_threads)) {}
   size_t total() const { return in + weight + out + conv; }
 };
-}  // namespace
 
-size_t conv2d_forward_half_nhwc_workspace_bytes(const Conv2dShape& s, int num_threads) {
-  return HalfConvScratch(s, num_threads).total();
-}
+inline float widen(float v) { return v; }
+inline float widen(uint16_t h) { return half_to_float(h); }
+inline void store(float* p, float v) { *p = v; }
+inline void store(uint16_t* p, float v) { *p = float_to_half(v); }
 
-void conv2d_forward_half_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
-                              const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
-                              ThreadPool& pool, const uint16_t* residual) {
-  CAMRT_CHECK(conv2d_half_nhwc_supported(s), "conv2d_forward_half_nhwc: needs a valid conv with symmetric pads");
-  CAMRT_CHECK(!residual || residual != out, "conv2d_forward_half_nhwc: the residual must not alias the output");
-  const HalfConvScratch scratch(s, pool.num_threads());
+template <typename T>
+void forward_nhwc(T* out, const T* in, const T* weight, const float* bias, const Conv2dShape& s,
+                  const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool,
+                  const T* residual) {
+  CAMRT_CHECK(conv2d_channels_last_supported(s), "conv2d_forward_nhwc: needs a valid conv with symmetric pads");
+  CAMRT_CHECK(!residual || residual != out, "conv2d_forward_nhwc: the residual must not alias the output");
+  const NhwcConvScratch scratch(s, pool.num_threads());
   CAMRT_CHECK(workspace && workspace_bytes >= scratch.total(),
-              "conv2d_forward_half_nhwc: workspace of " << workspace_bytes << " bytes, need " << scratch.total());
+              "conv2d_forward_nhwc: workspace of " << workspace_bytes << " bytes, need " << scratch.total());
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   float* in_f = reinterpret_cast<float*>(ws);
   float* weight_f = reinterpret_cast<float*>(ws + scratch.in);
   float* out_f = reinterpret_cast<float*>(ws + scratch.in + scratch.weight);
   void* conv_ws = scratch.conv ? ws + scratch.in + scratch.weight + scratch.out : nullptr;
   const int64_t out_plane = s.out_h() * s.out_w();
-  nhwc_half_to_nchw(in_f, in, s.batch, s.in_channels, s.in_h * s.in_w, pool);
-  nhwc_half_to_nchw(weight_f, weight, s.out_channels, s.in_channels / s.groups, s.kernel_h * s.kernel_w, pool);
+  nhwc_to_nchw(in_f, in, s.batch, s.in_channels, s.in_h * s.in_w, pool);
+  nhwc_to_nchw(weight_f, weight, s.out_channels, s.in_channels / s.groups, s.kernel_h * s.kernel_w, pool);
   conv2d_forward(out_f, in_f, weight_f, nullptr, s, FusedActivation{}, conv_ws, scratch.conv, pool);
-  nchw_to_nhwc_half(out, out_f, s.batch, s.out_channels, out_plane, pool);
+  nchw_to_nhwc(out, out_f, s.batch, s.out_channels, out_plane, pool);
   if (bias || residual || act.kind != FusedActivation::kNone)
-    conv2d_epilogue_nhwc_half(out, bias, residual, s.batch * out_plane, s.out_channels, act, pool);
+    conv2d_epilogue_nhwc(out, bias, residual, s.batch * out_plane, s.out_channels, act, pool);
 }
 
-void conv2d_epilogue_nhwc_half(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
-                               int64_t channels, const FusedActivation& act, ThreadPool& pool) {
+template <typename T>
+void epilogue_nhwc(T* y, const float* bias, const T* residual, int64_t positions, int64_t channels,
+                   const FusedActivation& act, ThreadPool& pool) {
   pool.parallel_for(positions, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      uint16_t* row = y + p * channels;
-      const uint16_t* z = residual ? residual + p * channels : nullptr;
+      T* row = y + p * channels;
+      const T* z = residual ? residual + p * channels : nullptr;
       for (int64_t c = 0; c < channels; ++c) {
-        float v = half_to_float(row[c]);
+        float v = widen(row[c]);
         if (bias) v += bias[c];
-        if (z) v += half_to_float(z[c]);
-        row[c] = float_to_half(activate(v, act));
+        if (z) v += widen(z[c]);
+        store(row + c, activate(v, act));
       }
     }
   }, 64);
+}
+}  // namespace
+
+size_t conv2d_forward_nhwc_workspace_bytes(const Conv2dShape& s, int num_threads) {
+  return NhwcConvScratch(s, num_threads).total();
+}
+
+void conv2d_forward_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
+                         const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
+                         ThreadPool& pool, const uint16_t* residual) {
+  forward_nhwc(out, in, weight, bias, s, act, workspace, workspace_bytes, pool, residual);
+}
+
+void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                         const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool,
+                         const float* residual) {
+  forward_nhwc(out, in, weight, bias, s, act, workspace, workspace_bytes, pool, residual);
+}
+
+void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
+                          int64_t channels, const FusedActivation& act, ThreadPool& pool) {
+  epilogue_nhwc(y, bias, residual, positions, channels, act, pool);
+}
+
+void conv2d_epilogue_nhwc(float* y, const float* bias, const float* residual, int64_t positions, int64_t channels,
+                          const FusedActivation& act, ThreadPool& pool) {
+  epilogue_nhwc(y, bias, residual, positions, channels, act, pool);
 }
 
 void conv2d_residual_activation(float* out, const float* residual, int64_t n, const FusedActivation& act,

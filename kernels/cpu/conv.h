@@ -49,29 +49,35 @@ void conv2d_residual_activation(float* out, const float* residual, int64_t n, co
 // dz += g: the residual's gradient, g being dy masked by the fused activation (conv2d_activation_backward).
 void conv2d_residual_backward(float* dz, const float* g, int64_t n, ThreadPool& pool);
 
-// --- Half storage (PlanOptions::half_storage): NHWC half activations (uint16_t bits, kernels/cpu/half.h), OHWI
-// half weights, a float32 bias. ---
+// --- Channels-last storage (PlanOptions::channels_last): NHWC activations and OHWI weights, as half (uint16_t
+// bits, kernels/cpu/half.h) or float32; the bias float32 either way. ---
 
-// The half path takes 2-D convs with symmetric pads (cuDNN's one pad per axis; others stay float32).
-bool conv2d_half_nhwc_supported(const Conv2dShape& s);
+// The channels-last path takes 2-D convs with symmetric pads (cuDNN's one pad per axis; others stay NCHW).
+bool conv2d_channels_last_supported(const Conv2dShape& s);
 
-// Scratch bytes conv2d_forward_half_nhwc needs on a pool of num_threads.
-size_t conv2d_forward_half_nhwc_workspace_bytes(const Conv2dShape& s, int num_threads);
+// Scratch bytes conv2d_forward_nhwc needs on a pool of num_threads (either element type).
+size_t conv2d_forward_nhwc_workspace_bytes(const Conv2dShape& s, int num_threads);
 
-// out = half(act(float(half(conv(in, weight))) + bias + float(residual))): the convolution accumulates in float32
-// and its result is rounded to half (what cuDNN writes to a half output), then conv2d_epilogue_nhwc_half adds,
-// activates and rounds again. out: (batch, out_h, out_w, out_channels); in: (batch, in_h, in_w, in_channels);
-// weight: (out_channels, kernel_h, kernel_w, in_channels / groups); residual: out's shape, or null. The CPU twin
-// of the cuDNN path: it converts to NCHW float32 in the workspace and runs conv2d_forward, a reference, not a
-// fast path.
-void conv2d_forward_half_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
-                              const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
-                              ThreadPool& pool, const uint16_t* residual = nullptr);
+// out = act(conv(in, weight) + bias + residual) in NHWC: the convolution accumulates in float32 and its result is
+// stored (rounded to half in the half overload: what cuDNN writes to a half output), then conv2d_epilogue_nhwc
+// adds, activates and stores again. out: (batch, out_h, out_w, out_channels); in: (batch, in_h, in_w,
+// in_channels); weight: (out_channels, kernel_h, kernel_w, in_channels / groups); residual: out's shape, or null.
+// The CPU twin of the cuDNN path: it transposes to NCHW float32 in the workspace and runs conv2d_forward, a
+// reference, not a fast path (the float overload computes what the NCHW conv computes, up to the bias being
+// added after the convolution's sum rather than inside it).
+void conv2d_forward_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
+                         const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
+                         ThreadPool& pool, const uint16_t* residual = nullptr);
+void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                         const FusedActivation& act, void* workspace, size_t workspace_bytes, ThreadPool& pool,
+                         const float* residual = nullptr);
 
-// In place over (positions, channels) NHWC half: y = half(act((float(y) + bias[c]) + float(residual))), float32
-// additions in that order; bias and residual may be null.
-void conv2d_epilogue_nhwc_half(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
-                               int64_t channels, const FusedActivation& act, ThreadPool& pool);
+// In place over (positions, channels) NHWC data: y = act((y + bias[c]) + residual), float32 additions in that
+// order (half elements widened, the result rounded once); bias and residual may be null.
+void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
+                          int64_t channels, const FusedActivation& act, ThreadPool& pool);
+void conv2d_epilogue_nhwc(float* y, const float* bias, const float* residual, int64_t positions, int64_t channels,
+                          const FusedActivation& act, ThreadPool& pool);
 
 // --- Backward (input gradient only; weight and bias gradients are never computed) ---
 

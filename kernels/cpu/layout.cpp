@@ -1,6 +1,6 @@
-// NCHW float32 <-> NHWC half conversions (kernels/cpu/layout.h). Both are a per-image transpose of a
-// (rows, cols) matrix with a precision change on the way; the transpose goes tile by tile, so that the rows of
-// a tile read on one side and written on the other stay in cache. Each element is rounded at most once
+// NCHW float32 <-> NHWC (half or float32) conversions (kernels/cpu/layout.h). All are a per-image transpose of a
+// (rows, cols) matrix, with a precision change on the way for half; the transpose goes tile by tile, so that the
+// rows of a tile read on one side and written on the other stay in cache. Each element is rounded at most once
 // (float -> half, to nearest even through float_to_half), so the result does not depend on the tiling or threads.
 #include "kernels/cpu/layout.h"
 
@@ -51,18 +51,30 @@ void check_sizes(const char* what, int64_t images, int64_t channels, int64_t pos
 
 }  // namespace
 
-void nchw_to_nhwc_half(uint16_t* out, const float* in, int64_t images, int64_t channels, int64_t positions,
-                       ThreadPool& pool) {
-  check_sizes("nchw_to_nhwc_half", images, channels, positions);
+void nchw_to_nhwc(uint16_t* out, const float* in, int64_t images, int64_t channels, int64_t positions,
+                  ThreadPool& pool) {
+  check_sizes("nchw_to_nhwc (half)", images, channels, positions);
   // Source rows are channels, source columns positions.
   transpose_images(out, in, images, channels, positions, [](float v) { return float_to_half(v); }, pool);
 }
 
-void nhwc_half_to_nchw(float* out, const uint16_t* in, int64_t images, int64_t channels, int64_t positions,
-                       ThreadPool& pool) {
-  check_sizes("nhwc_half_to_nchw", images, channels, positions);
+void nchw_to_nhwc(float* out, const float* in, int64_t images, int64_t channels, int64_t positions,
+                  ThreadPool& pool) {
+  check_sizes("nchw_to_nhwc (float)", images, channels, positions);
+  transpose_images(out, in, images, channels, positions, [](float v) { return v; }, pool);
+}
+
+void nhwc_to_nchw(float* out, const uint16_t* in, int64_t images, int64_t channels, int64_t positions,
+                  ThreadPool& pool) {
+  check_sizes("nhwc_to_nchw (half)", images, channels, positions);
   // Source rows are positions, source columns channels.
   transpose_images(out, in, images, positions, channels, [](uint16_t h) { return half_to_float(h); }, pool);
+}
+
+void nhwc_to_nchw(float* out, const float* in, int64_t images, int64_t channels, int64_t positions,
+                  ThreadPool& pool) {
+  check_sizes("nhwc_to_nchw (float)", images, channels, positions);
+  transpose_images(out, in, images, positions, channels, [](float v) { return v; }, pool);
 }
 
 }  // namespace camrt

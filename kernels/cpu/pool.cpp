@@ -2,8 +2,8 @@
 // pool_taps, so no padded copy of the input is made. 2-D pools without W dilation take a fast path whose
 // interior columns (window fully inside the row) skip all clipping. Backward kernels scatter each window's
 // gradient into its plane of dx; one plane belongs to one worker, so overlapping windows never race.
-// The half-storage max pool (channels-last half bits) is threaded over output positions instead and compares
-// the bits directly: max only selects, so no conversion is needed.
+// The channels-last max pool (half bits or float32) is threaded over output positions instead; on half it
+// compares the bits directly: max only selects, so no conversion is needed.
 #include "kernels/cpu/pool.h"
 
 #include <limits>
@@ -140,12 +140,34 @@ constexpr uint16_t kHalfMinusInfinity = 0xfc00;
 // float_to_half(half_to_float(h)) sets this bit of a NaN h (it comes back quiet); the float reference does that.
 constexpr uint16_t kHalfQuietBit = 0x0200;
 
-}  // namespace
+// The max of max_pool_forward on each channels-last element type: the value of a window with no tap, one step
+// over a tap (in the float kernel's order and with its comparison) and the final touch.
+template <typename T>
+struct NhwcMax;
 
-void max_pool_forward_nhwc_half(uint16_t* out, const uint16_t* in, int64_t images, int64_t channels,
-                                const PoolGeometry& g, ThreadPool& pool) {
+template <>
+struct NhwcMax<float> {
+  static float empty() { return initial<true>(); }
+  static float step(float best, float v) {
+    accumulate<true>(best, v);
+    return best;
+  }
+  static float finish(float best) { return best; }
+};
+
+template <>
+struct NhwcMax<uint16_t> {
+  static uint16_t empty() { return kHalfMinusInfinity; }
+  static uint16_t step(uint16_t best, uint16_t v) { return half_max(best, v); }
+  static uint16_t finish(uint16_t best) {
+    return half_is_nan(best) ? static_cast<uint16_t>(best | kHalfQuietBit) : best;
+  }
+};
+
+template <typename T>
+void max_pool_nhwc(T* out, const T* in, int64_t images, int64_t channels, const PoolGeometry& g, ThreadPool& pool) {
   CAMRT_CHECK(images >= 0 && channels >= 0,
-              "max_pool_forward_nhwc_half: negative size (images " << images << ", channels " << channels << ")");
+              "max_pool_forward_nhwc: negative size (images " << images << ", channels " << channels << ")");
   const int64_t out_plane = g.out_plane(), in_image = g.in_plane() * channels;
   const int64_t taps_per_position = std::max<int64_t>(1, channels * g.kernel[0] * g.kernel[1] * g.kernel[2]);
   // One work item per output position: its `channels` outputs are contiguous, and so is each tap's run of
@@ -158,25 +180,37 @@ void max_pool_forward_nhwc_half(uint16_t* out, const uint16_t* in, int64_t image
       rest /= g.out[2];
       const int64_t oh = rest % g.out[1], od = rest / g.out[1];
       const PoolTaps td = pool_taps(g, 0, od), th = pool_taps(g, 1, oh), tw = pool_taps(g, 2, ow);
-      const uint16_t* x = in + image * in_image;
-      uint16_t* y = out + o * channels;
-      std::fill(y, y + channels, kHalfMinusInfinity);
-      // Taps in max_pool_forward's order (d, h, w): on ties (+0 / -0) the first one stays, as there.
+      const T* x = in + image * in_image;
+      T* y = out + o * channels;
+      std::fill(y, y + channels, NhwcMax<T>::empty());
+      // Taps in max_pool_forward's order (d, h, w): on ties (+0 / -0) the first one stays, and of several NaNs
+      // the last one wins, as there.
       for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
         const int64_t d = td.start + kd * g.dilation[0];
         for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
           const int64_t h = th.start + kh * g.dilation[1];
           for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) {
             const int64_t w = tw.start + kw * g.dilation[2];
-            const uint16_t* tap = x + ((d * g.in[1] + h) * g.in[2] + w) * channels;
-            for (int64_t c = 0; c < channels; ++c) y[c] = half_max(y[c], tap[c]);
+            const T* tap = x + ((d * g.in[1] + h) * g.in[2] + w) * channels;
+            for (int64_t c = 0; c < channels; ++c) y[c] = NhwcMax<T>::step(y[c], tap[c]);
           }
         }
       }
-      for (int64_t c = 0; c < channels; ++c)
-        if (half_is_nan(y[c])) y[c] |= kHalfQuietBit;
+      for (int64_t c = 0; c < channels; ++c) y[c] = NhwcMax<T>::finish(y[c]);
     }
   }, std::max<int64_t>(1, kMinTapsPerChunk / taps_per_position));
+}
+
+}  // namespace
+
+void max_pool_forward_nhwc(uint16_t* out, const uint16_t* in, int64_t images, int64_t channels,
+                           const PoolGeometry& g, ThreadPool& pool) {
+  max_pool_nhwc(out, in, images, channels, g, pool);
+}
+
+void max_pool_forward_nhwc(float* out, const float* in, int64_t images, int64_t channels, const PoolGeometry& g,
+                           ThreadPool& pool) {
+  max_pool_nhwc(out, in, images, channels, g, pool);
 }
 
 void average_pool_forward(float* out, const float* in, const PoolGeometry& g, bool count_include_pad, ThreadPool& pool) {

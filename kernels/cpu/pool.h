@@ -55,13 +55,19 @@ void max_pool_forward(float* out,      // (planes, out[0], out[1], out[2])
                       const float* in,  // (planes, in[0], in[1], in[2])
                       const PoolGeometry& g, ThreadPool& pool);
 
-// Max pooling over channels-last half data (PlanOptions::half_storage): the windows and rules of max_pool_forward
-// (NaN propagates, a window with no input tap yields -inf); g.planes is ignored (images * channels planes).
-// Equal bit for bit to float_to_half(max_pool_forward) of the same values in NCHW float: max picks one of its
-// inputs, so nothing is rounded (a NaN comes out quiet, its sign and payload kept, as float_to_half leaves it).
-void max_pool_forward_nhwc_half(uint16_t* out,      // (images, out[0], out[1], out[2], channels) half bits
-                                const uint16_t* in,  // (images, in[0], in[1], in[2], channels) half bits
-                                int64_t images, int64_t channels, const PoolGeometry& g, ThreadPool& pool);
+// Max pooling over channels-last data (channels-last storage, PlanOptions::channels_last), IEEE half bits or
+// float32: the windows and rules of max_pool_forward (NaN propagates, a window with no input tap yields -inf);
+// g.planes is ignored (images * channels planes). Taps are visited in max_pool_forward's order with its
+// comparison, and max picks one of its inputs, so nothing is rounded:
+// - float: equal bit for bit to max_pool_forward of the same values in NCHW (NaN payloads included);
+// - half: equal bit for bit to float_to_half(max_pool_forward) of the same values in NCHW float (a NaN comes out
+//   quiet, its sign and payload kept, as float_to_half leaves it).
+void max_pool_forward_nhwc(uint16_t* out,      // (images, out[0], out[1], out[2], channels) half bits
+                           const uint16_t* in,  // (images, in[0], in[1], in[2], channels) half bits
+                           int64_t images, int64_t channels, const PoolGeometry& g, ThreadPool& pool);
+void max_pool_forward_nhwc(float* out,      // (images, out[0], out[1], out[2], channels)
+                           const float* in,  // (images, in[0], in[1], in[2], channels)
+                           int64_t images, int64_t channels, const PoolGeometry& g, ThreadPool& pool);
 
 // Mean over each window. count_include_pad: divide by the taps inside input + pads, else by the taps
 // inside the input (a window with none yields NaN, 0/0).

@@ -95,8 +95,9 @@ struct Choice {
 ConvAlgo pack(const Choice& c) { return ConvAlgo{c.algo | (int(c.math) << 8), c.workspace_bytes}; }
 Choice unpack(const ConvAlgo& a) { return Choice{a.algo & 0xff, static_cast<cudnnMathType_t>(a.algo >> 8), a.workspace_bytes}; }
 
-// How the operands are stored: float32 NCHW (OIHW weights), or half NHWC (OHWI weights) for half-storage plans.
-enum class Storage : uint8_t { kFloatNchw, kHalfNhwc };
+// How the operands are stored: float32 NCHW (OIHW weights), or channels-last NHWC (OHWI weights) in half or
+// float32 for channels-last plans.
+enum class Storage : uint8_t { kFloatNchw, kHalfNhwc, kFloatNhwc };
 
 // Descriptors for one call, created and destroyed around it: host-only calls (a small malloc each, about a
 // microsecond in all), cheaper than a kernel launch, and they keep launchers free of shared mutable state.
@@ -107,9 +108,8 @@ struct Descriptors {
   cudnnActivationDescriptor_t act = nullptr;
 
   Descriptors(const Geometry& g, cudnnMathType_t math, Storage storage = Storage::kFloatNchw) {
-    const bool half = storage == Storage::kHalfNhwc;
-    const cudnnTensorFormat_t format = half ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
-    const cudnnDataType_t type = half ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
+    const cudnnTensorFormat_t format = storage == Storage::kFloatNchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC;
+    const cudnnDataType_t type = storage == Storage::kHalfNhwc ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
     try {
       CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
       CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
@@ -165,9 +165,10 @@ struct Descriptors {
 
 std::string algo_key(const Geometry& g, ConvDirection direction, Precision precision, Storage storage = Storage::kFloatNchw) {
   char key[256];
-  std::snprintf(key, sizeof(key), "conv2d %s %s x(%d,%d,%d,%d) w(%d,%d,%d,%d) pad(%d,%d) stride(%d,%d) dil(%d,%d) g%d",
+  std::snprintf(key, sizeof(key), "conv2d %s %s%s x(%d,%d,%d,%d) w(%d,%d,%d,%d) pad(%d,%d) stride(%d,%d) dil(%d,%d) g%d",
                 direction == ConvDirection::kForward ? "fwd" : "bwd_data",
-                storage == Storage::kHalfNhwc ? "f16-nhwc" : precision_name(precision), g.n, g.c, g.h,
+                storage == Storage::kHalfNhwc ? "fp16" : precision_name(precision),
+                storage == Storage::kFloatNchw ? "" : "-nhwc", g.n, g.c, g.h,
                 g.w, g.k, g.c / g.groups, g.kh, g.kw, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w,
                 g.groups);
   return key;
@@ -318,22 +319,27 @@ __global__ void bias_activation_kernel(float* __restrict__ y, const float* __res
   }
 }
 
-// y (positions, channels) NHWC half = half(act((float(y) + bias[c]) + float(residual))): the CPU twin's float
-// operations and comparisons (conv2d_epilogue_nhwc_half in kernels/cpu/conv.cpp), one rounding to nearest even.
-__global__ void epilogue_nhwc_half_kernel(__half* __restrict__ y, const float* __restrict__ bias,
-                                          const __half* __restrict__ residual, int64_t n, int64_t channels, int kind,
-                                          float lo, float hi) {
+// y (positions, channels) NHWC = act((y + bias[c]) + residual): the CPU twin's float operations and comparisons
+// (conv2d_epilogue_nhwc in kernels/cpu/conv.cpp), half elements widened and the result rounded once to nearest even.
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(uint16_t* p, float v) { *p = __half_as_ushort(__float2half_rn(v)); }
+
+template <typename T>
+__global__ void epilogue_nhwc_kernel(T* __restrict__ y, const float* __restrict__ bias, const T* __restrict__ residual,
+                                     int64_t n, int64_t channels, int kind, float lo, float hi) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float v = __half2float(y[i]);
+    float v = widen(y[i]);
     if (bias) v = __fadd_rn(v, bias[i % channels]);
-    if (residual) v = __fadd_rn(v, __half2float(residual[i]));
+    if (residual) v = __fadd_rn(v, widen(residual[i]));
     if (kind == FusedActivation::kRelu) {
       v = v > 0.f ? v : 0.f;
     } else if (kind == FusedActivation::kClip) {
       v = v < lo ? lo : v;
       v = hi < v ? hi : v;
     }
-    y[i] = __float2half_rn(v);
+    store(y + i, v);
   }
 }
 
@@ -361,42 +367,67 @@ size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDi
   return g.padded_bytes() + c.workspace_bytes;
 }
 
-size_t conv2d_forward_half_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s) {
-  CAMRT_CHECK(conv2d_half_nhwc_supported(s), "cuda::conv2d_forward_half_nhwc: needs a valid conv with symmetric pads");
+size_t conv2d_forward_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, bool half) {
+  CAMRT_CHECK(conv2d_channels_last_supported(s), "cuda::conv2d_forward_nhwc: needs a valid conv with symmetric pads");
   const Geometry g = geometry_of(s);
+  const Storage storage = half ? Storage::kHalfNhwc : Storage::kFloatNhwc;
   const ConvDirection forward = ConvDirection::kForward;
-  return choose(runtime, g, forward, algo_key(g, forward, runtime.precision(), Storage::kHalfNhwc), Storage::kHalfNhwc)
-      .workspace_bytes;
+  return choose(runtime, g, forward, algo_key(g, forward, runtime.precision(), storage), storage).workspace_bytes;
 }
 
-void conv2d_forward_half_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
-                              const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
-                              CudaRuntime& runtime, const uint16_t* residual) {
-  CAMRT_CHECK(conv2d_half_nhwc_supported(s), "cuda::conv2d_forward_half_nhwc: needs a valid conv with symmetric pads");
-  CAMRT_CHECK(!residual || residual != out, "cuda::conv2d_forward_half_nhwc: the residual must not alias the output");
-  const Geometry g = geometry_of(s);  // symmetric pads: no explicit padding copy
-  const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision(), Storage::kHalfNhwc);
-  const Choice c = choose(runtime, g, ConvDirection::kForward, key, Storage::kHalfNhwc);
+namespace {
+// cuDNN's convolution into out (channels-last, symmetric pads: no padding copy), then the epilogue kernel.
+template <typename T>
+void forward_nhwc(T* out, const T* in, const T* weight, const float* bias, const Conv2dShape& s,
+                  const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
+                  const T* residual, Storage storage) {
+  CAMRT_CHECK(conv2d_channels_last_supported(s), "cuda::conv2d_forward_nhwc: needs a valid conv with symmetric pads");
+  CAMRT_CHECK(!residual || residual != out, "cuda::conv2d_forward_nhwc: the residual must not alias the output");
+  const Geometry g = geometry_of(s);
+  const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision(), storage);
+  const Choice c = choose(runtime, g, ConvDirection::kForward, key, storage);
   check_workspace(key, g, c, workspace, workspace_bytes);
   cudnnHandle_t handle = runtime.cudnn();
   CAMRT_CUDNN_CHECK(cudnnSetStream(handle, runtime.stream()));
-  Descriptors d(g, c.math, Storage::kHalfNhwc);
+  Descriptors d(g, c.math, storage);
   const float one = 1.f, zero = 0.f;  // float scaling factors: the compute type is float
   CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, in, d.w, weight, d.conv,
                                             static_cast<cudnnConvolutionFwdAlgo_t>(c.algo),
                                             c.workspace_bytes ? workspace : nullptr, c.workspace_bytes, &zero, d.y, out));
   if (bias || residual || act.kind != FusedActivation::kNone)
-    conv2d_epilogue_nhwc_half(out, bias, residual, int64_t(g.n) * g.oh * g.ow, g.k, act, runtime.stream());
+    conv2d_epilogue_nhwc(out, bias, residual, int64_t(g.n) * g.oh * g.ow, g.k, act, runtime.stream());
 }
 
-void conv2d_epilogue_nhwc_half(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
-                               int64_t channels, const FusedActivation& act, cudaStream_t stream) {
+template <typename T>
+void launch_epilogue_nhwc(T* y, const float* bias, const T* residual, int64_t positions, int64_t channels,
+                          const FusedActivation& act, cudaStream_t stream) {
   const int64_t n = positions * channels;
   if (n <= 0) return;
-  epilogue_nhwc_half_kernel<<<grid_for(n), 256, 0, stream>>>(reinterpret_cast<__half*>(y), bias,
-                                                             reinterpret_cast<const __half*>(residual), n, channels,
-                                                             int(act.kind), act.min, act.max);
-  CAMRT_CUDA_CHECK_LAUNCH("epilogue_nhwc_half_kernel");
+  epilogue_nhwc_kernel<<<grid_for(n), 256, 0, stream>>>(y, bias, residual, n, channels, int(act.kind), act.min, act.max);
+  CAMRT_CUDA_CHECK_LAUNCH("epilogue_nhwc_kernel");
+}
+}  // namespace
+
+void conv2d_forward_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
+                         const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
+                         CudaRuntime& runtime, const uint16_t* residual) {
+  forward_nhwc(out, in, weight, bias, s, act, workspace, workspace_bytes, runtime, residual, Storage::kHalfNhwc);
+}
+
+void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                         const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
+                         const float* residual) {
+  forward_nhwc(out, in, weight, bias, s, act, workspace, workspace_bytes, runtime, residual, Storage::kFloatNhwc);
+}
+
+void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
+                          int64_t channels, const FusedActivation& act, cudaStream_t stream) {
+  launch_epilogue_nhwc(y, bias, residual, positions, channels, act, stream);
+}
+
+void conv2d_epilogue_nhwc(float* y, const float* bias, const float* residual, int64_t positions, int64_t channels,
+                          const FusedActivation& act, cudaStream_t stream) {
+  launch_epilogue_nhwc(y, bias, residual, positions, channels, act, stream);
 }
 
 void conv2d_forward(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,

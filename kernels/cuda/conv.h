@@ -36,22 +36,29 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
                     const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
                     const float* residual = nullptr);
 
-// --- Half storage (PlanOptions::half_storage): the twins of kernels/cpu/conv.h's half functions. NHWC half
-// activations, OHWI half weights, float32 bias; fp16 tensor-core convolution with fp32 accumulation whatever the
-// runtime's precision. Symmetric pads only (conv2d_half_nhwc_supported). ---
+// --- Channels-last storage (PlanOptions::channels_last): the twins of kernels/cpu/conv.h's NHWC functions. NHWC
+// activations and OHWI weights in half or float32, float32 bias, fp32 accumulation; half runs on fp16 tensor cores
+// whatever the runtime's precision, float32 at the runtime's precision (tf32 or fp32 math). Symmetric pads only
+// (conv2d_channels_last_supported). ---
 
-// cuDNN's workspace for the half forward (chooses and caches its algorithm: call at plan time).
-size_t conv2d_forward_half_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s);
+// cuDNN's workspace for the channels-last forward in half or float32 (chooses and caches its algorithm: call at
+// plan time). Throws if cuDNN offers no deterministic algorithm for it.
+size_t conv2d_forward_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, bool half);
 
-// out = half(act(float(half(conv(in, weight))) + bias + float(residual))): cuDNN writes the convolution rounded to
-// half, then the epilogue kernel. Asynchronous on runtime.stream().
-void conv2d_forward_half_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
-                              const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
-                              CudaRuntime& runtime, const uint16_t* residual = nullptr);
+// out = act(conv(in, weight) + bias + residual): cuDNN writes the convolution (rounded to half in the half
+// overload), then the epilogue kernel. Asynchronous on runtime.stream().
+void conv2d_forward_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
+                         const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
+                         CudaRuntime& runtime, const uint16_t* residual = nullptr);
+void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const float* bias, const Conv2dShape& s,
+                         const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
+                         const float* residual = nullptr);
 
-// In place over (positions, channels) NHWC half, bit for bit as the CPU twin.
-void conv2d_epilogue_nhwc_half(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
-                               int64_t channels, const FusedActivation& act, cudaStream_t stream);
+// In place over (positions, channels) NHWC data, bit for bit as the CPU twin.
+void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
+                          int64_t channels, const FusedActivation& act, cudaStream_t stream);
+void conv2d_epilogue_nhwc(float* y, const float* bias, const float* residual, int64_t positions, int64_t channels,
+                          const FusedActivation& act, cudaStream_t stream);
 
 // dz += g (the residual's gradient: dy masked by the fused activation), as the CPU twin. Asynchronous.
 void conv2d_residual_backward(float* dz, const float* g, int64_t n, cudaStream_t stream);

@@ -111,8 +111,9 @@ void gemm(float* c, int64_t ldc, const float* a, int64_t lda, bool trans_a, cons
   cudaStream_t stream = runtime.stream();
   const bool has_epilogue = epilogue.bias_row || epilogue.bias_col || epilogue.act.kind != FusedActivation::kNone;
   if (k > 0) {
+    // The handle is bound to runtime.stream() once, in the runtime's constructor: cublasSetStream here would also
+    // reset cuBLAS to its own workspace pool (cuBLAS docs), which allocates inside CUDA graph captures.
     cublasHandle_t handle = runtime.cublas();
-    CAMRT_CUBLAS_CHECK(cublasSetStream(handle, stream));
     CAMRT_CUBLAS_CHECK(cublasGemmEx(handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                     to_int(n, "N"), to_int(m, "M"), to_int(k, "K"), &alpha, b, CUDA_R_32F,
                                     to_int(ldb, "ldb"), a, CUDA_R_32F, to_int(lda, "lda"), &beta, c, CUDA_R_32F,
@@ -140,8 +141,7 @@ void gemm_strided_batched(float* c, int64_t ldc, int64_t stride_c, const float* 
   CAMRT_CHECK(stride_c != 0, "CUDA gemm: batched products into one shared C (stride_c = 0) would race");
   CAMRT_CHECK(stride_a >= 0 && stride_b >= 0 && stride_c > 0, "CUDA gemm: negative batch stride");
   check_leading_dims(ldc, lda, trans_a, ldb, trans_b, m, n, k);
-  cublasHandle_t handle = runtime.cublas();
-  CAMRT_CUBLAS_CHECK(cublasSetStream(handle, runtime.stream()));
+  cublasHandle_t handle = runtime.cublas();  // bound to runtime.stream() once (see gemm)
   CAMRT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, to_int(n, "N"), to_int(m, "M"),
       to_int(k, "K"), &alpha, b, CUDA_R_32F, to_int(ldb, "ldb"), static_cast<long long>(stride_b), a, CUDA_R_32F,

@@ -1,7 +1,8 @@
-// CUDA NCHW float32 <-> NHWC half conversions, the twins of kernels/cpu/layout.cpp: a per-image transpose of a
-// (rows, cols) matrix through a 32 x 32 shared-memory tile, so that both the reads and the writes of a warp
-// touch consecutive addresses. The tile holds floats; the one rounding per element (__float2half_rn, to nearest
-// even, as float_to_half on the CPU) happens when a half is stored, and half -> float is exact.
+// CUDA NCHW float32 <-> NHWC (half or float32) conversions, the twins of kernels/cpu/layout.cpp: a per-image
+// transpose of a (rows, cols) matrix through a 32 x 32 shared-memory tile, so that both the reads and the writes
+// of a warp touch consecutive addresses. The tile holds floats; the one rounding per element (__float2half_rn, to
+// nearest even, as float_to_half on the CPU) happens when a half is stored; half -> float is exact and float32
+// elements are only moved (loads and stores copy bits, NaN payloads included).
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -53,17 +54,19 @@ __device__ __forceinline__ void transpose_tiles(To* __restrict__ out, const From
   }
 }
 
-// Source (channels, positions) float, destination (positions, channels) half bits, per image.
-__global__ void nchw_to_nhwc_half_kernel(uint16_t* __restrict__ out, const float* __restrict__ in, int64_t channels,
-                                         int64_t positions, int64_t row_tiles, int64_t tiles_per_image,
-                                         int64_t total_tiles) {
+// Source (channels, positions) float, destination (positions, channels) half bits or float, per image.
+template <typename To>
+__global__ void nchw_to_nhwc_kernel(To* __restrict__ out, const float* __restrict__ in, int64_t channels,
+                                    int64_t positions, int64_t row_tiles, int64_t tiles_per_image,
+                                    int64_t total_tiles) {
   transpose_tiles(out, in, channels, positions, row_tiles, tiles_per_image, total_tiles);
 }
 
-// Source (positions, channels) half bits, destination (channels, positions) float, per image.
-__global__ void nhwc_half_to_nchw_kernel(float* __restrict__ out, const uint16_t* __restrict__ in, int64_t channels,
-                                         int64_t positions, int64_t row_tiles, int64_t tiles_per_image,
-                                         int64_t total_tiles) {
+// Source (positions, channels) half bits or float, destination (channels, positions) float, per image.
+template <typename From>
+__global__ void nhwc_to_nchw_kernel(float* __restrict__ out, const From* __restrict__ in, int64_t channels,
+                                    int64_t positions, int64_t row_tiles, int64_t tiles_per_image,
+                                    int64_t total_tiles) {
   transpose_tiles(out, in, positions, channels, row_tiles, tiles_per_image, total_tiles);
 }
 
@@ -85,26 +88,48 @@ void check_sizes(const char* what, int64_t images, int64_t channels, int64_t pos
                    << positions << ")");
 }
 
-}  // namespace
-
-void nchw_to_nhwc_half(uint16_t* out, const float* in, int64_t images, int64_t channels, int64_t positions,
-                       cudaStream_t stream) {
-  check_sizes("nchw_to_nhwc_half", images, channels, positions);
+template <typename To>
+void launch_nchw_to_nhwc(const char* what, To* out, const float* in, int64_t images, int64_t channels,
+                         int64_t positions, cudaStream_t stream) {
+  check_sizes(what, images, channels, positions);
   const Tiling tiling(images, channels, positions);
   if (tiling.total == 0) return;
-  nchw_to_nhwc_half_kernel<<<tiling.blocks(), dim3(kTile, kBlockRows), 0, stream>>>(
+  nchw_to_nhwc_kernel<To><<<tiling.blocks(), dim3(kTile, kBlockRows), 0, stream>>>(
       out, in, channels, positions, tiling.row_tiles, tiling.tiles_per_image, tiling.total);
-  CAMRT_CUDA_CHECK_LAUNCH("nchw_to_nhwc_half_kernel");
+  CAMRT_CUDA_CHECK_LAUNCH("nchw_to_nhwc_kernel");
 }
 
-void nhwc_half_to_nchw(float* out, const uint16_t* in, int64_t images, int64_t channels, int64_t positions,
-                       cudaStream_t stream) {
-  check_sizes("nhwc_half_to_nchw", images, channels, positions);
+template <typename From>
+void launch_nhwc_to_nchw(const char* what, float* out, const From* in, int64_t images, int64_t channels,
+                         int64_t positions, cudaStream_t stream) {
+  check_sizes(what, images, channels, positions);
   const Tiling tiling(images, positions, channels);
   if (tiling.total == 0) return;
-  nhwc_half_to_nchw_kernel<<<tiling.blocks(), dim3(kTile, kBlockRows), 0, stream>>>(
+  nhwc_to_nchw_kernel<From><<<tiling.blocks(), dim3(kTile, kBlockRows), 0, stream>>>(
       out, in, channels, positions, tiling.row_tiles, tiling.tiles_per_image, tiling.total);
-  CAMRT_CUDA_CHECK_LAUNCH("nhwc_half_to_nchw_kernel");
+  CAMRT_CUDA_CHECK_LAUNCH("nhwc_to_nchw_kernel");
+}
+
+}  // namespace
+
+void nchw_to_nhwc(uint16_t* out, const float* in, int64_t images, int64_t channels, int64_t positions,
+                  cudaStream_t stream) {
+  launch_nchw_to_nhwc("nchw_to_nhwc (half)", out, in, images, channels, positions, stream);
+}
+
+void nchw_to_nhwc(float* out, const float* in, int64_t images, int64_t channels, int64_t positions,
+                  cudaStream_t stream) {
+  launch_nchw_to_nhwc("nchw_to_nhwc (float)", out, in, images, channels, positions, stream);
+}
+
+void nhwc_to_nchw(float* out, const uint16_t* in, int64_t images, int64_t channels, int64_t positions,
+                  cudaStream_t stream) {
+  launch_nhwc_to_nchw("nhwc_to_nchw (half)", out, in, images, channels, positions, stream);
+}
+
+void nhwc_to_nchw(float* out, const float* in, int64_t images, int64_t channels, int64_t positions,
+                  cudaStream_t stream) {
+  launch_nhwc_to_nchw("nhwc_to_nchw (float)", out, in, images, channels, positions, stream);
 }
 
 }  // namespace camrt::cuda

@@ -47,6 +47,10 @@ __device__ __forceinline__ int64_t window_count(const Taps& td, const Taps& th, 
   return (td.k_end - td.k_begin) * (th.k_end - th.k_begin) * (tw.k_end - tw.k_begin);
 }
 
+// One step of max pooling over floats: v wins if greater, or if NaN (NaN propagates, as in PyTorch and the CPU
+// twin's accumulate<true>); ties keep the earlier tap.
+__device__ __forceinline__ float max_step(float best, float v) { return (v > best || v != v) ? v : best; }
+
 __device__ __forceinline__ int64_t grid_start() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_step() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
@@ -72,7 +76,7 @@ __global__ void pool_forward_kernel(float* __restrict__ out, const float* __rest
         for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) {
           const float v = plane[at_h + kw * g.dilation[2]];
           if (kMax)
-            acc = (v > acc || v != v) ? v : acc;  // v != v: NaN wins, as in PyTorch and the CPU twin
+            acc = max_step(acc, v);
           else
             acc += v;
         }
@@ -89,11 +93,24 @@ __device__ __forceinline__ int32_t half_order(uint16_t h) {
   return (h & 0x8000) ? -magnitude : magnitude;
 }
 __device__ __forceinline__ bool half_is_nan(uint16_t h) { return (h & 0x7fffu) > 0x7c00u; }
+__device__ __forceinline__ uint16_t max_step(uint16_t best, uint16_t v) {
+  return (half_is_nan(v) || (!half_is_nan(best) && half_order(v) > half_order(best))) ? v : best;
+}
+
+// The value of a window with no input tap (-inf), and the final touch of a window's max: a half NaN comes out
+// quiet (bit 9 set), as the float reference's float_to_half leaves it; a float is left as it is.
+__device__ __forceinline__ void max_empty(float& best) { best = -INFINITY; }
+__device__ __forceinline__ void max_empty(uint16_t& best) { best = 0xfc00; }
+__device__ __forceinline__ float max_finish(float best) { return best; }
+__device__ __forceinline__ uint16_t max_finish(uint16_t best) {
+  return half_is_nan(best) ? static_cast<uint16_t>(best | 0x0200) : best;
+}
 
 // One thread per output, channel fastest: a warp reads 32 consecutive channels of each tap (coalesced) and
-// visits the taps in the CPU's order (d, h, w), so ties and NaNs resolve the same way.
-__global__ void max_pool_nhwc_half_kernel(uint16_t* __restrict__ out, const uint16_t* __restrict__ in,
-                                          const PoolGeometry g, int64_t channels, int64_t total) {
+// visits the taps in the CPU's order (d, h, w), so ties and NaNs resolve the same way. T: half bits or float.
+template <typename T>
+__global__ void max_pool_nhwc_kernel(T* __restrict__ out, const T* __restrict__ in, const PoolGeometry g,
+                                     int64_t channels, int64_t total) {
   const int64_t in_image = g.in[0] * g.in[1] * g.in[2] * channels;
   for (int64_t i = grid_start(); i < total; i += grid_step()) {
     int64_t rest = i;
@@ -106,22 +123,32 @@ __global__ void max_pool_nhwc_half_kernel(uint16_t* __restrict__ out, const uint
     const int64_t od = rest % g.out[0];
     const int64_t image = rest / g.out[0];
     const Taps td = taps_of(g, 0, od), th = taps_of(g, 1, oh), tw = taps_of(g, 2, ow);
-    const uint16_t* x = in + image * in_image + c;
-    uint16_t best = 0xfc00;  // -inf: a window with no input tap
+    const T* x = in + image * in_image + c;
+    T best;
+    max_empty(best);
     for (int64_t kd = td.k_begin; kd < td.k_end; ++kd) {
       const int64_t d = td.start + kd * g.dilation[0];
       for (int64_t kh = th.k_begin; kh < th.k_end; ++kh) {
         const int64_t h = th.start + kh * g.dilation[1];
         for (int64_t kw = tw.k_begin; kw < tw.k_end; ++kw) {
           const int64_t w = tw.start + kw * g.dilation[2];
-          const uint16_t v = x[((d * g.in[1] + h) * g.in[2] + w) * channels];
-          if (half_is_nan(v) || (!half_is_nan(best) && half_order(v) > half_order(best))) best = v;
+          best = max_step(best, x[((d * g.in[1] + h) * g.in[2] + w) * channels]);
         }
       }
     }
-    // A NaN comes out quiet (bit 9 set), as the float reference's float_to_half leaves it.
-    out[i] = half_is_nan(best) ? static_cast<uint16_t>(best | 0x0200) : best;
+    out[i] = max_finish(best);
   }
+}
+
+template <typename T>
+void launch_max_pool_nhwc(T* out, const T* in, int64_t images, int64_t channels, const PoolGeometry& g,
+                          cudaStream_t stream) {
+  CAMRT_CHECK(images >= 0 && channels >= 0,
+              "max_pool_forward_nhwc: negative size (images " << images << ", channels " << channels << ")");
+  const int64_t total = images * g.out_plane() * channels;
+  if (total == 0) return;
+  max_pool_nhwc_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(out, in, g, channels, total);
+  CAMRT_CUDA_CHECK_LAUNCH("max_pool_nhwc_kernel");
 }
 
 // Plane offset of the tap that receives a max window's gradient, or -1: the CPU twin's max_tap.
@@ -261,14 +288,14 @@ void max_pool_forward(float* out, const float* in, const PoolGeometry& g, cudaSt
   CAMRT_CUDA_CHECK_LAUNCH("max_pool_forward_kernel");
 }
 
-void max_pool_forward_nhwc_half(uint16_t* out, const uint16_t* in, int64_t images, int64_t channels,
-                                const PoolGeometry& g, cudaStream_t stream) {
-  CAMRT_CHECK(images >= 0 && channels >= 0,
-              "max_pool_forward_nhwc_half: negative size (images " << images << ", channels " << channels << ")");
-  const int64_t total = images * g.out_plane() * channels;
-  if (total == 0) return;
-  max_pool_nhwc_half_kernel<<<grid_for(total), kThreads, 0, stream>>>(out, in, g, channels, total);
-  CAMRT_CUDA_CHECK_LAUNCH("max_pool_nhwc_half_kernel");
+void max_pool_forward_nhwc(uint16_t* out, const uint16_t* in, int64_t images, int64_t channels,
+                           const PoolGeometry& g, cudaStream_t stream) {
+  launch_max_pool_nhwc(out, in, images, channels, g, stream);
+}
+
+void max_pool_forward_nhwc(float* out, const float* in, int64_t images, int64_t channels, const PoolGeometry& g,
+                           cudaStream_t stream) {
+  launch_max_pool_nhwc(out, in, images, channels, g, stream);
 }
 
 void average_pool_forward(float* out, const float* in, const PoolGeometry& g, bool count_include_pad, cudaStream_t stream) {

@@ -15,11 +15,14 @@ void max_pool_forward(float* out,      // (planes, out[0], out[1], out[2])
                       const float* in,  // (planes, in[0], in[1], in[2])
                       const PoolGeometry& g, cudaStream_t stream);
 
-// Max pooling over channels-last half data (PlanOptions::half_storage), the twin of the CPU
-// max_pool_forward_nhwc_half: same windows and rules, bit-identical output; g.planes is ignored.
-void max_pool_forward_nhwc_half(uint16_t* out,      // (images, out[0], out[1], out[2], channels) half bits
-                                const uint16_t* in,  // (images, in[0], in[1], in[2], channels) half bits
-                                int64_t images, int64_t channels, const PoolGeometry& g, cudaStream_t stream);
+// Max pooling over channels-last data (PlanOptions::channels_last), half bits or float32, the twins of the CPU
+// max_pool_forward_nhwc: same windows and rules, bit-identical output; g.planes is ignored.
+void max_pool_forward_nhwc(uint16_t* out,      // (images, out[0], out[1], out[2], channels) half bits
+                           const uint16_t* in,  // (images, in[0], in[1], in[2], channels) half bits
+                           int64_t images, int64_t channels, const PoolGeometry& g, cudaStream_t stream);
+void max_pool_forward_nhwc(float* out,      // (images, out[0], out[1], out[2], channels)
+                           const float* in,  // (images, in[0], in[1], in[2], channels)
+                           int64_t images, int64_t channels, const PoolGeometry& g, cudaStream_t stream);
 
 // Mean over each window, divisor as in the CPU twin (count_include_pad: taps inside input + pads).
 void average_pool_forward(float* out,      // (planes, out[0], out[1], out[2])

@@ -21,7 +21,7 @@ CudaRuntime::CudaRuntime(int device, Precision precision) : device_(device), pre
   CAMRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   try {
     CAMRT_CUBLAS_CHECK(cublasCreate(&cublas_));
-    CAMRT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    CAMRT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));  // once: every later call would reset the workspace below
     CAMRT_CUDNN_CHECK(cudnnCreate(&cudnn_));
     CAMRT_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
     // Owning cuBLAS's workspace keeps captures allocation-free. 4 MiB (cuBLAS's default before Hopper) is

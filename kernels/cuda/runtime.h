@@ -30,7 +30,7 @@ namespace camrt {
 // How convolutions and matrix products compute. tf32 and fp16 let cuDNN/cuBLAS use tensor cores with TF32 or
 // FP16 inputs and fp32 accumulation (cuDNN's TENSOR_OP_MATH_ALLOW_CONVERSION, cuBLAS's COMPUTE_32F_FAST_TF32 /
 // FAST_16F) on fp32 storage. At fp16 a plan's forward-only part also stores its activations as NHWC half
-// (PlanOptions::half_storage: convolutions and max pooling in the form fp16 tensor cores read), converting to
+// (PlanOptions::channels_last: convolutions and max pooling in the form fp16 tensor cores read), converting to
 // fp32 where other ops, kept values and the backward pass read them. CAM reductions are fp32 in every mode.
 enum class Precision : uint8_t { FP32, TF32, FP16 };
 inline const char* precision_name(Precision precision) {

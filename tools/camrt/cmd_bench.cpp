@@ -188,6 +188,8 @@ int run_bench(const std::vector<std::string>& argv) {
       .option("precision", "P", "fp32, tf32 or fp16 for convolutions/GEMMs on the GPU (default tf32; the CPU runs fp32)")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
       .option("fusion", "on|off", "plan the activation-fused graph (Conv/Add + Relu/Clip as one node)", "on")
+      .option("channels-last", "auto|off|half|float",
+              "store the forward-only part NHWC (auto: half at --precision fp16 on the GPU, else off)", "auto")
       .option("target", "T", "explained target, as camrt explain's --target (e.g. top5, softmax, 281)", "predicted")
       .flag("aug-smooth", "explain with aug-smooth's six variants (as camrt explain --aug-smooth)")
       .option("chunk", "N", "images per extra pass, as camrt explain's --chunk (0: automatic)", "0")
@@ -209,6 +211,7 @@ int run_bench(const std::vector<std::string>& argv) {
   const std::string input_name = graph.values()[graph.input_ids()[0]].name;
   CAMRT_CHECK(args.get("fusion") == "on" || args.get("fusion") == "off", "--fusion: expected on or off, got '" << args.get("fusion") << "'");
   const bool fusion = args.get("fusion") == "on";
+  const ChannelsLast channels_last = parse_channels_last(args.get("channels-last"));
   if (args.has("soak")) return run_soak(args, path, name, gpu, precision);
   // The forward scenario plans what a Session's predictor plans.
   const std::unique_ptr<Graph> fused_graph = fusion ? graph.fused({}) : nullptr;
@@ -235,7 +238,7 @@ int run_bench(const std::vector<std::string>& argv) {
       if (gpu) timer = std::make_unique<StreamTimer>(*cuda);
       std::function<void()> run;
       size_t planned_bytes = 0;
-      int64_t half_nodes = 0;  // nodes of the (main) plan on NHWC half: --precision fp16 on the GPU
+      int64_t channels_last_nodes = 0;  // nodes of the (main) plan on NHWC data (--channels-last; half at fp16)
       std::unique_ptr<Executor> executor;
       std::unique_ptr<Explainer> explainer;
       HostTensor logits;
@@ -245,10 +248,11 @@ int run_bench(const std::vector<std::string>& argv) {
       if (scenario == "forward") {
         PlanOptions plan;
         plan.cuda = cuda.get();
+        plan.channels_last = channels_last;
         executor = std::make_unique<Executor>(forward_graph, shapes, pool, plan);
         executor->set_input(input_name, x);
         planned_bytes = executor->stats().arena_bytes + executor->stats().workspace_bytes + executor->stats().weight_bytes;
-        half_nodes = executor->stats().half_nodes;
+        channels_last_nodes = executor->stats().channels_last_nodes;
         const int out = forward_graph.output_ids()[0];  // captured by value: the lambda outlives this block
         logits = HostTensor(executor->descs()[out].dtype, executor->descs()[out].shape);
         // On the GPU the forward alone is timed by events; the transfers are timed separately.
@@ -274,10 +278,11 @@ int run_bench(const std::vector<std::string>& argv) {
         options.target = args.get("target");
         options.aug_smooth = args.has("aug-smooth");
         options.chunk = args.get_int("chunk");
+        options.channels_last = channels_last;
         explainer = std::make_unique<Explainer>(graph, batch, options, pool, cuda.get());
         const PlanStats& s = explainer->main_plan_stats();
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
-        half_nodes = s.half_nodes;
+        channels_last_nodes = s.channels_last_nodes;
         run = [&] {
           const Explanation e = explainer->run(x);
           for (const auto& [phase, ms] : e.timings_ms) phase_times[phase].push_back(ms);
@@ -327,7 +332,8 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"planned_mib", planned_mib},
                             {"precision", precision_name(precision)},
                             {"fusion", fusion},
-                            {"half_nodes", half_nodes},
+                            {"channels_last", args.get("channels-last")},
+                            {"channels_last_nodes", channels_last_nodes},
                             {"target", args.get("target")},
                             {"aug_smooth", args.has("aug-smooth")},
                             {"chunk", args.get_int("chunk")},

@@ -1,4 +1,4 @@
-// Half storage (PlanOptions::half_storage) on the CPU reference twins: which nodes run on NHWC half and where the
+// Channels-last storage (PlanOptions::channels_last) on the CPU reference twins. Half: which nodes run on NHWC half and where the
 // plan converts, that a plan's backward part stays float32 (bit for bit what a float32 plan computes where no half
 // value reaches it), and how close the half forward comes to float32 on the resnet18 fixture, forward, Grad-CAM
 // and every CAM method through the Explainer's plans (Score-CAM chunks, Ablation-CAM tails, noisy copies).
@@ -50,7 +50,7 @@ double max_abs_diff(const float* a, const float* b, int64_t n) {
 }
 
 PlanOptions with_half(PlanOptions options) {
-  options.half_storage = PlanOptions::HalfStorage::kOn;
+  options.channels_last = ChannelsLast::kHalf;
   return options;
 }
 
@@ -62,9 +62,9 @@ TEST_CASE("half storage: every conv and max pool of a forward plan runs half; tw
   ThreadPool pool(2);
   Executor reference(*fused, {{f.input, f.x.shape}}, pool);
   Executor half(*fused, {{f.input, f.x.shape}}, pool, with_half({}));
-  CHECK(reference.stats().half_nodes == 0);
+  CHECK(reference.stats().channels_last_nodes == 0);
   CHECK(reference.stats().conversions == 0);
-  CHECK(half.stats().half_nodes == count_ops(*fused, "Conv") + count_ops(*fused, "MaxPool"));
+  CHECK(half.stats().channels_last_nodes == count_ops(*fused, "Conv") + count_ops(*fused, "MaxPool"));
   // The input into half, the last activation back to float32 for the global average pool: nothing in between.
   CHECK(half.stats().conversions == 2);
   // Half activations take half the bytes: all buffers together (no reuse), the two converted copies included,
@@ -105,7 +105,7 @@ TEST_CASE("half storage: a Grad-CAM plan runs its forward half and its backward 
   gradcam.keep = {layer};
   Executor reference(*fused, {{f.input, f.x.shape}}, pool, gradcam);
   Executor half(*fused, {{f.input, f.x.shape}}, pool, with_half(gradcam));
-  CHECK(half.stats().half_nodes == count_ops(*fused, "Conv") + count_ops(*fused, "MaxPool"));
+  CHECK(half.stats().channels_last_nodes == count_ops(*fused, "Conv") + count_ops(*fused, "MaxPool"));
   CHECK(half.stats().conversions == 2);  // input in; the explained layer out (kept, and read by the pool)
 
   const int out = fused->output_ids()[0];
@@ -136,7 +136,7 @@ TEST_CASE("half storage: a Grad-CAM plan runs its forward half and its backward 
   guided.grad_targets = {f.input};
   const auto fused_input = f.plain.fused({f.input});
   Executor guided_half(*fused_input, {{f.input, f.x.shape}}, pool, with_half(guided));
-  CHECK(guided_half.stats().half_nodes == 0);
+  CHECK(guided_half.stats().channels_last_nodes == 0);
   CHECK(guided_half.stats().conversions == 0);
 }
 
@@ -149,11 +149,11 @@ TEST_CASE("half storage: every CAM method's maps through half-storage plans stay
   options.smooth_samples = 2;
   options.chunk = 16;
   ExplainOptions half_options = options;
-  half_options.half_storage = PlanOptions::HalfStorage::kOn;
+  half_options.channels_last = ChannelsLast::kHalf;
   Explainer reference(f.plain, f.x.shape[0], options, pool);
   Explainer half(f.plain, f.x.shape[0], half_options, pool);
-  CHECK(reference.main_plan_stats().half_nodes == 0);
-  CHECK(half.main_plan_stats().half_nodes > 0);
+  CHECK(reference.main_plan_stats().channels_last_nodes == 0);
+  CHECK(half.main_plan_stats().channels_last_nodes > 0);
   const Explanation want = reference.run(f.x), got = half.run(f.x);
   CHECK(want.classes == got.classes);
   REQUIRE(want.results.size() == got.results.size());
@@ -206,14 +206,14 @@ TEST_CASE("half storage: every golden model (depthwise, SE gates, concat, BN) st
       const bool is_fused = graph != &plain;
       CAPTURE(is_fused);
       Executor half(*graph, {{input, x.shape}}, pool, with_half({}));
-      CHECK(half.stats().half_nodes > 0);
+      CHECK(half.stats().channels_last_nodes > 0);
       half.set_input(input, x);
       half.forward();
       const HostTensor got = half.fetch(graph->output_ids()[0]);
       REQUIRE(got.numel() == torch_logits.numel());
       const double err = max_abs_diff(got.f32(), torch_logits.f32(), got.numel()) / scale;
       MESSAGE(name << std::string(is_fused ? " (fused)" : "") << ": half storage vs PyTorch logits " << err << " of the largest (one "
-                   << "fp16 nudge of the input: " << sensitivity << "), " << half.stats().half_nodes << " half nodes, "
+                   << "fp16 nudge of the input: " << sensitivity << "), " << half.stats().channels_last_nodes << " half nodes, "
                    << half.stats().conversions << " conversions");
       // Half storage rounds every layer's output by a relative 2^-11, each such error amplified about as the input
       // nudge is (less for later layers): a few nudges' worth, at least the 1e-2 of the first test case. A layout
@@ -223,4 +223,69 @@ TEST_CASE("half storage: every golden model (depthwise, SE gates, concat, BN) st
     ++models;
   }
   CHECK(models >= 5);
+}
+
+TEST_CASE("channels-last float: every golden model's NHWC float32 plan computes what its NCHW plan computes") {
+  // Float32 channels-last changes where elements lie, not their values: the CPU twin transposes exactly and runs
+  // the same convolution; only the bias is added after the convolution's sum instead of inside the depthwise
+  // kernel's, a reordering of one addition. So the logits agree to float32 rounding (exactly, for most models).
+  const fs::path root = fs::path(CAMRT_SOURCE_DIR) / "tests/fixtures/models";
+  ThreadPool pool(2);
+  int64_t models = 0;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const fs::path dir = entry.path();
+    if (!fs::exists(dir / "model.onnx") || !fs::exists(dir / "input.npy")) continue;
+    const Graph plain(import_onnx((dir / "model.onnx").string()), dir.filename().string());
+    const auto fused = plain.fused({});
+    const HostTensor x = read_npy((dir / "input.npy").string());
+    const std::string input = plain.values()[plain.input_ids()[0]].name;
+    const std::string name = dir.filename().string();
+    CAPTURE(name);
+    PlanOptions nhwc;
+    nhwc.channels_last = ChannelsLast::kFloat;
+    Executor reference(*fused, {{input, x.shape}}, pool);
+    Executor channels_last(*fused, {{input, x.shape}}, pool, nhwc);
+    CHECK(channels_last.stats().channels_last_nodes > 0);
+    CHECK(channels_last.stats().channels_last_nodes == [&] {
+      Executor half(*fused, {{input, x.shape}}, pool, with_half({}));
+      return half.stats().channels_last_nodes;  // the same nodes as half storage
+    }());
+    for (Executor* e : {&reference, &channels_last}) {
+      e->set_input(input, x);
+      e->forward();
+    }
+    const int out = fused->output_ids()[0];
+    const HostTensor want = reference.fetch(out), got = channels_last.fetch(out);
+    const double scale = max_abs(want.f32(), want.numel());
+    const double err = max_abs_diff(want.f32(), got.f32(), want.numel()) / scale;
+    MESSAGE(name << ": channels-last float32 vs NCHW logits " << err << " of the largest");
+    CHECK(err < 1e-5);  // float32 reorderings of a few additions, amplified by the depth: far below fp16's 1e-3
+    ++models;
+  }
+  CHECK(models >= 5);
+}
+
+TEST_CASE("channels-last float: every CAM method's maps equal the NCHW plans' maps bit for bit on resnet18") {
+  Fixture f;
+  ThreadPool pool(2);
+  ExplainOptions options;
+  options.methods = {"gradcam", "gradcampp", "layercam", "eigencam", "scorecam", "ablationcam", "guided-gradcam",
+                     "smooth-gradcampp"};
+  options.smooth_samples = 2;
+  options.chunk = 16;
+  ExplainOptions nhwc_options = options;
+  nhwc_options.channels_last = ChannelsLast::kFloat;
+  Explainer reference(f.plain, f.x.shape[0], options, pool);
+  Explainer nhwc(f.plain, f.x.shape[0], nhwc_options, pool);
+  CHECK(nhwc.main_plan_stats().channels_last_nodes > 0);
+  const Explanation want = reference.run(f.x), got = nhwc.run(f.x);
+  CHECK(want.classes == got.classes);
+  REQUIRE(want.results.size() == got.results.size());
+  for (size_t i = 0; i < want.results.size(); ++i) {
+    CAPTURE(want.results[i].method);
+    const double err =
+        max_abs_diff(want.results[i].maps.f32(), got.results[i].maps.f32(), want.results[i].maps.numel());
+    // resnet18 has no depthwise conv, so not even the bias moves: the same float32 operations, bit for bit.
+    CHECK(err == 0.0);
+  }
 }
