@@ -26,7 +26,10 @@ int run_predict(const std::vector<std::string>& argv) {
       .option("save-logits", "FILE.npy", "write the raw output (float32) to this file")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
       .option("device", "D", "cpu, cuda, or auto (cuda when a GPU is present)", "auto")
-      .option("precision", "P", "GPU convolutions/GEMMs: fp32, tf32 or fp16", "tf32");
+      .option("precision", "P", "GPU convolutions/GEMMs: fp32, tf32 or fp16", "tf32")
+      .option("channels-last", "auto|off|half|float",
+              "store activations NHWC (auto: half at --precision fp16 on the GPU, else off; on the CPU half and float "
+              "run the reference twins)", "auto");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt predict: expected one model.json (see camrt predict --help)");
   CAMRT_CHECK(args.has("input"), "camrt predict: missing --input x.npy");
@@ -48,6 +51,7 @@ int run_predict(const std::vector<std::string>& argv) {
     cuda = std::make_unique<CudaRuntime>(0, parse_precision(args.get("precision")));
   PlanOptions plan;
   plan.cuda = cuda.get();
+  plan.channels_last = parse_channels_last(args.get("channels-last"));
   Executor executor(graph, {{input_name, input.shape}}, pool, plan);
   executor.set_input(input_name, input);
   const auto start = std::chrono::steady_clock::now();

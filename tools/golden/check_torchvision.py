@@ -5,6 +5,7 @@ Pass: max |camrt - torch| / max |torch| <= 1e-4 for every model. Exit code 1 on 
 
 Usage: /usr/bin/python3 tools/golden/check_torchvision.py [--camrt build/camrt] [--workdir DIR]
        [--models resnet50 vgg16 ...] [--batch 2] [--tol 1e-4] [--no-calibrate-bn]
+       [--predict-args "--channels-last half"]  (extra `camrt predict` arguments; fp16 storage wants --tol 1e-2)
 
 Freshly initialised torchvision BatchNorms are identities (mean 0, var 1, weight 1, bias 0) and
 every bias is zero, so signal decays through depth (efficientnet_b0's logits come out ~4e-14,
@@ -70,7 +71,8 @@ def calibrate_batchnorm(model: torch.nn.Module) -> None:
         m.momentum = momentum
 
 
-def check_model(name: str, camrt: str, workdir: str, batch: int, tol: float, calibrate_bn: bool) -> bool:
+def check_model(name: str, camrt: str, workdir: str, batch: int, tol: float, calibrate_bn: bool,
+                predict_args: list) -> bool:
     model_dir = os.path.join(workdir, name)
     os.makedirs(model_dir, exist_ok=True)
     onnx_path = os.path.join(model_dir, "model.onnx")
@@ -101,7 +103,7 @@ def check_model(name: str, camrt: str, workdir: str, batch: int, tol: float, cal
     try:
         convert_s = run_cli([camrt, "convert", onnx_path, "-o", converted_dir])
         predict_s = run_cli([camrt, "predict", os.path.join(converted_dir, "model.json"),
-                             "--input", x_path, "--save-logits", y_path])
+                             "--input", x_path, "--save-logits", y_path] + predict_args)
         got = np.load(y_path)
     except (RuntimeError, OSError, ValueError) as e:
         print(f"{name:16s} FAIL  {e}")
@@ -134,6 +136,7 @@ def main() -> int:
     parser.add_argument("--no-calibrate-bn", dest="calibrate_bn", action="store_false",
                         help="keep torchvision's identity BatchNorm statistics (weak check)")
     parser.add_argument("--tol", type=float, default=1e-4, help="max |error| / max |logit|")
+    parser.add_argument("--predict-args", default="", help="extra camrt predict arguments, one string")
     args = parser.parse_args()
 
     camrt = os.path.abspath(args.camrt)
@@ -148,7 +151,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="camrt_check_") as tmp:
         workdir = os.path.abspath(args.workdir) if args.workdir else tmp
-        results = [check_model(name, camrt, workdir, args.batch, args.tol, args.calibrate_bn) for name in args.models]
+        results = [check_model(name, camrt, workdir, args.batch, args.tol, args.calibrate_bn, args.predict_args.split())
+                   for name in args.models]
     failed = [n for n, ok in zip(args.models, results) if not ok]
     print(f"{len(results) - len(failed)}/{len(results)} passed" + (f"; failed: {' '.join(failed)}" if failed else ""))
     return 1 if failed else 0
