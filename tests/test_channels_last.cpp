@@ -1,7 +1,8 @@
-// Channels-last storage (PlanOptions::channels_last) on the CPU reference twins. Half: which nodes run on NHWC half and where the
-// plan converts, that a plan's backward part stays float32 (bit for bit what a float32 plan computes where no half
-// value reaches it), and how close the half forward comes to float32 on the resnet18 fixture, forward, Grad-CAM
-// and every CAM method through the Explainer's plans (Score-CAM chunks, Ablation-CAM tails, noisy copies).
+// Channels-last storage (PlanOptions::channels_last) on the CPU reference twins. Half: which nodes run on NHWC half
+// and where the plan converts, that a plan's backward part stays float32 (bit for bit what a float32 plan computes
+// where no half value reaches it), and how close the half forward comes to float32 and to PyTorch on the golden
+// models, forward, Grad-CAM and every CAM method through the Explainer's plans (Score-CAM chunks, Ablation-CAM
+// tails, noisy copies). Float32: the same plans compute the NCHW plans' values.
 #include <doctest/doctest.h>
 
 #include <cmath>

@@ -1,7 +1,8 @@
-// Half storage on the GPU (cuDNN fp16 NHWC convolutions, the NHWC half epilogue, max pooling and conversions)
-// against its CPU reference twins: the half conv launcher over a matrix of shapes, the epilogue bit for bit, whole
-// plans of the resnet18 fixture (same nodes half, same conversions, logits near the CPU's), and the Explainer at
-// --precision fp16: every method's maps near the float32 maps, two runs and the captured pass bit-identical.
+// Channels-last storage on the GPU (cuDNN NHWC convolutions in half and float32, the NHWC epilogue, max pooling
+// and conversions) against the CPU reference twins: the conv launchers over a matrix of shapes, the half epilogue
+// bit for bit, whole plans of the resnet18 fixture (the same nodes NHWC, logits near the CPU's), the Explainer at
+// --precision fp16 (every method's maps near the float32 maps, two runs and the captured pass bit-identical), and a
+// Session whose predictor shares the explainer's weights.
 #include <doctest/doctest.h>
 
 #include <cmath>
