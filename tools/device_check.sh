@@ -62,6 +62,7 @@ for m in ${models//,/ }; do
   # tf32 with float32 NHWC storage, against the NCHW rows above.
   bench $m --batch 1,32 --method gradcam,forward --precision fp16 --iters 30
   bench $m --batch 1,32 --method gradcam,forward --precision tf32 --channels-last float --iters 30
+  bench $m --batch 32 --method forward --precision tf32 --algo-slack 0 --iters 30  # always the fastest algorithm
   bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
   bench $m --batch 1 --method scorecam --precision fp16 --iters 5 --warmup 1
   bench $m --batch 1 --method scorecam --precision tf32 --channels-last float --iters 5 --warmup 1
@@ -95,6 +96,8 @@ for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
     scenario = r["scenario"] + ("_unfused" if r.get("fusion") is False else "")
     if r.get("channels_last") not in (None, "auto", "off"):
         scenario += "_nhwc_" + r["channels_last"]
+    if r.get("algo_slack_pct", 10) != 10:
+        scenario += "_slack%g" % r["algo_slack_pct"]
     if r.get("target", "predicted") != "predicted":
         scenario += "_" + r["target"]
     if r.get("aug_smooth"):

@@ -182,12 +182,12 @@ size_t workspace_cap(const Geometry& g) {
 
 // Takes, from cuDNN's ranking (timed by Find, else heuristic), a deterministic supported algorithm whose workspace
 // (asked again for the exact math type it will run with) fits the cap: with timings, the one with the smallest
-// workspace among those within 10% of the fastest (a few percent of speed is not worth many megabytes of planned
-// memory); without, the first. FP32 always runs with FMA math, whatever math type a ranking entry reports, so no
+// workspace among those within `slack` (CudaRuntime::algo_slack, 10% by default) of the fastest (a few percent of
+// speed is not worth many megabytes of planned memory); without, the first. FP32 always runs with FMA math, whatever math type a ranking entry reports, so no
 // TF32 tensor-core kernel can be picked.
 template <typename Perf, typename WorkspaceQuery>
 bool pick(const std::vector<Perf>& perfs, int returned, Precision precision, cudnnConvolutionDescriptor_t conv,
-          size_t cap, const WorkspaceQuery& workspace_of, Choice* choice) {
+          size_t cap, float slack, const WorkspaceQuery& workspace_of, Choice* choice) {
   struct Candidate {
     Choice choice;
     float ms;
@@ -211,10 +211,10 @@ bool pick(const std::vector<Perf>& perfs, int returned, Precision precision, cud
   if (!(fastest > 0)) return true;  // heuristic ranking: no timings, keep its order
   float chosen_ms = candidates[0].ms;
   for (const Candidate& c : candidates) {
-    if (c.ms < 0 || c.ms > 1.1f * fastest) continue;
+    if (c.ms < 0 || c.ms > (1.f + slack) * fastest) continue;
     const bool smaller = c.choice.workspace_bytes < choice->workspace_bytes;
     const bool same_but_faster = c.choice.workspace_bytes == choice->workspace_bytes && c.ms < chosen_ms;
-    if (chosen_ms > 1.1f * fastest || smaller || same_but_faster) {
+    if (chosen_ms > (1.f + slack) * fastest || smaller || same_but_faster) {
       *choice = c.choice;
       chosen_ms = c.ms;
     }
@@ -245,7 +245,7 @@ Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, 
                                              perfs.data()) != CUDNN_STATUS_SUCCESS)
       CAMRT_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y, int(perfs.size()),
                                                                &returned, perfs.data()));
-    found = pick(perfs, returned, precision, d.conv, workspace_cap(g), [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+    found = pick(perfs, returned, precision, d.conv, workspace_cap(g), runtime.algo_slack(), [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionForwardWorkspaceSize(handle, d.x, d.w, d.conv, d.y, algo, bytes);
     }, &choice);
   } else {
@@ -256,7 +256,7 @@ Choice choose(CudaRuntime& runtime, const Geometry& g, ConvDirection direction, 
                                                   perfs.data()) != CUDNN_STATUS_SUCCESS)
       CAMRT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x,
                                                                     int(perfs.size()), &returned, perfs.data()));
-    found = pick(perfs, returned, precision, d.conv, workspace_cap(g), [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
+    found = pick(perfs, returned, precision, d.conv, workspace_cap(g), runtime.algo_slack(), [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, d.w, d.y, d.conv, d.x, algo, bytes);
     }, &choice);
   }

@@ -66,6 +66,11 @@ class CudaRuntime {
   cudnnHandle_t cudnn() const { return cudnn_; }
   Precision precision() const { return precision_; }
   void set_precision(Precision precision) { precision_ = precision; }
+  // How much slower than the fastest (by cuDNN's Find timings) a convolution algorithm may be and still be picked
+  // for a smaller workspace: 0.10 by default (memory planned up front is worth a few percent), 0: the fastest.
+  // Set it before planning: the cached choices keep the slack they were made with.
+  float algo_slack() const { return algo_slack_; }
+  void set_algo_slack(float slack) { algo_slack_ = slack; }
   // Waits for all work on the stream; throws with the CUDA error of any failed kernel.
   void synchronize() const;
 
@@ -90,6 +95,7 @@ class CudaRuntime {
   int device_ = 0;
   std::string device_name_;
   Precision precision_ = Precision::TF32;
+  float algo_slack_ = 0.10f;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;

@@ -188,6 +188,8 @@ int run_bench(const std::vector<std::string>& argv) {
       .option("precision", "P", "fp32, tf32 or fp16 for convolutions/GEMMs on the GPU (default tf32; the CPU runs fp32)")
       .option("threads", "N", "CPU threads (0 = all cores)", "0")
       .option("fusion", "on|off", "plan the activation-fused graph (Conv/Add + Relu/Clip as one node)", "on")
+      .option("algo-slack", "PCT", "GPU: a conv algorithm up to PCT% slower than the fastest may be picked for a "
+              "smaller workspace (0: always the fastest)", "10")
       .option("channels-last", "auto|off|half|float",
               "store the forward-only part NHWC (auto: half at --precision fp16 on the GPU, else off)", "auto")
       .option("target", "T", "explained target, as camrt explain's --target (e.g. top5, softmax, 281)", "predicted")
@@ -212,6 +214,8 @@ int run_bench(const std::vector<std::string>& argv) {
   CAMRT_CHECK(args.get("fusion") == "on" || args.get("fusion") == "off", "--fusion: expected on or off, got '" << args.get("fusion") << "'");
   const bool fusion = args.get("fusion") == "on";
   const ChannelsLast channels_last = parse_channels_last(args.get("channels-last"));
+  const double algo_slack_pct = std::stod(args.get("algo-slack"));
+  CAMRT_CHECK(algo_slack_pct >= 0, "--algo-slack must not be negative");
   if (args.has("soak")) return run_soak(args, path, name, gpu, precision);
   // The forward scenario plans what a Session's predictor plans.
   const std::unique_ptr<Graph> fused_graph = fusion ? graph.fused({}) : nullptr;
@@ -233,7 +237,10 @@ int run_bench(const std::vector<std::string>& argv) {
     for (const std::string& scenario : split_list(args.get("method"))) {
       // A runtime per scenario: its allocation peak is then this scenario's alone.
       std::unique_ptr<CudaRuntime> cuda;
-      if (gpu) cuda = std::make_unique<CudaRuntime>(0, precision);
+      if (gpu) {
+        cuda = std::make_unique<CudaRuntime>(0, precision);
+        cuda->set_algo_slack(static_cast<float>(algo_slack_pct / 100.0));
+      }
       std::unique_ptr<StreamTimer> timer;
       if (gpu) timer = std::make_unique<StreamTimer>(*cuda);
       std::function<void()> run;
@@ -333,6 +340,7 @@ int run_bench(const std::vector<std::string>& argv) {
                             {"precision", precision_name(precision)},
                             {"fusion", fusion},
                             {"channels_last", args.get("channels-last")},
+                            {"algo_slack_pct", algo_slack_pct},
                             {"channels_last_nodes", channels_last_nodes},
                             {"target", args.get("target")},
                             {"aug_smooth", args.has("aug-smooth")},
