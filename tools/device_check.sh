@@ -3,9 +3,13 @@
 # tools/device_prepare.sh): builds Release for the card, runs the `gpu` tests, exports seeded torchvision
 # resnet50 / vgg16 / mobilenet_v2, converts them, runs `camrt bench` and the PyTorch baselines side by side.
 # Everything lands under $OUT (default /tmp/camrt-device): build.log (tail), gpu_tests.log, camrt_bench.jsonl,
-# torch_baseline.jsonl, summary.txt. Sized for under 8 minutes on an H100/H200 with 16 cores.
+# torch_baseline.jsonl, summary.txt (every row, then issue 4's targets as ratios: tools/device_summary.py).
+# Sized for under 8 minutes on an H100/H200 with 16 cores: no A/B bench starts later than CAMRT_CHECK_SECONDS
+# (default 420) after the script's start, and each bench call stops after 2 minutes; the target rows and the
+# PyTorch baselines run before the A/B rows, whatever the clock says.
 # Usage: tools/device_check.sh [--quick]   (--quick: tests and ResNet-50 only)
 set -uo pipefail
+script_start=$(date +%s)
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/camrt-device}
 mkdir -p "$out"
@@ -33,11 +37,11 @@ rm -f "$out/build_full.log"
 camrt=build-device/camrt
 
 log "gpu tests"
-(cd build-device && ctest -L gpu --output-on-failure --timeout 150 -j4) >"$out/gpu_tests.log" 2>&1
+(cd build-device && timeout 300 ctest -L gpu --output-on-failure --timeout 150 -j4) >"$out/gpu_tests.log" 2>&1
 log "gpu tests rc=$?"
 # ctest hides a passing test's output: doctest's own summary shows how many assertions really ran (a skipped
 # GPU test case asserts nothing and prints SKIPPED).
-build-device/tests/camrt_tests --source-file='*test_gpu_*' >"$out/gpu_doctest.log" 2>&1
+timeout 200 build-device/tests/camrt_tests --source-file='*test_gpu_*' >"$out/gpu_doctest.log" 2>&1
 log "gpu doctest: $(grep -c SKIPPED "$out/gpu_doctest.log") SKIPPED; $(grep 'assertions:' "$out/gpu_doctest.log")"
 rm -f "$out/gpu_doctest.log"
 # The golden models and CAMs of the CPU suite, explained on the GPU (test_gpu_models), are part of the gpu label.
@@ -51,57 +55,44 @@ for m in ${models//,/ }; do
   "$camrt" convert /tmp/camrt-onnx/$m.onnx -o /tmp/camrt-models/$m >/dev/null 2>>"$out/export.err" || log "convert $m failed"
 done
 
-log "camrt bench"
-bench() { "$camrt" bench "/tmp/camrt-models/$1/model.json" --device cuda "${@:2}" >>"$out/camrt_bench.jsonl" 2>>"$out/bench.err" \
-            || log "bench $* failed: $(tail -2 "$out/bench.err")"; }
+# Benches in order of what they decide: first the rows of issue 4's targets for every model, then PyTorch's
+# baselines, then the A/B rows (what fusion, fp32, float NHWC, the algorithm policy and batching buy) while time is
+# left. Each bench call has a time limit, so one hang costs its own rows only.
+budget=${CAMRT_CHECK_SECONDS:-420}   # seconds from the script's start until the A/B rows stop being started
+time_left() { [ $(( $(date +%s) - script_start )) -lt "$budget" ]; }
+bench() { timeout 120 "$camrt" bench "/tmp/camrt-models/$1/model.json" --device cuda "${@:2}" >>"$out/camrt_bench.jsonl" 2>>"$out/bench.err" \
+            || log "bench $* failed (rc $?): $(tail -2 "$out/bench.err")"; }
+
+log "camrt bench: target rows"
 for m in ${models//,/ }; do
   bench $m --batch 1,32 --method forward,gradcam,eigencam --precision tf32 --iters 30
-  bench $m --batch 1,32 --method forward,gradcam --precision tf32 --iters 30 --fusion off  # what fusion buys
-  bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
-  # fp16: the forward-only part of each plan on NHWC half (channels_last_nodes in the JSON says how many nodes);
-  # tf32 with float32 NHWC storage, against the NCHW rows above.
+  # fp16: the forward-only part of each plan on NHWC half (channels_last_nodes in the JSON says how many nodes).
   bench $m --batch 1,32 --method gradcam,forward --precision fp16 --iters 30
-  bench $m --batch 1,32 --method gradcam,forward --precision tf32 --channels-last float --iters 30
-  bench $m --batch 32 --method forward --precision tf32 --algo-slack 0 --iters 30  # always the fastest algorithm
-  bench $m --batch 1 --method scorecam --precision tf32 --iters 5 --warmup 1
-  bench $m --batch 1 --method scorecam --precision fp16 --iters 5 --warmup 1
-  bench $m --batch 1 --method scorecam --precision tf32 --channels-last float --iters 5 --warmup 1
-  # Batched variants: five targets in one backward (compare with the top-1 rows above), aug-smooth's six
-  # variants in one pass (automatic) against one at a time (--chunk 1).
-  bench $m --batch 1 --method gradcam,guided-backprop --target top5 --precision tf32 --iters 30
-  bench $m --batch 1 --method gradcam --aug-smooth --precision tf32 --iters 30
-  bench $m --batch 1 --method gradcam --aug-smooth --chunk 1 --precision tf32 --iters 30
+  bench $m --batch 1 --method scorecam --precision tf32 --iters 3 --warmup 1
 done
 
 log "torch baselines"
-python3 "$deps/torch_baseline.py" --device cuda --models "$models" --batches 1,32 --iters 30 \
+timeout 300 python3 "$deps/torch_baseline.py" --device cuda --models "$models" --batches 1,32 --iters 30 \
   >"$out/torch_baseline.jsonl" 2>>"$out/bench.err" || log "torch baseline failed: $(tail -3 "$out/bench.err")"
 
-log "side by side (median ms)"
-python3 - "$out" <<'PY' | tee -a "$out/summary.txt"
-import json, sys, os
-out = sys.argv[1]
-rows = []
-for f in ("camrt_bench.jsonl", "torch_baseline.jsonl"):
-    p = os.path.join(out, f)
-    if os.path.exists(p):
-        for line in open(p):
-            line = line.strip()
-            if line.startswith("{"):
-                r = json.loads(line)
-                if "median_ms" in r:
-                    rows.append(r)
-for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["scenario"])):
-    e2e = f'  end-to-end {r["end_to_end_ms"]:9.3f} ms' if "end_to_end_ms" in r else ""
-    scenario = r["scenario"] + ("_unfused" if r.get("fusion") is False else "")
-    if r.get("channels_last") not in (None, "auto", "off"):
-        scenario += "_nhwc_" + r["channels_last"]
-    if r.get("algo_slack_pct", 10) != 10:
-        scenario += "_slack%g" % r["algo_slack_pct"]
-    if r.get("target", "predicted") != "predicted":
-        scenario += "_" + r["target"]
-    if r.get("aug_smooth"):
-        scenario += "_aug" + ("_chunk%d" % r["chunk"] if r.get("chunk") else "")
-    print(f'{r["model"]:>13} b{r["batch"]:<3} {scenario:<34} {r["median_ms"]:9.3f} ms  peak {r.get("peak_mib", 0):8.1f} MiB{e2e}')
-PY
+log "camrt bench: A/B rows (until ${budget} s after the start)"
+for m in ${models//,/ }; do
+  time_left && bench $m --batch 1,32 --method forward,gradcam --precision tf32 --iters 30 --fusion off  # what fusion buys
+  time_left && bench $m --batch 1,32 --method gradcam,forward --precision tf32 --channels-last float --iters 30
+  time_left && bench $m --batch 32 --method forward --precision tf32 --algo-slack 0 --iters 30  # always the fastest algorithm
+  time_left && bench $m --batch 1 --method scorecam --precision fp16 --iters 3 --warmup 1
+  time_left && bench $m --batch 1 --method scorecam --precision tf32 --channels-last float --iters 3 --warmup 1
+done
+for m in ${models//,/ }; do
+  time_left && bench $m --batch 1,32 --method forward,gradcam --precision fp32 --iters 30
+  # Batched variants: five targets in one backward (compare with the top-1 rows), aug-smooth's six variants in one
+  # pass (automatic) against one at a time (--chunk 1).
+  time_left && bench $m --batch 1 --method gradcam,guided-backprop --target top5 --precision tf32 --iters 30
+  time_left && bench $m --batch 1 --method gradcam --aug-smooth --precision tf32 --iters 30
+  time_left && bench $m --batch 1 --method gradcam --aug-smooth --chunk 1 --precision tf32 --iters 30
+done
+time_left || log "A/B rows cut at the ${budget} s budget"
+
+log "summary"
+python3 tools/device_summary.py "$out" | tee -a "$out/summary.txt"
 log "done"

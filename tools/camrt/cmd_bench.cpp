@@ -200,7 +200,7 @@ int run_bench(const std::vector<std::string>& argv) {
       .option("max-rss-growth", "PCT", "--soak fails above this resident memory growth, percent", "1");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt bench: expected one model.json (see camrt bench --help)");
-  const std::string path = args.positionals()[0];
+  const std::string path = resolve_model_path(args.positionals()[0]);
   auto model = std::make_shared<const Model>(load_model(path));
   Graph graph(model, std::filesystem::path(path).filename().string());
   const std::string name = args.has("name") ? args.get("name") : std::filesystem::absolute(path).parent_path().filename().string();

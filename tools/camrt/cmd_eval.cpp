@@ -22,12 +22,6 @@
 
 namespace camrt::cli {
 
-// Defined in cmd_demo.cpp: the shipped fashion-canvas model ($CAMRT_MODEL, next to the executable, installed
-// share/, or the source tree). Throws naming every place it looked.
-std::string find_default_model();
-// Defined in cmd_demo.cpp: MODEL may be a model.json or a folder holding one.
-std::string resolve_model_path(const std::string& path);
-
 namespace fs = std::filesystem;
 
 namespace {

@@ -21,7 +21,7 @@ int run_inspect(const std::vector<std::string>& argv) {
   args.option("batch", "N", "batch size to plan for", "1").flag("summary", "print only the totals");
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt inspect: expected one model.json (see camrt inspect --help)");
-  const std::string path = args.positionals()[0];
+  const std::string path = resolve_model_path(args.positionals()[0]);
   const int64_t batch = args.get_int("batch");
   CAMRT_CHECK(batch >= 1, "--batch must be at least 1");
 

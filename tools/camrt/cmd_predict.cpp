@@ -33,7 +33,7 @@ int run_predict(const std::vector<std::string>& argv) {
   if (!args.parse(argv)) return 0;
   CAMRT_CHECK(args.positionals().size() == 1, "camrt predict: expected one model.json (see camrt predict --help)");
   CAMRT_CHECK(args.has("input"), "camrt predict: missing --input x.npy");
-  const std::string path = args.positionals()[0];
+  const std::string path = resolve_model_path(args.positionals()[0]);
   const int64_t topk = args.get_int("topk");
   CAMRT_CHECK(topk >= 1, "--topk must be at least 1");
 

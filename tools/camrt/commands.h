@@ -15,4 +15,10 @@ int run_eval(const std::vector<std::string>& argv);
 int run_demo(const std::vector<std::string>& argv);
 int run_dataset(const std::vector<std::string>& argv);
 
+// The shipped fashion-canvas model ($CAMRT_MODEL, next to the executable, installed share/, or the source
+// tree). Throws naming every place it looked.
+std::string find_default_model();
+// MODEL may be a model.json or a folder holding one; returns the model.json's path.
+std::string resolve_model_path(const std::string& path);
+
 }  // namespace camrt::cli
