@@ -48,10 +48,10 @@ Session::Session(const std::string& model_json, int64_t batch, ExplainOptions op
     plan.cuda = cuda_.get();
   }
   predict_graph_ = options_.fuse_activations ? graph_->fused({}) : std::make_unique<Graph>(model_, graph_->source_name());
+  plan.channels_last = options_.channels_last;
   if (!options_.methods.empty()) {
     explainer_ = std::make_unique<Explainer>(*graph_, batch, options_, *pool_, cuda_.get());
     plan.device_constants = explainer_->device_constants();  // the weights once on the GPU, not once per plan kind
-    plan.channels_last = options_.channels_last;
   }
   predictor_ = std::make_unique<Executor>(*predict_graph_, shapes, *pool_, plan);
   input_ = HostTensor(DType::F32, input_shape_);

@@ -565,18 +565,19 @@ void Executor::run_maybe_captured(Replay& replay, Steps steps) {
     steps();
     return;
   }
-  // Captured work is recorded, not run: launch it on success, run eagerly if the capture failed.
+  // Captured work is recorded, not run: launch it on success, run eagerly if the capture failed, whether it
+  // failed at its end or by a step throwing (a call the capture refused, or a real error: the eager run tells
+  // which, and throws again for a real one).
   replay.graph = std::make_unique<StreamGraph>(*context_.cuda);
   replay.graph->begin_capture();
+  bool captured = false;
   try {
     steps();
+    captured = replay.graph->end_capture();
   } catch (...) {
     replay.graph->end_capture();
-    replay.graph.reset();
-    replay.failed = true;
-    throw;
   }
-  if (replay.graph->end_capture()) {
+  if (captured) {
     replay.graph->launch();
   } else {
     replay.graph.reset();

@@ -831,6 +831,14 @@ TEST_CASE("smooth_noisy_copies: x + z * sigma as std::normal_distribution(0, sig
   smooth_noise_sigma(sigma.data(), x.data(), B, plane);
   CHECK(sigma[0] == 0.2f * 4.f);
   CHECK(sigma[1] == 0.f);
+  // A NaN pixel makes sigma NaN wherever it sits, first or last (as torch.max's NaN would).
+  for (int64_t at : {int64_t(0), plane - 1}) {
+    VecF with_nan = x, nan_sigma(B);
+    with_nan[at] = NAN;
+    smooth_noise_sigma(nan_sigma.data(), with_nan.data(), B, plane);
+    CHECK(std::isnan(nan_sigma[0]));
+    CHECK(nan_sigma[1] == 0.f);
+  }
   // The same generator state gives the same numbers as a distribution at stddev sigma: draw both ways.
   std::mt19937_64 rng(7), rng_ref(7);
   VecF z(static_cast<size_t>(samples * N * plane)), ref(z.size());

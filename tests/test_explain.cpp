@@ -8,15 +8,21 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "engine/cam/explainer.h"
+#include "engine/executor.h"
 #include "engine/image/image.h"
 #include "engine/npy.h"
+#include "tests/small_models.h"
 #include "weights/onnx/onnx_import.h"
 
 using namespace camrt;
+using camrt::testing::batch_folding_model;
+using camrt::testing::random_images;
 namespace fs = std::filesystem;
 
 namespace {
@@ -32,6 +38,15 @@ double max_abs_diff(const HostTensor& a, const HostTensor& b) {
   double m = 0;
   for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(double(a.f32()[i]) - double(b.f32()[i])));
   return m;
+}
+
+// Target t's maps of a (T, B, ...) result as their own tensor.
+HostTensor target_slice(const HostTensor& maps, int64_t t) {
+  Shape shape = maps.shape;
+  shape[0] = 1;
+  HostTensor slice(DType::F32, shape);
+  std::memcpy(slice.f32(), maps.f32() + t * slice.numel(), static_cast<size_t>(slice.numel()) * sizeof(float));
+  return slice;
 }
 
 }  // namespace
@@ -61,6 +76,100 @@ TEST_CASE("explain: top-k targets come from one forward and one backward and equ
       CHECK(max_abs_diff(slice, single.results[m].maps) == 0.0);
     }
   }
+}
+
+TEST_CASE("explain: top-k with Guided Backprop where only the main plan can stack seeds equals single-class runs") {
+  // The guided plan's backward crosses the batch-folding Reshapes and falls back to one seed per pass; the main
+  // plan (gradient at "a") could take all three. Both then run one target per pass, and the main plan must keep
+  // the activations its backward reads for the passes after the first.
+  const Graph graph = Graph(batch_folding_model(0), "batch-folding");
+  ThreadPool pool(2);
+  const HostTensor x = random_images(2, 21);
+  ExplainOptions top;
+  top.methods = {"gradcam", "guided-backprop", "guided-gradcam"};
+  top.layers = {"relu1"};
+  top.target = "top3";
+  Explainer explainer(graph, 2, top, pool);
+  const Explanation ex = explainer.run(x);
+  REQUIRE(ex.classes.size() == 3);
+  // The main plan is the one made for the groups it runs (one target each, activations kept across them).
+  PlanOptions expected_options;
+  expected_options.keep = expected_options.grad_targets = {"a"};
+  expected_options.repeat_backward = true;
+  const std::unique_ptr<Graph> fused = graph.fused({"a"});
+  const Executor expected(*fused, graph.input_shapes_for_batch(2), pool, expected_options);
+  CHECK(explainer.main_plan_stats().arena_bytes == expected.stats().arena_bytes);
+  CHECK(explainer.main_plan_stats().kept_for_backward == expected.stats().kept_for_backward);
+  int compared = 0;
+  for (int64_t t = 0; t < 3; ++t) {
+    if (ex.classes[t][0] != ex.classes[t][1]) continue;  // a fixed class applies to every image
+    ExplainOptions one = top;
+    one.target = std::to_string(ex.classes[t][0]);
+    const Explanation single = Explainer(graph, 2, one, pool).run(x);
+    for (size_t m = 0; m < top.methods.size(); ++m) {
+      CAPTURE(top.methods[m]);
+      CHECK(max_abs_diff(target_slice(ex.results[m].maps, t), single.results[m].maps) == 0.0);
+    }
+    ++compared;
+  }
+  // Per image instead, where no class is shared: the top-3 of each image against its own single-image run.
+  for (int64_t b = 0; b < 2 && compared == 0; ++b) {
+    HostTensor xb(DType::F32, {1, 2, 6, 6});
+    std::memcpy(xb.f32(), x.f32() + b * xb.numel(), static_cast<size_t>(xb.numel()) * sizeof(float));
+    const Explanation mine = Explainer(graph, 1, top, pool).run(xb);
+    for (int64_t t = 0; t < 3; ++t) {
+      ExplainOptions one = top;
+      one.target = std::to_string(mine.classes[t][0]);
+      const Explanation single = Explainer(graph, 1, one, pool).run(xb);
+      for (size_t m = 0; m < top.methods.size(); ++m) {
+        CAPTURE(top.methods[m]);
+        CHECK(max_abs_diff(target_slice(mine.results[m].maps, t), single.results[m].maps) == 0.0);
+      }
+    }
+  }
+}
+
+TEST_CASE("explain: a model with a fixed input batch takes one noisy copy and one aug-smooth variant per pass") {
+  // Its plans run at batch 1 whatever batch they are asked for, so --chunk's several copies or variants per pass
+  // cannot apply: the maps equal those of one per pass (before, the copies overran the plan's buffers and the
+  // variant plan refused the model).
+  const Graph graph = Graph(batch_folding_model(1), "fixed-batch");
+  ThreadPool pool(2);
+  const HostTensor x = random_images(1, 22);
+  ExplainOptions options;
+  options.methods = {"smooth-gradcampp", "gradcam"};
+  options.layers = {"relu1"};
+  options.smooth_samples = 4;
+  std::vector<Explanation> runs;
+  for (int64_t chunk : {1, 4}) {
+    options.chunk = chunk;
+    runs.push_back(Explainer(graph, 1, options, pool).run(x));
+  }
+  for (size_t m = 0; m < 2; ++m) CHECK(max_abs_diff(runs[0].results[m].maps, runs[1].results[m].maps) == 0.0);
+  options.methods = {"gradcam"};
+  options.aug_smooth = true;
+  runs.clear();
+  for (int64_t chunk : {1, 6}) {
+    options.chunk = chunk;
+    runs.push_back(Explainer(graph, 1, options, pool).run(x));
+  }
+  CHECK(max_abs_diff(runs[0].results[0].maps, runs[1].results[0].maps) == 0.0);
+  // And a batch the model does not have is a clear error.
+  CHECK_THROWS_WITH_AS(Explainer(graph, 2, options, pool), doctest::Contains("fixed shape"), Error);
+}
+
+TEST_CASE("explain: Ablation-CAM of a target whose score is exactly 0 is an error naming the image") {
+  // Class 4 of the batch-folding model has a zero row and bias: y = 0, and w_k = (y - y_k) / y is undefined.
+  const Graph graph(batch_folding_model(0), "batch-folding");
+  ThreadPool pool(2);
+  ExplainOptions options;
+  options.methods = {"ablationcam"};
+  options.layers = {"relu1"};
+  options.target = "4";
+  CHECK_THROWS_WITH_AS(Explainer(graph, 2, options, pool).run(random_images(2, 24)),
+                       doctest::Contains("score of image 0 is exactly 0"), Error);
+  options.target = "3";
+  CHECK_NOTHROW(Explainer(graph, 2, options, pool).run(random_images(2, 24)));
 }
 
 TEST_CASE("explain: Smooth Grad-CAM++ gives the same maps however many noisy copies share one pass") {

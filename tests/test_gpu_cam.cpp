@@ -767,6 +767,18 @@ TEST_CASE("gpu cam: Smooth Grad-CAM++ noise scale and noisy copies equal the CPU
   DeviceBuffer dsigma = device_buffer(rt, sigma.size() * sizeof(float));
   cuda::smooth_noise_sigma(f32(dsigma), f32(dx), B, plane, rt.stream());
   check_bits(download<float>(rt, dsigma, sigma.size()), sigma, "smooth_noise_sigma");
+  {  // NaN pixels (first of image 1, last of image 2) make those sigmas NaN, as on the CPU; fminf alone skips them
+    VecF with_nan = x;
+    with_nan[size_t(plane)] = NAN;
+    with_nan[size_t(3 * plane - 1)] = NAN;
+    const DeviceBuffer dnan = upload(rt, with_nan);
+    cuda::smooth_noise_sigma(f32(dsigma), f32(dnan), B, plane, rt.stream());
+    const VecF got = download<float>(rt, dsigma, sigma.size());
+    CHECK(got[0] == sigma[0]);
+    CHECK(std::isnan(got[1]));
+    CHECK(std::isnan(got[2]));
+    CHECK(got[3] == sigma[3]);
+  }
   for (bool scaled : {true, false})
     for (int64_t count : {int64_t(3), int64_t(2)}) {  // a full pass and a partial last one (sample 3 of 5)
       const int64_t first = count == 3 ? 0 : 3;

@@ -14,6 +14,7 @@
 #include "engine/cam/explainer.h"
 #include "engine/npy.h"
 #include "tests/gpu_test_util.h"
+#include "tests/small_models.h"
 #include "weights/onnx/onnx_import.h"
 
 using namespace camrt;
@@ -195,6 +196,51 @@ TEST_CASE("gpu models: aug-smooth variants batched on the device give the CPU's 
     const double bound = map_bound(options.methods[m], ref.f32(), ref.numel());
     CHECK(max_abs_diff(got.f32(), ref.f32(), ref.numel()) <= bound);
   }
+}
+
+TEST_CASE("gpu models: a fixed-batch model and a guided plan without stacked seeds give the CPU's maps") {
+  // On the GPU the chunks are automatic (several noisy copies / aug-smooth variants per pass where the model
+  // allows): a model whose input has a fixed batch must still run one per pass. The batch-folding model's guided
+  // plan takes one seed per pass while its main plan could take all: top-3 runs both one target per pass. And
+  // Ablation-CAM of a target whose score is exactly 0 is the CPU's error, not a NaN map.
+  CAMRT_GPU_TEST_RUNTIME(runtime);
+  runtime->set_precision(Precision::FP32);
+  ThreadPool pool(2);
+  auto compare = [&](const Graph& graph, int64_t B, const ExplainOptions& options) {
+    const HostTensor x = testing::random_images(B, 23);
+    const Explanation gpu = Explainer(graph, B, options, pool, runtime).run(x);
+    const Explanation cpu = Explainer(graph, B, options, pool).run(x);
+    for (size_t m = 0; m < options.methods.size(); ++m) {
+      CAPTURE(options.methods[m]);
+      const HostTensor& got = gpu.results[m].maps;
+      const HostTensor& ref = cpu.results[m].maps;
+      REQUIRE(got.shape == ref.shape);
+      CHECK(max_abs_diff(got.f32(), ref.f32(), ref.numel()) <= map_bound(options.methods[m], ref.f32(), ref.numel()));
+    }
+  };
+  const Graph fixed(testing::batch_folding_model(1), "fixed-batch");
+  ExplainOptions smooth;
+  smooth.methods = {"smooth-gradcampp", "gradcam"};
+  smooth.layers = {"relu1"};
+  smooth.smooth_samples = 4;
+  compare(fixed, 1, smooth);
+  ExplainOptions aug;
+  aug.methods = {"gradcam", "scorecam"};
+  aug.layers = {"relu1"};
+  aug.aug_smooth = true;
+  compare(fixed, 1, aug);
+  const Graph folding(testing::batch_folding_model(0), "batch-folding");
+  ExplainOptions top;
+  top.methods = {"gradcam", "guided-backprop", "guided-gradcam"};
+  top.layers = {"relu1"};
+  top.target = "top3";
+  compare(folding, 2, top);
+  ExplainOptions zero;
+  zero.methods = {"ablationcam"};
+  zero.layers = {"relu1"};
+  zero.target = "4";
+  CHECK_THROWS_WITH_AS(Explainer(folding, 2, zero, pool, runtime).run(testing::random_images(2, 24)),
+                       doctest::Contains("exactly 0"), Error);
 }
 
 TEST_CASE("gpu models: the whole explain pass in one CUDA graph replays the eager pass bit for bit") {

@@ -317,6 +317,9 @@ struct Explainer::Impl {
   ExplainOptions options;
   TargetRule rule;
   int64_t batch = 0, channels = 0, height = 0, width = 0;
+  // False for a model whose input has a fixed batch (no -1 dim): its plans run at that batch only, so noisy
+  // copies and aug-smooth variants go one per pass.
+  bool dynamic_batch = true;
   int64_t classes = 0;        // output channels (dim 1)
   int64_t out_per_image = 0;  // output elements per image
   int64_t out_spatial = 1;    // output positions per channel (segmentation outputs)
@@ -599,7 +602,9 @@ struct Explainer::Impl {
     const int64_t K = shape[1], h = shape[2], w = shape[3];
     Executor& tail = *tails[layer];
     const int64_t chunk = tail.descs()[tail.input_ids()[0]].shape[0];
-    float* y = buffer("ablation y", batch);
+    // The clean scores of every target (cls is the target's slice of classes_buffer()), kept for
+    // check_ablation_scores.
+    float* y = buffer("ablation y", target_count * batch) + (cls - classes_buffer());
     float* y_ablated = buffer("ablation scores", batch * K);
     float* values = buffer("ablation values", batch);
     k.ablation_min_values(values, A, batch, K, h, w);
@@ -810,6 +815,18 @@ struct Explainer::Impl {
     for (size_t t = 0; t < T; ++t) result.classes[t].assign(flat.begin() + t * batch, flat.begin() + (t + 1) * batch);
   }
 
+  // Ablation-CAM divides by the clean score y. The CPU twin of the weights throws where y == 0; the device kernel
+  // writes NaN weights there instead (it cannot throw), and this check after the pass throws the same error.
+  void check_ablation_scores() {
+    if (!any_ablation || !k.gpu()) return;
+    std::vector<float> y(static_cast<size_t>(target_count * batch));
+    k.download(y.data(), buffer("ablation y", target_count * batch), y.size() * sizeof(float));
+    k.wait();
+    for (size_t i = 0; i < y.size(); ++i)
+      CAMRT_CHECK(y[i] != 0.f, "Ablation-CAM: the target score of image " << int64_t(i) % batch % noise_batch
+                                                                          << " is exactly 0, so (y - y_k) / y is undefined");
+  }
+
   // The last pass's maps of one method, copied back into one tensor (T, B, H, W) or (T, B, C, H, W).
   HostTensor collect_maps(const std::string& method) {
     const int64_t T = target_count;
@@ -923,7 +940,7 @@ Explainer::Explainer(const Graph& model_graph, int64_t batch, ExplainOptions opt
       const double plan_bytes = std::max(1.0, double(s.arena_bytes + s.workspace_bytes));
       per_pass = int64_t(double(free_bytes) / 4.0 / plan_bytes);
     }
-    per_pass = std::clamp<int64_t>(per_pass, 1, kAugSmoothVariants);
+    per_pass = impl_->dynamic_batch ? std::clamp<int64_t>(per_pass, 1, kAugSmoothVariants) : 1;
     const int64_t passes = (kAugSmoothVariants + per_pass - 1) / per_pass;
     per_pass = (kAugSmoothVariants + passes - 1) / passes;
     impl_->variants_per_pass = per_pass;
@@ -973,6 +990,9 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
   const auto shapes = graph.input_shapes_for_batch(batch);
   const Shape& in_shape = shapes.at(m.input_name);
   CAMRT_CHECK(in_shape.size() == 4, graph.source_name() << ": explain needs an image input (B, C, H, W), got " << shape_str(in_shape));
+  m.dynamic_batch = graph.input_shapes_for_batch(batch + 1).at(m.input_name)[0] == batch + 1;
+  CAMRT_CHECK(in_shape[0] == batch, graph.source_name() << ": input '" << m.input_name << "' has the fixed shape "
+                                                        << shape_str(in_shape) << ", not a batch of " << batch);
   m.batch = batch;
   m.channels = in_shape[1];
   m.height = in_shape[2];
@@ -1058,14 +1078,20 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
                 "--target similarity needs a float32 concept vector with " << m.out_per_image << " values (the embedding size)");
   }
   CAMRT_CHECK(!options.scorecam_paper || (!region && !similarity), "--scorecam paper needs a classification output");
-  if (m.any_guided) {
-    PlanOptions guided_options = plan_options();
-    guided_options.grad_targets = {m.input_name};
-    m.guided = backward_plan(guided_options);
+  PlanOptions guided_options = plan_options();
+  guided_options.grad_targets = {m.input_name};
+  if (m.any_guided) m.guided = backward_plan(guided_options);
+  // A plan falls back to one seed per pass where the model's tensors do not all carry the batch in dim 0. The
+  // groups then are smaller than the plans were made for: plan both again for them, so each keeps its activations
+  // for the repeated backward passes.
+  int64_t planned_seeds = m.seeds_per_pass;
+  if (m.any_gradient) planned_seeds = std::min(planned_seeds, m.main->seeds_per_backward());
+  if (m.any_guided) planned_seeds = std::min(planned_seeds, m.guided->seeds_per_backward());
+  if (planned_seeds < m.seeds_per_pass) {
+    m.seeds_per_pass = planned_seeds;
+    m.main = backward_plan(main_options);
+    if (m.any_guided) m.guided = backward_plan(guided_options);
   }
-  // A plan falls back to one seed per pass where the model's tensors do not all carry the batch in dim 0.
-  if (m.any_gradient) m.seeds_per_pass = std::min(m.seeds_per_pass, m.main->seeds_per_backward());
-  if (m.any_guided) m.seeds_per_pass = std::min(m.seeds_per_pass, m.guided->seeds_per_backward());
   // Score-CAM / Ablation-CAM push K images (or activations) per image through extra forwards. On the GPU the
   // batch of those forwards is what a quarter of the free memory holds, priced at the main plan's bytes per image
   // (forward and backward: an overestimate for a forward), capped at 256 and evened out so no chunk runs mostly
@@ -1090,7 +1116,7 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
     // otherwise: there the batch-8 plan's activations fall out of cache (ResNet-50, one image, 8 copies, 2 threads,
     // `camrt explain --method smooth-gradcampp --chunk 8` vs the default: 533-552 ms against 413-461 ms, measured).
     const int64_t copies = options.chunk > 0 || cuda ? chunk / batch : 1;
-    m.smooth_per_pass = std::clamp<int64_t>(copies, 1, options.smooth_samples);
+    m.smooth_per_pass = m.dynamic_batch ? std::clamp<int64_t>(copies, 1, options.smooth_samples) : 1;
     PlanOptions smooth_options = plan_options();
     smooth_options.grad_targets = m.layer_tensors;
     m.smooth = std::make_unique<Executor>(graph, graph.input_shapes_for_batch(m.smooth_per_pass * batch), pool, smooth_options);
@@ -1160,6 +1186,7 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
 
   if (!options_.aug_smooth) {
     m.run_pass(/*given_targets=*/false, result.timings_ms);
+    m.check_ablation_scores();
     t0 = Clock::now();
     m.collect_targets(result);
     for (const auto& method : options_.methods) result.results.push_back(MethodResult{method, m.collect_maps(method)});
@@ -1200,6 +1227,7 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
     runner.k.wait();
     result.timings_ms["upload"] += ms_since(t0);
     runner.run_pass(/*given_targets=*/true, result.timings_ms);
+    runner.check_ablation_scores();
     for (const auto& method : options_.methods) {
       t0 = Clock::now();
       HostTensor pass = runner.collect_maps(method);  // (T, P*B, ...)

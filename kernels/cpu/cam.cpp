@@ -901,9 +901,16 @@ void class_activation_map(float* cam, const float* fc_weight, const int64_t* cla
 
 void smooth_noise_sigma(float* sigma, const float* x, int64_t B, int64_t plane) {
   CAMRT_CHECK(B >= 0 && plane > 0, "smooth_noise_sigma: bad sizes");
+  // A NaN pixel makes sigma NaN wherever it sits (std::minmax_element's answer would depend on its position).
   for (int64_t b = 0; b < B; ++b) {
-    const auto [lo, hi] = std::minmax_element(x + b * plane, x + (b + 1) * plane);
-    sigma[b] = 0.2f * (*hi - *lo);
+    float lo = INFINITY, hi = -INFINITY;
+    bool any_nan = false;
+    for (const float* v = x + b * plane; v != x + (b + 1) * plane; ++v) {
+      lo = std::min(lo, *v);
+      hi = std::max(hi, *v);
+      any_nan |= std::isnan(*v);
+    }
+    sigma[b] = any_nan ? NAN : 0.2f * (hi - lo);
   }
 }
 

@@ -461,17 +461,21 @@ __global__ void guided_gradcam_kernel(float* out, const float* guided, const flo
   for (int64_t i = global_index(); i < n; i += global_stride()) out[i] = guided[i] * cam[(i / CHW) * HW + i % HW];
 }
 
-// One block per image: min and max (exact in any order), then 0.2 * (max - min) in fp32 as the CPU twin.
+// One block per image: min and max (exact in any order), then 0.2 * (max - min) in fp32 as the CPU twin. fminf
+// and fmaxf skip NaN, so a NaN pixel is counted apart and makes sigma NaN, as on the CPU (and as torch.max does).
 __global__ void __launch_bounds__(kMapThreads) smooth_sigma_kernel(float* sigma, const float* x, int64_t B, int64_t plane) {
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    float lo = INFINITY, hi = -INFINITY;
+    float lo = INFINITY, hi = -INFINITY, any_nan = 0.f;
     for (int64_t i = threadIdx.x; i < plane; i += blockDim.x) {
-      lo = fminf(lo, x[b * plane + i]);
-      hi = fmaxf(hi, x[b * plane + i]);
+      const float v = x[b * plane + i];
+      lo = fminf(lo, v);
+      hi = fmaxf(hi, v);
+      if (isnan(v)) any_nan = 1.f;
     }
     lo = block_min(lo);
     hi = block_max(hi);
-    if (threadIdx.x == 0) sigma[b] = __fmul_rn(0.2f, __fsub_rn(hi, lo));
+    any_nan = block_max(any_nan);
+    if (threadIdx.x == 0) sigma[b] = any_nan > 0.f ? NAN : __fmul_rn(0.2f, __fsub_rn(hi, lo));
   }
 }
 

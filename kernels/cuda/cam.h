@@ -137,8 +137,8 @@ void ablation_batch(float* out,            // (n, K, h, w)
                     const float* value,    // (1) device
                     int64_t k_begin, int64_t n, int64_t K, int64_t h, int64_t w, cudaStream_t stream);
 
-// w_bk = (y_b - y_ablated_bk) / y_b in double; NaN for an image with y_b == 0 (the CPU twin throws there:
-// callers check y on the host, where they already have it).
+// w_bk = (y_b - y_ablated_bk) / y_b in double; NaN for an image with y_b == 0 (the CPU twin throws there; a
+// kernel cannot, so the caller checks y after the pass: Explainer's check_ablation_scores).
 void ablation_weights(float* w,                // (B, K)
                       const float* y,          // (B)
                       const float* y_ablated,  // (B, K)

@@ -163,14 +163,18 @@ struct Descriptors {
   }
 };
 
-std::string algo_key(const Geometry& g, ConvDirection direction, Precision precision, Storage storage = Storage::kFloatNchw) {
-  char key[256];
-  std::snprintf(key, sizeof(key), "conv2d %s %s%s x(%d,%d,%d,%d) w(%d,%d,%d,%d) pad(%d,%d) stride(%d,%d) dil(%d,%d) g%d",
-                direction == ConvDirection::kForward ? "fwd" : "bwd_data",
-                storage == Storage::kHalfNhwc ? "fp16" : precision_name(precision),
-                storage == Storage::kFloatNchw ? "" : "-nhwc", g.n, g.c, g.h,
-                g.w, g.k, g.c / g.groups, g.kh, g.kw, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w,
-                g.groups);
+// The cache key of one convolution: its shape and attributes, direction, the runtime's precision and algorithm
+// slack (a choice made under other settings is another entry), and the storage (the half and float NHWC forms
+// are timed and sized apart, whatever the precision).
+std::string algo_key(const Geometry& g, ConvDirection direction, const CudaRuntime& runtime,
+                     Storage storage = Storage::kFloatNchw) {
+  static const char* const kStorageNames[] = {"", " nhwc-f16", " nhwc-f32"};
+  char key[288];
+  std::snprintf(key, sizeof(key),
+                "conv2d %s %s%s slack%g x(%d,%d,%d,%d) w(%d,%d,%d,%d) pad(%d,%d) stride(%d,%d) dil(%d,%d) g%d",
+                direction == ConvDirection::kForward ? "fwd" : "bwd_data", precision_name(runtime.precision()),
+                kStorageNames[static_cast<int>(storage)], double(runtime.algo_slack()), g.n, g.c, g.h, g.w, g.k,
+                g.c / g.groups, g.kh, g.kw, g.pad_h, g.pad_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.groups);
   return key;
 }
 
@@ -363,7 +367,7 @@ __global__ void activation_mask_kernel(float* masked, const float* dy, const flo
 
 size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDirection direction) {
   const Geometry g = geometry_of(s);
-  const Choice c = choose(runtime, g, direction, algo_key(g, direction, runtime.precision()));
+  const Choice c = choose(runtime, g, direction, algo_key(g, direction, runtime));
   return g.padded_bytes() + c.workspace_bytes;
 }
 
@@ -372,11 +376,39 @@ size_t conv2d_forward_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dSha
   const Geometry g = geometry_of(s);
   const Storage storage = half ? Storage::kHalfNhwc : Storage::kFloatNhwc;
   const ConvDirection forward = ConvDirection::kForward;
-  return choose(runtime, g, forward, algo_key(g, forward, runtime.precision(), storage), storage).workspace_bytes;
+  return choose(runtime, g, forward, algo_key(g, forward, runtime, storage), storage).workspace_bytes;
 }
 
 namespace {
-// cuDNN's convolution into out (channels-last, symmetric pads: no padding copy), then the epilogue kernel.
+// Conv + bias (+ residual z, alpha2 = 1) + relu in one cuDNN call, where cuDNN supports the combination (relu
+// allows any algorithm; identity would force IMPLICIT_PRECOMP_GEMM, so bias-only convs take the epilogue kernel).
+// Without a residual z is y with alpha2 = 0, as frameworks do; the bias is float32 in every storage form. Returns
+// false where the caller must run the conv and its epilogue: no bias + relu, or a combination cuDNN refuses
+// (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued), which is remembered per key so the refusal
+// happens once, on a plan's first (eager) run. The unfused path's descriptors surface any genuine mistake.
+bool fused_bias_relu(CudaRuntime& runtime, const std::string& key, const Geometry& g, Descriptors& d,
+                     const Choice& c, const void* x, const void* weight, const float* bias, const void* residual,
+                     void* out, void* cudnn_workspace, const FusedActivation& act) {
+  if (act.kind != FusedActivation::kRelu || !bias) return false;
+  const std::string unfused_key = key + (residual ? " residual" : "") + " unfused";
+  ConvAlgo unused;
+  if (runtime.find_conv_algo(unfused_key, &unused)) return false;
+  d.add_bias_relu(g);
+  const float one = 1.f, zero = 0.f;
+  const cudnnStatus_t status = cudnnConvolutionBiasActivationForward(
+      runtime.cudnn(), &one, d.x, x, d.w, weight, d.conv, static_cast<cudnnConvolutionFwdAlgo_t>(c.algo),
+      cudnn_workspace, c.workspace_bytes, residual ? &one : &zero, d.y, residual ? residual : out, d.bias, bias,
+      d.act, d.y, out);
+  if (status == CUDNN_STATUS_SUCCESS) return true;
+  const int category = CUDNN_STATUS_CATEGORY(int(status));
+  CAMRT_CHECK(category == CUDNN_STATUS_NOT_SUPPORTED || category == CUDNN_STATUS_BAD_PARAM,
+              "cuDNN: cudnnConvolutionBiasActivationForward failed for " << key << ": " << cudnnGetErrorString(status));
+  runtime.store_conv_algo(unfused_key, ConvAlgo{});
+  return false;
+}
+
+// cuDNN's convolution into out (channels-last, symmetric pads: no padding copy): fused with bias + relu where
+// cuDNN can, else followed by the epilogue kernel.
 template <typename T>
 void forward_nhwc(T* out, const T* in, const T* weight, const float* bias, const Conv2dShape& s,
                   const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
@@ -384,16 +416,18 @@ void forward_nhwc(T* out, const T* in, const T* weight, const float* bias, const
   CAMRT_CHECK(conv2d_channels_last_supported(s), "cuda::conv2d_forward_nhwc: needs a valid conv with symmetric pads");
   CAMRT_CHECK(!residual || residual != out, "cuda::conv2d_forward_nhwc: the residual must not alias the output");
   const Geometry g = geometry_of(s);
-  const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision(), storage);
+  const std::string key = algo_key(g, ConvDirection::kForward, runtime, storage);
   const Choice c = choose(runtime, g, ConvDirection::kForward, key, storage);
   check_workspace(key, g, c, workspace, workspace_bytes);
   cudnnHandle_t handle = runtime.cudnn();
   CAMRT_CUDNN_CHECK(cudnnSetStream(handle, runtime.stream()));
   Descriptors d(g, c.math, storage);
+  void* cudnn_workspace = c.workspace_bytes ? workspace : nullptr;
+  if (fused_bias_relu(runtime, key, g, d, c, in, weight, bias, residual, out, cudnn_workspace, act)) return;
   const float one = 1.f, zero = 0.f;  // float scaling factors: the compute type is float
   CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, in, d.w, weight, d.conv,
-                                            static_cast<cudnnConvolutionFwdAlgo_t>(c.algo),
-                                            c.workspace_bytes ? workspace : nullptr, c.workspace_bytes, &zero, d.y, out));
+                                            static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), cudnn_workspace,
+                                            c.workspace_bytes, &zero, d.y, out));
   if (bias || residual || act.kind != FusedActivation::kNone)
     conv2d_epilogue_nhwc(out, bias, residual, int64_t(g.n) * g.oh * g.ow, g.k, act, runtime.stream());
 }
@@ -435,7 +469,7 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
                     const float* residual) {
   CAMRT_CHECK(!residual || residual != out, "cuda::conv2d_forward: the residual must not alias the output");
   const Geometry g = geometry_of(s);
-  const std::string key = algo_key(g, ConvDirection::kForward, runtime.precision());
+  const std::string key = algo_key(g, ConvDirection::kForward, runtime);
   const Choice c = choose(runtime, g, ConvDirection::kForward, key);
   check_workspace(key, g, c, workspace, workspace_bytes);
   cudaStream_t stream = runtime.stream();
@@ -458,26 +492,7 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
   const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(c.algo);
   const float one = 1.f, zero = 0.f;
 
-  // Conv + bias (+ residual z, alpha2 = 1) + relu in one cuDNN call where it supports the combination (relu
-  // allows any algorithm; identity would force IMPLICIT_PRECOMP_GEMM, so bias-only convs take the epilogue
-  // kernel). Without a residual z is y with alpha2 = 0, as frameworks do. A combination cuDNN refuses
-  // (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued) is remembered per key and runs unfused below,
-  // where the same descriptors surface any genuine mistake.
-  if (act.kind == FusedActivation::kRelu && bias) {
-    const std::string unfused_key = key + (residual ? " residual" : "") + " unfused";
-    ConvAlgo unused;
-    if (!runtime.find_conv_algo(unfused_key, &unused)) {
-      d.add_bias_relu(g);
-      const cudnnStatus_t status = cudnnConvolutionBiasActivationForward(
-          handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace, c.workspace_bytes, residual ? &one : &zero,
-          d.y, residual ? residual : out, d.bias, bias, d.act, d.y, out);
-      if (status == CUDNN_STATUS_SUCCESS) return;
-      const int category = CUDNN_STATUS_CATEGORY(int(status));
-      CAMRT_CHECK(category == CUDNN_STATUS_NOT_SUPPORTED || category == CUDNN_STATUS_BAD_PARAM,
-                  "cuDNN: cudnnConvolutionBiasActivationForward failed for " << key << ": " << cudnnGetErrorString(status));
-      runtime.store_conv_algo(unfused_key, ConvAlgo{});
-    }
-  }
+  if (fused_bias_relu(runtime, key, g, d, c, x, weight, bias, residual, out, cudnn_workspace, act)) return;
   CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace,
                                             c.workspace_bytes, &zero, d.y, out));
   if (bias || residual || act.kind != FusedActivation::kNone) {
@@ -491,7 +506,7 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
 void conv2d_backward_data(float* dx, const float* dy, const float* weight, const Conv2dShape& s, void* workspace,
                           size_t workspace_bytes, CudaRuntime& runtime) {
   const Geometry g = geometry_of(s);
-  const std::string key = algo_key(g, ConvDirection::kBackwardData, runtime.precision());
+  const std::string key = algo_key(g, ConvDirection::kBackwardData, runtime);
   const Choice c = choose(runtime, g, ConvDirection::kBackwardData, key);
   check_workspace(key, g, c, workspace, workspace_bytes);
   cudaStream_t stream = runtime.stream();

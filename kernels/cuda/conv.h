@@ -45,8 +45,9 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
 // plan time). Throws if cuDNN offers no deterministic algorithm for it.
 size_t conv2d_forward_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, bool half);
 
-// out = act(conv(in, weight) + bias + residual): cuDNN writes the convolution (rounded to half in the half
-// overload), then the epilogue kernel. Asynchronous on runtime.stream().
+// out = act(conv(in, weight) + bias + residual): with a bias and ReLU one cuDNN call where cuDNN takes the
+// combination (rounded to half once in the half overload); otherwise cuDNN writes the convolution (rounded to
+// half in the half overload), then the epilogue kernel. Asynchronous on runtime.stream().
 void conv2d_forward_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
                          const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
                          CudaRuntime& runtime, const uint16_t* residual = nullptr);

@@ -68,9 +68,12 @@ class CudaRuntime {
   void set_precision(Precision precision) { precision_ = precision; }
   // How much slower than the fastest (by cuDNN's Find timings) a convolution algorithm may be and still be picked
   // for a smaller workspace: 0.10 by default (memory planned up front is worth a few percent), 0: the fastest.
-  // Set it before planning: the cached choices keep the slack they were made with.
+  // Part of the algorithm cache's key, like the precision: set it before planning the plans it should apply to.
   float algo_slack() const { return algo_slack_; }
-  void set_algo_slack(float slack) { algo_slack_ = slack; }
+  void set_algo_slack(float slack) {
+    CAMRT_CHECK(slack >= 0.f && slack <= 100.f, "CudaRuntime::set_algo_slack: " << slack << " is not a fraction in [0, 100]");
+    algo_slack_ = slack;
+  }
   // Waits for all work on the stream; throws with the CUDA error of any failed kernel.
   void synchronize() const;
 

@@ -74,6 +74,9 @@ int run_soak(const Args& args, const std::string& path, const std::string& name,
   CAMRT_CHECK(!options.methods.empty(), "--method: expected CAM methods");
   for (const auto& method : options.methods)
     CAMRT_CHECK(is_cam_method(method), "--soak --method '" << method << "': expected CAM methods (a soak explains)");
+  options.channels_last = parse_channels_last(args.get("channels-last"));
+  // A Session picks its convolution algorithms with the runtime's default slack.
+  CAMRT_CHECK(std::stod(args.get("algo-slack")) == 10.0, "--algo-slack applies to the scenarios, not to --soak");
   const double max_growth_pct = std::stod(args.get("max-rss-growth"));
   const int threads = static_cast<int>(args.get_int("threads"));
 
@@ -125,6 +128,7 @@ int run_soak(const Args& args, const std::string& path, const std::string& name,
                         {"scenario", "soak"},
                         {"method", methods},
                         {"batch", batch},
+                        {"channels_last", args.get("channels-last")},
                         {"iterations", iterations},
                         {"warmup", warmup},
                         {"rss_mib_start", mib(rss_start)},
