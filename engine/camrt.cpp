@@ -66,46 +66,54 @@ Session::~Session() = default;
 const Model& Session::model() const { return *model_; }
 const Graph& Session::graph() const { return *graph_; }
 
-Tensor Session::predict_unlocked(const float* input) {
+const Tensor& Session::predict_unlocked(const float* input) {
   predictor_->set_input(input_name_, input);
   predictor_->forward();
   const int out = predict_graph_->output_ids()[0];
-  if (predictor_->device() == Device::CPU) return predictor_->value(out);
-  const Tensor device_view = predictor_->value(out);
-  if (logits_.shape != device_view.shape) logits_ = HostTensor(device_view.dtype, device_view.shape);
+  const Tensor& device_view = predictor_->value(out);
+  if (predictor_->device() == Device::CPU) return device_view;
+  if (logits_.shape != device_view.shape || logits_.dtype != device_view.dtype) {
+    logits_ = HostTensor(device_view.dtype, device_view.shape);
+    logits_view_ = logits_.view();
+  }
   predictor_->fetch(out, logits_.bytes.data());
-  return logits_.view();
+  return logits_view_;
 }
 
-Tensor Session::predict(const float* input) {
-  return locked("predicting", [&] { return predict_unlocked(input); });
+const Tensor& Session::predict(const float* input) {
+  return locked("predicting", [&]() -> const Tensor& { return predict_unlocked(input); });
 }
 
 HostTensor Session::predict_copy(const float* input) {
   return locked("predicting", [&] {
-    const Tensor view = predict_unlocked(input);
+    const Tensor& view = predict_unlocked(input);
     HostTensor out(view.dtype, view.shape);
     if (!out.bytes.empty()) std::memcpy(out.bytes.data(), view.data, out.bytes.size());
     return out;
   });
 }
 
-Explanation Session::run_explainer(const float* input) {
+void Session::run_explainer(const float* input, Explanation& out) {
   CAMRT_CHECK(explainer_, "Session: no CAM methods were given in the options");
   if (input != input_.f32()) std::memcpy(input_.bytes.data(), input, input_.bytes.size());
-  return explainer_->run(input_);
+  explainer_->run(input_, out);
 }
 
 // explanation_ is replaced only by a complete result: after a failed call it still holds the previous one.
 const Explanation& Session::explain(const float* input) {
   return locked("explaining", [&]() -> const Explanation& {
-    explanation_ = run_explainer(input);
+    run_explainer(input, next_explanation_);
+    std::swap(explanation_, next_explanation_);
     return explanation_;
   });
 }
 
 Explanation Session::explain_copy(const float* input) {
-  return locked("explaining", [&] { return run_explainer(input); });
+  return locked("explaining", [&] {
+    Explanation out;
+    run_explainer(input, out);
+    return out;
+  });
 }
 
 void Session::load_images(const std::vector<std::string>& paths) {
@@ -123,7 +131,8 @@ void Session::load_images(const std::vector<std::string>& paths) {
 const Explanation& Session::explain_images(const std::vector<std::string>& paths) {
   return locked("explaining images", [&]() -> const Explanation& {
     load_images(paths);
-    explanation_ = run_explainer(input_.f32());
+    run_explainer(input_.f32(), next_explanation_);
+    std::swap(explanation_, next_explanation_);
     return explanation_;
   });
 }
@@ -131,7 +140,9 @@ const Explanation& Session::explain_images(const std::vector<std::string>& paths
 Explanation Session::explain_images_copy(const std::vector<std::string>& paths) {
   return locked("explaining images", [&] {
     load_images(paths);
-    return run_explainer(input_.f32());
+    Explanation out;
+    run_explainer(input_.f32(), out);
+    return out;
   });
 }
 

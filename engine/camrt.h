@@ -45,8 +45,9 @@ class Session {
   const Shape& input_shape() const { return input_shape_; }
 
   // Logits (batch, classes) for a preprocessed float NCHW buffer of batch*C*H*W floats. The view stays valid
-  // until the next call on this session.
-  Tensor predict(const float* input);
+  // until the next call on this session. In the steady state predict() and explain() allocate nothing, on the
+  // host or the device (tests/steady_state_allocations.cpp counts).
+  const Tensor& predict(const float* input);
   // Every method of the session's options on a preprocessed buffer; the result is owned by the session and
   // valid until the next call.
   const Explanation& explain(const float* input);
@@ -66,8 +67,9 @@ class Session {
   // Runs fn under the lock; std::bad_alloc / std::length_error become camrt::Error naming `action` and the model.
   template <typename Fn>
   auto locked(const char* action, Fn&& fn) -> decltype(fn());
-  Tensor predict_unlocked(const float* input);
-  Explanation run_explainer(const float* input);
+  const Tensor& predict_unlocked(const float* input);
+  // Explains input into out (reusing its storage).
+  void run_explainer(const float* input, Explanation& out);
   void load_images(const std::vector<std::string>& paths);
 
   std::string model_json_;  // as given: error messages name it
@@ -83,8 +85,11 @@ class Session {
   Shape input_shape_;
   std::string input_name_;
   HostTensor input_;
-  HostTensor logits_;  // predict()'s host copy on the GPU
-  Explanation explanation_;
+  HostTensor logits_;   // predict()'s host copy on the GPU
+  Tensor logits_view_;  // and its view
+  // explain()'s result, and the one the next call fills: swapped in only once complete, so a failed call leaves
+  // the previous result in place; after two calls both hold their tensors and a call allocates nothing.
+  Explanation explanation_, next_explanation_;
 };
 
 }  // namespace camrt

@@ -491,7 +491,7 @@ Executor::Executor(const Graph& graph, const std::map<std::string, Shape>& input
 Executor::~Executor() = default;
 
 void Executor::set_input(const std::string& name, const HostTensor& data) {
-  Tensor view = input(name);
+  const Tensor& view = input(name);
   CAMRT_CHECK(data.shape == view.shape && data.dtype == view.dtype,
               graph_.source_name() << ": input '" << name << "' planned as " << dtype_name(view.dtype) << " "
                                    << shape_str(view.shape) << ", got " << dtype_name(data.dtype) << " "
@@ -500,7 +500,7 @@ void Executor::set_input(const std::string& name, const HostTensor& data) {
 }
 
 void Executor::set_input(const std::string& name, const void* host_data) {
-  Tensor view = input(name);
+  const Tensor& view = input(name);
   const size_t bytes = view.nbytes();
   if (context_.device == Device::CPU) {
     std::memcpy(view.data, host_data, bytes);
@@ -513,7 +513,7 @@ void Executor::set_input(const std::string& name, const void* host_data) {
 }
 
 void Executor::fetch(int value_id, void* host, bool gradient) const {
-  const Tensor view = gradient ? gradient_views_.at(static_cast<size_t>(value_id)) : value(value_id);
+  const Tensor& view = gradient ? gradient_views_.at(static_cast<size_t>(value_id)) : value(value_id);
   CAMRT_CHECK(!gradient || view.data, graph_.source_name() << ": no gradient planned for '" << graph_.values()[value_id].name << "'");
   const size_t bytes = view.nbytes();
   if (context_.device == Device::CPU) {
@@ -529,13 +529,13 @@ void Executor::fetch(int value_id, void* host, bool gradient) const {
 }
 
 HostTensor Executor::fetch(int value_id) const {
-  const Tensor view = value(value_id);
+  const Tensor& view = value(value_id);
   HostTensor out(view.dtype, view.shape);
   if (!out.bytes.empty()) fetch(value_id, out.bytes.data());
   return out;
 }
 
-Tensor Executor::input(const std::string& name) {
+const Tensor& Executor::input(const std::string& name) {
   const int id = graph_.find_value(name);
   CAMRT_CHECK(id >= 0 && std::find(input_ids_.begin(), input_ids_.end(), id) != input_ids_.end(),
               graph_.source_name() << ": '" << name << "' is not an input of this plan");
@@ -574,8 +574,13 @@ void Executor::run_maybe_captured(Replay& replay, Steps steps) {
   try {
     steps();
     captured = replay.graph->end_capture();
+    if (!captured) capture_failure_ = replay.graph->failure();
+  } catch (const std::exception& e) {
+    replay.graph->end_capture();
+    capture_failure_ = e.what();
   } catch (...) {
     replay.graph->end_capture();
+    capture_failure_ = "a non-standard exception";
   }
   if (captured) {
     replay.graph->launch();
@@ -652,7 +657,7 @@ void Executor::backward(const float* seed, bool guided) {
   backward_from_seed(guided);
 }
 
-Tensor Executor::seed_buffer() const {
+const Tensor& Executor::seed_buffer() const {
   CAMRT_CHECK(seed_value_ >= 0, graph_.source_name() << ": this plan has no backward pass (no grad_targets)");
   return gradient_views_[seed_value_];
 }
@@ -697,16 +702,16 @@ void Executor::run_backward_steps() {
   }
 }
 
-Tensor Executor::value(const std::string& tensor_name) const { return value(resolve(tensor_name)); }
+const Tensor& Executor::value(const std::string& tensor_name) const { return value(resolve(tensor_name)); }
 
-Tensor Executor::value(int value_id) const {
+const Tensor& Executor::value(int value_id) const {
   CAMRT_CHECK(value_id >= 0 && value_id < static_cast<int>(readable_after_.size()), "value id " << value_id << " out of range");
   CAMRT_CHECK(readable_after_[value_id], graph_.source_name() << ": tensor '" << graph_.values()[value_id].name
                                                               << "' is not kept after the forward pass (add it to PlanOptions::keep)");
   return views_[value_id];
 }
 
-Tensor Executor::gradient(const std::string& tensor_name) const {
+const Tensor& Executor::gradient(const std::string& tensor_name) const {
   const int id = resolve(tensor_name);
   CAMRT_CHECK(std::find(grad_target_ids_.begin(), grad_target_ids_.end(), id) != grad_target_ids_.end(),
               graph_.source_name() << ": '" << tensor_name << "' is not a gradient target of this plan");

@@ -103,7 +103,7 @@ class Executor {
   void set_input(const std::string& name, const HostTensor& data);
   void set_input(const std::string& name, const void* host_data);
   // A writable view of an input's buffer, to fill in place (device memory in a GPU plan).
-  Tensor input(const std::string& name);
+  const Tensor& input(const std::string& name);
   // Runs the planned nodes in order (CPU workers, or queued on the GPU stream without waiting).
   void forward();
   // Runs the backward pass after forward(): seed (shape of graph output 0, dim 0 times seeds_per_backward()) is
@@ -114,18 +114,21 @@ class Executor {
   void backward(const float* seed, bool guided = false);
   // The seed's buffer (on the plan's device), to be written in place, e.g. by a kernel reading the logits; then
   // backward_from_seed() runs the pass on it without a host copy (so a caller can capture the whole thing).
-  Tensor seed_buffer() const;
+  const Tensor& seed_buffer() const;
   void backward_from_seed(bool guided = false);
+  // Why capturing this plan in a CUDA graph failed, if it did (the plan then keeps running eagerly, correct but
+  // with a launch per kernel); empty otherwise.
+  const std::string& capture_failure() const { return capture_failure_; }
   // A view of a value after forward(): inputs, graph outputs, constants and kept values. In a GPU plan the
   // view's data is device memory (Tensor::device says so); fetch() copies to the host.
-  Tensor value(const std::string& tensor_name) const;
-  Tensor value(int value_id) const;
+  const Tensor& value(const std::string& tensor_name) const;
+  const Tensor& value(int value_id) const;
   // Copies a readable value (or, with gradient = true, a grad target's gradient) to host memory of its size;
   // waits for the GPU.
   void fetch(int value_id, void* host, bool gradient = false) const;
   HostTensor fetch(int value_id) const;
   // The gradient of a grad target after backward().
-  Tensor gradient(const std::string& tensor_name) const;
+  const Tensor& gradient(const std::string& tensor_name) const;
   bool is_readable_after_forward(int value_id) const;
   // Value id for a tensor or node name (node: its first output); throws naming the graph if neither.
   int resolve(const std::string& tensor_or_node_name) const;
@@ -181,6 +184,7 @@ class Executor {
     int64_t runs = 0;
     bool failed = false;
   };
+  std::string capture_failure_;
   bool use_graphs_ = false;
   Replay replays_[3];
   void run_forward_steps();

@@ -306,7 +306,10 @@ TEST_CASE("fault injection: every allocation of an explain call fails in turn; t
     REQUIRE(reference.results.size() == camrt::cam_method_names().size());
     const int64_t n = fail_each_explain_allocation(session, x, reference, "explain (every method)");
     MESSAGE("explain, every method: failed each of " << n << " allocations of one call");
-    CHECK(n == count_allocations([&] { session.explain(x.data()); }));
+    CHECK(n > 0);
+    // Each failure above left the result being filled half made; once both of the session's result buffers hold
+    // their tensors a call allocates nothing at all (tests/steady_state_allocations.cpp counts that too).
+    CHECK(count_allocations([&] { session.explain(x.data()); }) == 0);
   }
   SUBCASE("aug-smooth and eigen-smooth, tiny model") {
     camrt::ExplainOptions options;

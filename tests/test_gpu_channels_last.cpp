@@ -49,7 +49,11 @@ std::vector<float> random_float(int64_t n, uint32_t seed) {
 
 double max_abs_diff(const float* a, const float* b, int64_t n) {
   double d = 0;
-  for (int64_t i = 0; i < n; ++i) d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
+  for (int64_t i = 0; i < n; ++i) {
+    const double e = std::fabs(double(a[i]) - double(b[i]));
+    d = std::isnan(e) ? INFINITY : std::max(d, e);  // a NaN on one side only fails every bound
+    if (std::isinf(d)) break;
+  }
   return d;
 }
 
@@ -372,8 +376,13 @@ TEST_CASE("gpu half: a Session's predictor shares the explainer's weights on the
     const double err = max_abs_diff(logits.f32(), want.f32(), want.numel()) / scale;
     std::cout << "gpu session " << precision_name(precision) << ": logits vs CPU " << err << " of the largest\n";
     CHECK(err < (precision == Precision::FP32 ? 1e-4 : 1e-2));  // fp32: accumulation order; fp16: test_channels_last
+    // The explainer's forward agrees with its own logits' argmax (at fp16 its plan keeps the layers after the
+    // explained one float32 for their backward, so its logits may differ from the predictor's by fp16 rounding
+    // and, on random noise, a close top-2 may swap: compare each with its own).
     int64_t best = 0;
-    for (int64_t c = 1; c < logits.numel(); ++c) best = logits.f32()[c] > logits.f32()[best] ? c : best;
-    CHECK(e.classes.at(0).at(0) == best);  // the explainer's forward agrees with the predictor's
+    for (int64_t c = 1; c < e.logits.numel(); ++c) best = e.logits.f32()[c] > e.logits.f32()[best] ? c : best;
+    CHECK(e.classes.at(0).at(0) == best);
+    const double explain_err = max_abs_diff(e.logits.f32(), want.f32(), want.numel()) / scale;
+    CHECK(explain_err < (precision == Precision::FP32 ? 1e-4 : 1e-2));
   }
 }

@@ -65,6 +65,10 @@ def main():
         e2e = "  end-to-end %9.3f ms" % r["end_to_end_ms"] if "end_to_end_ms" in r else ""
         print("%13s b%-3d %-40s %9.3f ms  peak %8.1f MiB%s" % (r["model"], r["batch"], name, r["median_ms"],
                                                               r.get("peak_mib", 0), e2e))
+        if r.get("capture_failure"):  # ran eagerly: a launch per kernel
+            print("%13s      CUDA graph capture failed: %s" % ("", r["capture_failure"]))
+        if r.get("allocations_in_timed_loop"):
+            print("%13s      %d device/pinned allocations in the timed loop" % ("", r["allocations_in_timed_loop"]))
     default = {}
     for r in rows:
         if variant(r) == "":

@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <string_view>
 
 #include "kernels/cpu/cam.h"
 #if CAMRT_WITH_CUDA
@@ -21,6 +22,22 @@ namespace camrt {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using Timings = std::map<std::string, double, std::less<>>;
+
+// timings[stage] += ms without making a string once the stage is there. A stage left NaN by begin_timings from an
+// earlier call starts again at 0 (end_timings drops the ones this call did not reach).
+void add_time(Timings& timings, std::string_view stage, double ms) {
+  auto it = timings.find(stage);
+  if (it == timings.end()) it = timings.emplace(std::string(stage), 0.0).first;
+  if (std::isnan(it->second)) it->second = 0.0;
+  it->second += ms;
+}
+void begin_timings(Timings& timings) {
+  for (auto& stage : timings) stage.second = std::nan("");
+}
+void end_timings(Timings& timings) {
+  for (auto it = timings.begin(); it != timings.end();) it = std::isnan(it->second) ? timings.erase(it) : std::next(it);
+}
 
 // Aug-smooth's variants (spec post-processing step 5): horizontal flip x brightness factor.
 constexpr int64_t kAugSmoothVariants = 6;
@@ -163,6 +180,12 @@ struct CamKernels {
 
   void grad_cam(float* cam, const float* A, const float* G, int64_t B, int64_t K, int64_t h, int64_t w, GradCamVariant v,
                 [[maybe_unused]] void* scratch, [[maybe_unused]] size_t scratch_bytes) const {
+    if (!gpu() && grad_cam_has_channel_weights(v)) {  // the two-call form, weights in the scratch: no allocation
+      float* weights = static_cast<float*>(scratch);
+      grad_cam_channel_weights(weights, A, G, B, K, h, w, v, *pool);
+      weighted_channel_sum(cam, weights, A, B, K, h, w, *pool);
+      return;
+    }
     CAMRT_CAM_DISPATCH(grad_cam_forward(cam, A, G, B, K, h, w, v, *pool),
                        grad_cam_forward(cam, A, G, B, K, h, w, v, scratch, scratch_bytes, stream()));
   }
@@ -210,8 +233,7 @@ struct CamKernels {
 #if CAMRT_WITH_CUDA
     if (gpu()) return cuda::grad_cam_scratch_bytes(B, K, v);
 #endif
-    (void)B, (void)K, (void)v;
-    return 0;
+    return grad_cam_has_channel_weights(v) ? static_cast<size_t>(B * K) * sizeof(float) : 0;  // the weights
   }
   void cam(float* out, const float* fc, const int64_t* classes, const float* A, int64_t B, int64_t K, int64_t h,
            int64_t w, int64_t num_classes) const {
@@ -357,15 +379,17 @@ struct Explainer::Impl {
 
   // Working buffers on the plan's device, by name: allocated on first use, reused by every later call of the
   // same shapes (the steady state allocates nothing).
-  std::map<std::string, Arena> buffers;
+  std::map<std::string, Arena, std::less<>> buffers;
   template <typename T = float>
-  T* buffer(const std::string& name, int64_t count) {
+  T* buffer(std::string_view name, int64_t count) {
     const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
-    Arena& arena = buffers[name];
+    auto it = buffers.find(name);
+    if (it == buffers.end()) it = buffers.emplace(std::string(name), Arena()).first;
+    Arena& arena = it->second;
     // A failed allocation leaves the old (smaller or empty) arena in place: the next call tries again.
     if (arena.bytes() < bytes) {
       try {
-        arena = Arena(bytes, k.device, k.cuda, name.c_str());
+        arena = Arena(bytes, k.device, k.cuda, it->first.c_str());
       } catch (const Error& e) {
         throw Error(graph.source_name() + ": " + e.what(), e.file(), e.line(), e.expression().c_str());
       }
@@ -373,9 +397,11 @@ struct Explainer::Impl {
     return reinterpret_cast<T*>(arena.data());
   }
   // Host-side buffers (logits of chunks, scores, weights computed on the host), reused the same way.
-  std::map<std::string, std::vector<float>> host_buffers;
-  std::vector<float>& host_buffer(const std::string& name, int64_t count) {
-    auto& v = host_buffers[name];
+  std::map<std::string, std::vector<float>, std::less<>> host_buffers;
+  std::vector<float>& host_buffer(std::string_view name, int64_t count) {
+    auto it = host_buffers.find(name);
+    if (it == host_buffers.end()) it = host_buffers.emplace(std::string(name), std::vector<float>()).first;
+    auto& v = it->second;
     if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
     return v;
   }
@@ -574,7 +600,7 @@ struct Explainer::Impl {
     float* masks = buffer("score masks", K * height * width);
     float* scores = buffer("scores", batch * K);
     const int64_t chunk = score->descs()[score->input_ids()[0]].shape[0];
-    Tensor in = score->input(input_name);
+    const Tensor& in = score->input(input_name);
     const float* outputs = score->value(graph.output_ids()[0]).f32();
     for (int64_t b = 0; b < batch; ++b) {
       k.masks(masks, A + b * K * h * w, 1, K, h, w, height, width);
@@ -610,7 +636,7 @@ struct Explainer::Impl {
     k.ablation_min_values(values, A, batch, K, h, w);
     const int out_id = graph.output_ids()[0];
     score_rows(y, main->value(out_id).f32(), batch, cls, cls_host, 1, false);  // the clean input's scores
-    Tensor in = tail.input(layer_tensors[layer]);
+    const Tensor& in = tail.input(layer_tensors[layer]);
     const float* outputs = tail.value(out_id).f32();
     const int64_t per_copy = K * h * w;
     for (int64_t b = 0; b < batch; ++b) {
@@ -642,20 +668,27 @@ struct Explainer::Impl {
   std::unique_ptr<StreamGraph> pass_graph;
   int64_t pass_runs = 0;
   bool pass_failed = false;
+  std::string capture_failure;  // why, if it did
 
   // Adds the time since t0 to a stage, waiting for the device first; inside a capture nothing runs yet, so
   // stages are not timed there (a replayed pass is timed as "pass").
-  void lap(std::map<std::string, double>& timings, const char* stage, Clock::time_point& t0) {
+  void lap(Timings& timings, const char* stage, Clock::time_point& t0) {
     if (capturing) return;
     k.wait();
-    timings[stage] += ms_since(t0);
+    add_time(timings, stage, ms_since(t0));
     t0 = Clock::now();
   }
 
   int64_t* classes_buffer() { return buffer<int64_t>("classes", target_count * batch); }
-  float* final_buffer(const std::string& method, size_t t) {
-    const bool with_channels = method == "guided-backprop" || method == "guided-gradcam";
-    return buffer("final " + method + " " + std::to_string(t), batch * (with_channels ? channels : 1) * height * width);
+  // The maps of method m (index in options.methods) for target t; named at plan time (final_names[m][t]).
+  std::vector<std::vector<std::string>> final_names;
+  // Per layer (sized at plan time): its activation in the main plan, and, rewritten for every target, its
+  // gradient and Smooth Grad-CAM++'s moments.
+  std::vector<const float*> layer_activations, layer_gradients;
+  std::vector<std::array<float*, 3>> smooth_moment_pointers;
+  static bool with_channels(const std::string& method) { return method == "guided-backprop" || method == "guided-gradcam"; }
+  float* final_buffer(size_t m, size_t t) {
+    return buffer(final_names[m][t], batch * (with_channels(options.methods[m]) ? channels : 1) * height * width);
   }
 
   // The main plan's forward pass and the targets in classes_buffer(): ranked from the logits on the device, or
@@ -678,7 +711,7 @@ struct Explainer::Impl {
   // already in classes_buffer() (aug-smooth variants explain the clean input's targets); else they are ranked
   // from the logits, or set from the rule. Everything is queued on the plan's device; with host_decisions false
   // nothing here waits for it, so run_pass can capture it.
-  void enqueue_pass(bool given_targets, std::map<std::string, double>& timings) {
+  void enqueue_pass(bool given_targets, Timings& timings) {
     const size_t T = static_cast<size_t>(target_count), L = layer_ids.size();
     const int out_id = graph.output_ids()[0];
     auto t0 = Clock::now();
@@ -695,12 +728,12 @@ struct Explainer::Impl {
     }
     // The input and the activations stay in the main plan's arena (kept) until the next call.
     const float* x_device = main->input(input_name).f32();
-    std::vector<const float*> A(L);
+    std::vector<const float*>& A = layer_activations;  // sized L at plan time
     for (size_t l = 0; l < L; ++l) A[l] = main->value(layer_ids[l]).f32();
 
     // Guided Backprop: one forward of its own plan on the same input (its ReLUs' backward differs, not its forward).
     if (any_guided) {
-      Tensor guided_input = guided->input(input_name);
+      const Tensor& guided_input = guided->input(input_name);
       k.copy(guided_input.data, x_device, guided_input.nbytes());
       guided->forward();
       lap(timings, "guided-backprop", t0);
@@ -730,25 +763,27 @@ struct Explainer::Impl {
       }
       for (size_t t = g0; t < g0 + in_group; ++t) {
         const int64_t seed = static_cast<int64_t>(t - g0);  // the target's slice of the group's gradients
-        std::vector<const float*> G(L, nullptr);
+        std::vector<const float*>& G = layer_gradients;  // sized L at plan time
         if (any_gradient)
           for (size_t l = 0; l < L; ++l) G[l] = main->gradient(layer_tensors[l]).f32() + seed * checked_numel(layer_shapes[l]);
         // Smooth Grad-CAM++: noisy copies through forward + backward, means of G, G^2, G^3 per layer.
-        std::vector<std::array<float*, 3>> moments(L, std::array<float*, 3>{nullptr, nullptr, nullptr});
+        std::vector<std::array<float*, 3>>& moments = smooth_moment_pointers;  // sized L at plan time
         if (smooth) {
           smooth_moments(x_device, targets + t * batch, host_decisions ? &host_targets[t] : nullptr, moments);
           lap(timings, "smooth-gradcampp", t0);
         }
         const int64_t image_numel = batch * channels * height * width;
         const float* guided_grad = any_guided ? guided->gradient(input_name).f32() + seed * image_numel : nullptr;
-        for (const std::string& method : options.methods) {
-          float* out = final_buffer(method, t);
+        for (size_t m = 0; m < options.methods.size(); ++m) {
+          const std::string& method = options.methods[m];
+          float* out = final_buffer(m, t);
           if (method == "guided-backprop") {
             k.copy(out, guided_grad, static_cast<size_t>(image_numel) * sizeof(float));
             lap(timings, "guided-backprop", t0);
             continue;
           }
-          const std::string map_method = method == "guided-gradcam" ? "gradcam" : method;
+          static const std::string kGradcam = "gradcam";
+          const std::string& map_method = method == "guided-gradcam" ? kGradcam : method;
           const int64_t plane = batch * height * width;
           float* per_layer = buffer("per layer", static_cast<int64_t>(L) * plane);
           for (size_t l = 0; l < L; ++l) {
@@ -773,7 +808,7 @@ struct Explainer::Impl {
 
   // Runs enqueue_pass: eagerly, or (capture_pass) eagerly on the first call (cuDNN/cuBLAS set-up and every
   // working buffer allocated), captured into one CUDA graph on the second, replayed from then on.
-  void run_pass(bool given_targets, std::map<std::string, double>& timings) {
+  void run_pass(bool given_targets, Timings& timings) {
     if (!capture_pass || pass_failed) return enqueue_pass(given_targets, timings);
     const auto t0 = Clock::now();
     if (!pass_graph && pass_runs == 0) {  // counted once it succeeded: a failed first call is first again
@@ -790,9 +825,15 @@ struct Explainer::Impl {
         enqueue_pass(given_targets, timings);
         capturing = false;
         captured = pass_graph->end_capture();
-      } catch (...) {  // a call the capture refused, or a real error: the eager pass below tells which
+        if (!captured) capture_failure = pass_graph->failure();
+      } catch (const std::exception& e) {  // a call the capture refused, or a real error: the eager pass tells which
         capturing = false;
         pass_graph->end_capture();
+        capture_failure = e.what();
+      } catch (...) {
+        capturing = false;
+        pass_graph->end_capture();
+        capture_failure = "a non-standard exception";
       }
       if (!captured) {  // eager from now on (a real error throws again there)
         pass_graph.reset();
@@ -802,17 +843,29 @@ struct Explainer::Impl {
     }
     pass_graph->launch();
     k.wait();
-    timings["pass"] += ms_since(t0);
+    add_time(timings, "pass", ms_since(t0));
   }
 
-  // The last pass's logits and targets (T, B), copied back.
+  // The last pass's logits and targets (T, B), copied back into result's tensors and vectors (reused where they
+  // fit already).
+  std::vector<int64_t> host_classes;  // (T * B) staging
+  // Aug-smooth's host scratch, reused by every call: the pass's input (P*B images), its classes, each method's maps.
+  HostTensor aug_input;
+  std::vector<HostTensor> aug_pass;
+  std::vector<int64_t> aug_classes;
+  Shape aug_shape;
   void collect_targets(Explanation& result) {
     const size_t T = static_cast<size_t>(target_count);
-    result.logits = main->fetch(graph.output_ids()[0]);
-    std::vector<int64_t> flat(T * static_cast<size_t>(batch));
-    k.download(flat.data(), classes_buffer(), flat.size() * sizeof(int64_t));
-    result.classes.assign(T, {});
-    for (size_t t = 0; t < T; ++t) result.classes[t].assign(flat.begin() + t * batch, flat.begin() + (t + 1) * batch);
+    const int out_id = graph.output_ids()[0];
+    const Tensor& logits = main->value(out_id);
+    if (result.logits.shape != logits.shape || result.logits.dtype != logits.dtype)
+      result.logits = HostTensor(logits.dtype, logits.shape);
+    main->fetch(out_id, result.logits.bytes.data());
+    host_classes.resize(T * static_cast<size_t>(batch));
+    k.download(host_classes.data(), classes_buffer(), host_classes.size() * sizeof(int64_t));
+    result.classes.resize(T);
+    for (size_t t = 0; t < T; ++t)
+      result.classes[t].assign(host_classes.begin() + t * batch, host_classes.begin() + (t + 1) * batch);
   }
 
   // Ablation-CAM divides by the clean score y. The CPU twin of the weights throws where y == 0; the device kernel
@@ -827,14 +880,21 @@ struct Explainer::Impl {
                                                                           << " is exactly 0, so (y - y_k) / y is undefined");
   }
 
-  // The last pass's maps of one method, copied back into one tensor (T, B, H, W) or (T, B, C, H, W).
-  HostTensor collect_maps(const std::string& method) {
+  // The last pass's maps of method m, copied back into maps (T, B, H, W) or (T, B, C, H, W), reused if it fits.
+  void collect_maps(size_t m, HostTensor& maps) {
     const int64_t T = target_count;
-    const bool with_channels = method == "guided-backprop" || method == "guided-gradcam";
-    HostTensor maps(DType::F32, with_channels ? Shape{T, batch, channels, height, width} : Shape{T, batch, height, width});
+    const bool channel_maps = with_channels(options.methods[m]);
+    const int64_t dims[] = {T, batch, channels, height, width};
+    const size_t rank = channel_maps ? 5 : 4;
+    bool fits = maps.dtype == DType::F32 && maps.shape.size() == rank;
+    for (size_t d = 0, src = 0; fits && d < rank; ++d, ++src) {
+      if (!channel_maps && src == 2) ++src;  // no channel dim
+      fits = maps.shape[d] == dims[src];
+    }
+    if (!fits)
+      maps = HostTensor(DType::F32, channel_maps ? Shape{T, batch, channels, height, width} : Shape{T, batch, height, width});
     const size_t bytes = maps.bytes.size() / static_cast<size_t>(T);
-    for (int64_t t = 0; t < T; ++t) k.download(maps.bytes.data() + t * bytes, final_buffer(method, static_cast<size_t>(t)), bytes);
-    return maps;
+    for (int64_t t = 0; t < T; ++t) k.download(maps.bytes.data() + t * bytes, final_buffer(m, static_cast<size_t>(t)), bytes);
   }
 
   // Smooth Grad-CAM++'s moments for one target: cls_device its classes (B) on the device, cls the same on the host
@@ -883,7 +943,7 @@ struct Explainer::Impl {
         smooth->backward(seeds.data());
       }
       for (size_t l = 0; l < L; ++l) {
-        const Tensor g = smooth->gradient(layer_tensors[l]);
+        const Tensor& g = smooth->gradient(layer_tensors[l]);
         const int64_t per_copy = g.numel() / S;
         for (int64_t s = 0; s < count; ++s)
           k.smooth_accumulate(d[l][0], d[l][1], d[l][2], g.f32() + s * per_copy, per_copy);
@@ -1078,6 +1138,12 @@ void Explainer::Impl::plan(int64_t batch, const ExplainOptions& requested, const
                 "--target similarity needs a float32 concept vector with " << m.out_per_image << " values (the embedding size)");
   }
   CAMRT_CHECK(!options.scorecam_paper || (!region && !similarity), "--scorecam paper needs a classification output");
+  m.layer_activations.assign(m.layer_ids.size(), nullptr);
+  m.layer_gradients.assign(m.layer_ids.size(), nullptr);
+  m.smooth_moment_pointers.assign(m.layer_ids.size(), std::array<float*, 3>{nullptr, nullptr, nullptr});
+  m.final_names.assign(options.methods.size(), {});
+  for (size_t i = 0; i < options.methods.size(); ++i)
+    for (int64_t t = 0; t < m.target_count; ++t) m.final_names[i].push_back("final " + options.methods[i] + " " + std::to_string(t));
   PlanOptions guided_options = plan_options();
   guided_options.grad_targets = {m.input_name};
   if (m.any_guided) m.guided = backward_plan(guided_options);
@@ -1159,9 +1225,19 @@ Explainer::~Explainer() = default;
 
 const PlanStats& Explainer::main_plan_stats() const { return impl_->main->stats(); }
 
+std::string Explainer::capture_failure() const {
+  return impl_->capture_pass ? impl_->capture_failure : impl_->main->capture_failure();
+}
+
 Explanation Explainer::run(const HostTensor& input) {
+  Explanation out;
+  run(input, out);
+  return out;
+}
+
+void Explainer::run(const HostTensor& input, Explanation& out) {
   try {
-    return run_unguarded(input);
+    run_unguarded(input, out);
   } catch (const std::bad_alloc&) {
     CAMRT_FAIL(impl_->graph.source_name() << ": out of memory while explaining");
   } catch (const std::length_error& e) {
@@ -1169,50 +1245,58 @@ Explanation Explainer::run(const HostTensor& input) {
   }
 }
 
-Explanation Explainer::run_unguarded(const HostTensor& input) {
+void Explainer::run_unguarded(const HostTensor& input, Explanation& result) {
   Impl& m = *impl_;
-  CAMRT_CHECK(input.dtype == DType::F32 && input.shape == (Shape{m.batch, m.channels, m.height, m.width}),
-              "explain input must be float32 " << shape_str({m.batch, m.channels, m.height, m.width}) << ", got "
-                                               << dtype_name(input.dtype) << " " << shape_str(input.shape));
-  Explanation result;
-  result.layers = layer_names_;
-  // Targets come from the clean input; aug-smooth variants explain the same classes.
+  const bool input_fits = input.dtype == DType::F32 && input.shape.size() == 4 && input.shape[0] == m.batch &&
+                          input.shape[1] == m.channels && input.shape[2] == m.height && input.shape[3] == m.width;
+  CAMRT_CHECK(input_fits, "explain input must be float32 " << shape_str({m.batch, m.channels, m.height, m.width})
+                                                           << ", got " << dtype_name(input.dtype) << " " << shape_str(input.shape));
+  if (result.layers != layer_names_) result.layers = layer_names_;
+  const size_t M = options_.methods.size();
+  if (result.results.size() != M) result.results.resize(M);
+  for (size_t i = 0; i < M; ++i)
+    if (result.results[i].method != options_.methods[i]) result.results[i].method = options_.methods[i];
+  begin_timings(result.timings_ms);
   // Host <-> device copies are timed apart ("upload", "download"), so a benchmark can compare the device work
   // with frameworks that time tensors already on the device.
   auto t0 = Clock::now();
   m.main->set_input(m.input_name, input);
   m.k.wait();
-  result.timings_ms["upload"] += ms_since(t0);
+  add_time(result.timings_ms, "upload", ms_since(t0));
 
   if (!options_.aug_smooth) {
     m.run_pass(/*given_targets=*/false, result.timings_ms);
     m.check_ablation_scores();
     t0 = Clock::now();
     m.collect_targets(result);
-    for (const auto& method : options_.methods) result.results.push_back(MethodResult{method, m.collect_maps(method)});
-    result.timings_ms["download"] += ms_since(t0);
-    return result;
+    for (size_t i = 0; i < M; ++i) m.collect_maps(i, result.results[i].maps);
+    add_time(result.timings_ms, "download", ms_since(t0));
+    end_timings(result.timings_ms);
+    return;
   }
   // Targets come from the clean input; aug-smooth variants explain the same classes.
   t0 = Clock::now();
   m.forward_and_targets(/*given_targets=*/false);
   m.k.wait();
-  result.timings_ms["forward"] += ms_since(t0);
+  add_time(result.timings_ms, "forward", ms_since(t0));
   m.collect_targets(result);
   // Aug-smooth (spec step 5): horizontal flip x {0.9, 1.0, 1.1}; maps flipped back, averaged, not renormalized.
   // P variants per pass: one batch of the variant plans (variant p of a pass in rows [p*B, (p+1)*B)), or with P = 1
-  // one variant at a time through the main plans.
+  // one variant at a time through the main plans. The maps are summed into result's tensors.
   Impl& runner = m.variants ? *m.variants : m;
   const int64_t P = m.variants ? m.variants_per_pass : 1, B = m.batch, W = m.width;
   const int64_t image = input.numel() / B;
   auto flip_rows = [W](float* data, int64_t count) {  // reverses every row of W values
     for (int64_t r = 0; r < count / W; ++r) std::reverse(data + r * W, data + (r + 1) * W);
   };
-  HostTensor x(DType::F32, {P * B, m.channels, m.height, W});
-  std::vector<std::vector<int64_t>> targets(result.classes.size());
-  for (size_t t = 0; t < targets.size(); ++t)
-    for (int64_t p = 0; p < P; ++p) targets[t].insert(targets[t].end(), result.classes[t].begin(), result.classes[t].end());
-  std::map<std::string, HostTensor> sums;  // per method (T, B, ...)
+  HostTensor& x = m.aug_input;
+  if (x.numel() != P * B * image) x = HostTensor(DType::F32, {P * B, m.channels, m.height, W});
+  const size_t T = result.classes.size();
+  std::vector<int64_t>& flat = m.aug_classes;  // (T, P*B): each target's classes once per variant in the pass
+  flat.resize(T * static_cast<size_t>(P * B));
+  for (size_t t = 0; t < T; ++t)
+    for (int64_t p = 0; p < P; ++p)
+      std::copy(result.classes[t].begin(), result.classes[t].end(), flat.begin() + (t * P + p) * B);
   for (int64_t v0 = 0; v0 < kAugSmoothVariants; v0 += P) {  // P divides the variant count (see the constructor)
     for (int64_t p = 0; p < P; ++p) {
       float* rows = x.f32() + p * B * image;
@@ -1221,38 +1305,39 @@ Explanation Explainer::run_unguarded(const HostTensor& input) {
     }
     t0 = Clock::now();
     runner.main->set_input(runner.input_name, x);
-    std::vector<int64_t> flat;
-    for (const auto& per_image : targets) flat.insert(flat.end(), per_image.begin(), per_image.end());
     runner.k.upload(runner.classes_buffer(), flat.data(), flat.size() * sizeof(int64_t));
     runner.k.wait();
-    result.timings_ms["upload"] += ms_since(t0);
+    add_time(result.timings_ms, "upload", ms_since(t0));
     runner.run_pass(/*given_targets=*/true, result.timings_ms);
     runner.check_ablation_scores();
-    for (const auto& method : options_.methods) {
+    for (size_t i = 0; i < M; ++i) {
       t0 = Clock::now();
-      HostTensor pass = runner.collect_maps(method);  // (T, P*B, ...)
-      result.timings_ms["download"] += ms_since(t0);
-      Shape shape = pass.shape;
+      if (m.aug_pass.size() != M) m.aug_pass.resize(M);
+      HostTensor& pass = m.aug_pass[i];  // (T, P*B, ...)
+      runner.collect_maps(i, pass);
+      add_time(result.timings_ms, "download", ms_since(t0));
+      Shape& shape = m.aug_shape;
+      shape.assign(pass.shape.begin(), pass.shape.end());
       shape[1] = B;
-      HostTensor& acc = sums[method];
-      if (acc.bytes.empty()) acc = HostTensor(DType::F32, shape);
+      HostTensor& acc = result.results[i].maps;
+      if (acc.shape != shape) acc = HostTensor(DType::F32, shape);
+      if (v0 == 0) std::fill(acc.bytes.begin(), acc.bytes.end(), uint8_t(0));
       const int64_t per_target = acc.numel() / shape[0];  // one target of one variant: B images
       for (int64_t t = 0; t < shape[0]; ++t) {
         for (int64_t p = 0; p < P; ++p) {
           float* variant_map = pass.f32() + (t * P + p) * per_target;
           if (kAugSmoothFlipped[v0 + p]) flip_rows(variant_map, per_target);
           float* sum = acc.f32() + t * per_target;
-          for (int64_t i = 0; i < per_target; ++i) sum[i] += variant_map[i];
+          for (int64_t j = 0; j < per_target; ++j) sum[j] += variant_map[j];
         }
       }
     }
   }
-  for (const auto& method : options_.methods) {
-    HostTensor& maps = sums.at(method);
-    for (int64_t i = 0; i < maps.numel(); ++i) maps.f32()[i] /= static_cast<float>(kAugSmoothVariants);
-    result.results.push_back(MethodResult{method, std::move(maps)});
+  for (size_t i = 0; i < M; ++i) {
+    HostTensor& maps = result.results[i].maps;
+    for (int64_t j = 0; j < maps.numel(); ++j) maps.f32()[j] /= static_cast<float>(kAugSmoothVariants);
   }
-  return result;
+  end_timings(result.timings_ms);
 }
 
 }  // namespace camrt

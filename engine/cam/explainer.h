@@ -64,7 +64,9 @@ struct Explanation {
   std::vector<MethodResult> results;           // in the order of ExplainOptions::methods
   // stage -> milliseconds: upload, forward, backward, per method, download; a pass replayed as one CUDA graph is
   // timed whole as "pass".
-  std::map<std::string, double> timings_ms;
+  // (std::less<>: stages are looked up by name without making a string, so a reused Explanation's timings
+  // allocate nothing.)
+  std::map<std::string, double, std::less<>> timings_ms;
 };
 
 class Explainer {
@@ -78,16 +80,23 @@ class Explainer {
   // input: (B, C, H, W) float32, preprocessed. Out of memory is a camrt::Error; after any failed run the
   // next run works as if the failed one had never happened (working buffers are complete or absent).
   Explanation run(const HostTensor& input);
+  // The same into `out`, reusing its tensors and vectors where their shapes already fit: an Explanation passed
+  // back call after call makes the steady state allocate nothing on the host. After a failed run `out` holds
+  // a partial result.
+  void run(const HostTensor& input, Explanation& out);
 
   const ExplainOptions& options() const { return options_; }
   const std::vector<std::string>& layer_names() const { return layer_names_; }
   // Planned bytes of the main plan (activations kept for the backward included).
   const PlanStats& main_plan_stats() const;
+  // Why the explain pass (or, where it is not captured whole, the main plan) could not be captured in a CUDA
+  // graph, if it could not: it then runs eagerly, correct but slower. Empty otherwise.
+  std::string capture_failure() const;
   // The weights on the GPU (null on the CPU), for other plans of the same model to share (Session's predictor).
   const std::shared_ptr<const DeviceConstants>& device_constants() const { return constants_; }
 
  private:
-  Explanation run_unguarded(const HostTensor& input);
+  void run_unguarded(const HostTensor& input, Explanation& out);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   ExplainOptions options_;

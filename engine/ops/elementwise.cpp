@@ -5,7 +5,9 @@
 // camrt extension (Add only): attribute "activation" ("relu" | "clip", with "activation_min"/"activation_max") fuses
 // the activation that follows into the add, out = act(a + b); engine/fusion.cpp sets it for residual Add+Relu.
 #include <algorithm>
+#include <deque>
 #include <limits>
+#include <mutex>
 
 #include "engine/ops/factories.h"
 #include "kernels/cpu/conv.h"  // conv2d_activation_backward: the fused activation's gradient mask
@@ -23,6 +25,32 @@ namespace {
 std::string input_name(const Node& node, size_t i) {
   return i < node.inputs.size() ? node.inputs[i] : "#" + std::to_string(i);
 }
+
+// The broadcast plan of each pair of input shapes, made on first use and kept: forward and backward run on every
+// call and must not allocate, and the plans of one graph (one per batch size) share the op, so each pair is made
+// once. Guarded for plans run from several threads; entries are never removed, so a returned plan stays valid.
+class BroadcastPlans {
+ public:
+  const BroadcastPlan& get(const Shape& a, const Shape& b, const Node& node) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Entry& e : entries_)
+      if (e.a == a && e.b == b) return e.plan;
+    try {
+      entries_.push_back(Entry{a, b, make_broadcast_plan(a, b)});
+    } catch (const Error& e) {
+      CAMRT_FAIL(where(node) << ": " << e.what());
+    }
+    return entries_.back().plan;
+  }
+
+ private:
+  struct Entry {
+    Shape a, b;
+    BroadcastPlan plan;
+  };
+  mutable std::mutex mutex_;
+  mutable std::deque<Entry> entries_;
+};
 
 class BinaryArithmeticOp final : public Op {
  public:
@@ -70,12 +98,7 @@ class BinaryArithmeticOp final : public Op {
     const Tensor& b = *inputs.at(1);
     Tensor& out = *outputs.at(0);
     CAMRT_CHECK(a.dtype == b.dtype && out.dtype == a.dtype, where(node_) << ": dtypes of inputs and output differ");
-    BroadcastPlan plan;
-    try {
-      plan = make_broadcast_plan(a.shape, b.shape);
-    } catch (const Error& e) {
-      CAMRT_FAIL(where(node_) << ": " << e.what());
-    }
+    const BroadcastPlan& plan = plans_.get(a.shape, b.shape, node_);
     CAMRT_CHECK(plan.numel == out.numel(), where(node_) << ": output buffer " << shape_str(out.shape)
                                                         << " does not match the broadcast of " << shape_str(a.shape)
                                                         << " and " << shape_str(b.shape));
@@ -144,12 +167,7 @@ class BinaryArithmeticOp final : public Op {
     for (const TensorDesc& d : inputs)
       for (int64_t n : d.shape)
         if (n < 0) return 0;  // not a concrete plan's shapes
-    BroadcastPlan plan;
-    try {
-      plan = make_broadcast_plan(inputs[0].shape, inputs[1].shape);
-    } catch (const Error& e) {
-      CAMRT_FAIL(where(node_) << ": " << e.what());
-    }
+    const BroadcastPlan& plan = plans_.get(inputs[0].shape, inputs[1].shape, node_);
     size_t bytes = masked_bytes(plan.numel);
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) bytes += cuda::binary_backward_workspace_bytes(plan);
@@ -170,12 +188,7 @@ class BinaryArithmeticOp final : public Op {
     const Tensor& dy = *doutputs[0];
     CAMRT_CHECK(a.dtype == DType::F32 && b.dtype == DType::F32,
                 where(node_) << ": no gradient through " << dtype_name(a.dtype) << " arithmetic (only F32 has a backward)");
-    BroadcastPlan plan;
-    try {
-      plan = make_broadcast_plan(a.shape, b.shape);
-    } catch (const Error& e) {
-      CAMRT_FAIL(where(node_) << ": " << e.what());
-    }
+    const BroadcastPlan& plan = plans_.get(a.shape, b.shape, node_);
     CAMRT_CHECK(dy.dtype == DType::F32 && dy.numel() == plan.numel,
                 where(node_) << ": output gradient " << shape_str(dy.shape) << " does not match the output");
     for (size_t i = 0; i < 2; ++i) {
@@ -227,6 +240,8 @@ class BinaryArithmeticOp final : public Op {
   }
 
  private:
+  BroadcastPlans plans_;
+
   // CPU: a thread pool; CUDA (in a CUDA build): a runtime for the stream.
   void check_context(const Context& ctx) const {
 #if CAMRT_WITH_CUDA

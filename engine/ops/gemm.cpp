@@ -151,7 +151,7 @@ class GemmOp : public Op {
     const Tensor& b = *inputs.at(1);
     const Sizes z = sizes(a.shape, b.shape);
     const Tensor& dyt = *doutputs[0];
-    CAMRT_CHECK(dyt.dtype == DType::F32 && dyt.shape == (Shape{z.m, z.n}),
+    CAMRT_CHECK(dyt.dtype == DType::F32 && dyt.shape.size() == 2 && dyt.shape[0] == z.m && dyt.shape[1] == z.n,
                 where_of(node_) << ": output gradient " << shape_str(dyt.shape) << ", expected (" << z.m << ", " << z.n << ")");
     const float* dy = dyt.f32();  // (M, N)
     const GemmEpilogue none;

@@ -71,9 +71,9 @@ class PoolOp : public Op {
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
-    PoolGeometry g;
-    const Shape expected = output_shape(x.shape, &g);
-    CAMRT_CHECK(y.shape == expected, where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(expected));
+    const PoolGeometry g = geometry(x.shape);
+    CAMRT_CHECK(is_output_shape(y.shape, x.shape, g),
+                where() << "output buffer " << shape_str(y.shape) << ", expected " << shape_str(output_shape(x.shape)));
     if (x.layout == Layout::NHWC) {
       CAMRT_CHECK(kind_ == PoolKind::Max && y.layout == Layout::NHWC && y.dtype == x.dtype,
                   where() << "channels-last storage: max pooling only, output in the input's layout and type");
@@ -122,20 +122,19 @@ class PoolOp : public Op {
     const Tensor& x = *inputs[0];
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
-    PoolGeometry g;
-    const Shape y_shape = output_shape(x.shape, &g);
+    const PoolGeometry g = geometry(x.shape);
     CAMRT_CHECK(dx.shape == x.shape && dx.dtype == DType::F32,
                 where() << "input gradient " << shape_str(dx.shape) << " does not match input " << shape_str(x.shape));
-    CAMRT_CHECK(dy.shape == y_shape && dy.dtype == DType::F32,
-                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(y_shape));
+    CAMRT_CHECK(is_output_shape(dy.shape, x.shape, g) && dy.dtype == DType::F32,
+                where() << "output gradient " << shape_str(dy.shape) << ", expected " << shape_str(output_shape(x.shape)));
 #if CAMRT_WITH_CUDA
     if (ctx.device == Device::CUDA) {
       CAMRT_CHECK(ctx.cuda && dx.device == Device::CUDA && dy.device == Device::CUDA,
                   where() << "the GPU backward needs device tensors and Context::cuda");
       if (kind_ == PoolKind::Max) {
         const Tensor& y = *outputs[0];
-        CAMRT_CHECK(y.shape == y_shape && x.device == Device::CUDA && y.device == Device::CUDA,
-                    where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(y_shape) << " on the GPU");
+        CAMRT_CHECK(is_output_shape(y.shape, x.shape, g) && x.device == Device::CUDA && y.device == Device::CUDA,
+                    where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(output_shape(x.shape)) << " on the GPU");
         cuda::max_pool_backward(dx.f32(), dy.f32(), x.f32(), y.f32(), g, ctx.cuda->stream());
       } else {
         cuda::average_pool_backward(dx.f32(), dy.f32(), g, count_include_pad_, ctx.cuda->stream());
@@ -146,25 +145,48 @@ class PoolOp : public Op {
     CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "the CPU backward needs host tensors and Context::pool");
     if (kind_ == PoolKind::Max) {
       const Tensor& y = *outputs[0];
-      CAMRT_CHECK(y.shape == y_shape, where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(y_shape));
-      max_pool_backward(dx.f32(), dy.f32(), x.f32(), y.f32(), g, *ctx.pool);
+      CAMRT_CHECK(is_output_shape(y.shape, x.shape, g),
+                  where() << "forward output " << shape_str(y.shape) << ", expected " << shape_str(output_shape(x.shape)));
+      max_pool_backward(dx.f32(), dy.f32(), x.f32(), y.f32(), g, *ctx.pool, ctx.workspace, ctx.workspace_bytes);
     } else {
-      average_pool_backward(dx.f32(), dy.f32(), g, count_include_pad_, *ctx.pool);
+      average_pool_backward(dx.f32(), dy.f32(), g, count_include_pad_, *ctx.pool, ctx.workspace, ctx.workspace_bytes);
     }
+  }
+
+  // The CPU backward's window taps (kernels/cpu/pool.h); the GPU kernels need none.
+  size_t backward_workspace_bytes(const std::vector<TensorDesc>& inputs, const Context& ctx) const override {
+    return ctx.device == Device::CPU ? pool_backward_scratch_bytes(geometry(inputs.at(0).shape)) : 0;
   }
 
  private:
   std::string where() const { return "node '" + node_.name + "' (" + node_.op + "): "; }
 
-  // Output shape for input x; fills the kernel geometry when g is given. Spatial axis i of an n-D pool
-  // maps to geometry axis 3 - n + i, so the leading geometry axes of 1-D and 2-D pools stay size 1.
-  Shape output_shape(const Shape& x, PoolGeometry* g = nullptr) const {
+  // The output shape for input x (N, C, then the geometry's output sizes).
+  Shape output_shape(const Shape& x) const {
+    const PoolGeometry g = geometry(x);
+    Shape out = {x[0], x[1]};
+    for (size_t i = 0; i < kernel_.size(); ++i) out.push_back(g.out[3 - kernel_.size() + i]);
+    checked_numel(out);
+    return out;
+  }
+  // y == output_shape(x) for g = geometry(x), without making a Shape (forward and backward check it every call).
+  bool is_output_shape(const Shape& y, const Shape& x, const PoolGeometry& g) const {
+    const size_t n = kernel_.size();
+    if (y.size() != n + 2 || x.size() != n + 2 || y[0] != x[0] || y[1] != x[1]) return false;
+    for (size_t i = 0; i < n; ++i)
+      if (y[2 + i] != g.out[3 - n + i]) return false;
+    return true;
+  }
+
+  // The kernel geometry for input x, checked; allocates nothing. Spatial axis i of an n-D pool maps to geometry
+  // axis 3 - n + i, so the leading geometry axes of 1-D and 2-D pools stay size 1.
+  PoolGeometry geometry(const Shape& x) const {
     const size_t n = kernel_.size();
     CAMRT_CHECK(x.size() == n + 2, where() << "input " << shape_str(x) << " must have rank " << n + 2
                                            << " (N, C and the " << n << " spatial dims of kernel_shape)");
-    Shape out = {x[0], x[1]};
     PoolGeometry geometry;
-    geometry.planes = checked_numel({x[0], x[1]});
+    CAMRT_CHECK(x[0] >= 0 && x[1] >= 0 && !__builtin_mul_overflow(x[0], x[1], &geometry.planes),
+                where() << "input " << shape_str(x) << ": N * C out of range");
     // Attributes come from model files: bounded first, so the extent and padded-span arithmetic cannot overflow
     // (2^31 is far beyond any real kernel, stride, dilation, pad or input side).
     constexpr int64_t kMaxAttribute = int64_t(1) << 31;
@@ -201,7 +223,7 @@ class PoolOp : public Op {
           o = span / s + 1;
         }
       }
-      out.push_back(o);
+      CAMRT_CHECK(o >= 0, where() << "input " << shape_str(x) << ": negative output size");
       const size_t a = 3 - n + i;
       geometry.in[a] = in;
       geometry.out[a] = o;
@@ -211,9 +233,10 @@ class PoolOp : public Op {
       geometry.pad_begin[a] = pad_begin;
       geometry.pad_end[a] = pad_end;
     }
-    checked_numel(out);
-    if (g) *g = geometry;
-    return out;
+    int64_t total = geometry.planes;  // the output's element count must be representable (checked_numel's rule)
+    for (int64_t o : geometry.out)
+      CAMRT_CHECK(!__builtin_mul_overflow(total, o, &total), where() << "input " << shape_str(x) << ": output size out of range");
+    return geometry;
   }
 
   PoolKind kind_;
@@ -241,7 +264,7 @@ class GlobalAveragePoolOp : public Op {
                const std::vector<Tensor*>& outputs) const override {
     const Tensor& x = *inputs[0];
     Tensor& y = *outputs[0];
-    CAMRT_CHECK(x.rank() >= 3 && y.shape == output_shape(x.shape),
+    CAMRT_CHECK(x.rank() >= 3 && is_output_shape(y.shape, x.shape),
                 where() << "output buffer " << shape_str(y.shape) << " does not fit input " << shape_str(x.shape));
     const int64_t planes = x.shape[0] * x.shape[1];
     const int64_t spatial = planes == 0 ? 0 : x.numel() / planes;
@@ -269,7 +292,7 @@ class GlobalAveragePoolOp : public Op {
     const Tensor& dy = *doutputs[0];
     Tensor& dx = *dinputs[0];
     CAMRT_CHECK(x.rank() >= 3 && dx.shape == x.shape && dx.dtype == DType::F32 && dy.dtype == DType::F32 &&
-                    dy.shape == output_shape(x.shape),
+                    is_output_shape(dy.shape, x.shape),
                 where() << "gradients " << shape_str(dx.shape) << " / " << shape_str(dy.shape) << " do not fit input "
                         << shape_str(x.shape));
     const int64_t planes = x.shape[0] * x.shape[1];
@@ -293,6 +316,11 @@ class GlobalAveragePoolOp : public Op {
     out[0] = x[0];
     out[1] = x[1];
     return out;
+  }
+  // y == output_shape(x), without making a Shape (forward and backward check it on every call).
+  static bool is_output_shape(const Shape& y, const Shape& x) {
+    if (y.size() != x.size() || y.size() < 2 || y[0] != x[0] || y[1] != x[1]) return false;
+    return std::all_of(y.begin() + 2, y.end(), [](int64_t d) { return d == 1; });
   }
 };
 

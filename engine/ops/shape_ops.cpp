@@ -52,6 +52,14 @@ void copy_blocks(uint8_t* dst, const std::vector<const uint8_t*>& srcs, const st
   }, std::max<int64_t>(1, kMinBytesPerChunk / bytes_per_item));
 }
 
+// dst[i] += src[i] for i < n: the view ops' backward (dy has dx's elements in the same order), the CPU twin of
+// cuda::accumulate. Each element once, so bit-reproducible; no allocation.
+void accumulate(float* dst, const float* src, int64_t n, ThreadPool& pool) {
+  pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dst[i] += src[i];
+  }, std::max<int64_t>(1, kMinBytesPerChunk / int64_t(sizeof(float))));
+}
+
 // The reverse of copy_blocks for float gradients: row r of src is block 0, block 1, ... and dsts[i]'s row r
 // gets block i added to it. A null dst skips its block (an input that wants no gradient).
 void add_blocks(const std::vector<float*>& dsts, const float* src, const std::vector<int64_t>& block_elems,
@@ -134,7 +142,7 @@ class ViewOp : public Op {
     }
 #endif
     CAMRT_CHECK(dx.device == Device::CPU && ctx.pool, where() << "the CPU backward needs host tensors and Context::pool");
-    add_blocks({dx.f32()}, dy.f32(), {dx.numel()}, 1, *ctx.pool);
+    accumulate(dx.f32(), dy.f32(), dx.numel(), *ctx.pool);
   }
 
  protected:

@@ -31,7 +31,7 @@ void ThreadPool::shutdown() {
   workers_.clear();
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
+void ThreadPool::parallel_for(int64_t n, ChunkFn fn, int64_t min_chunk) {
   if (n <= 0) return;
   min_chunk = std::max<int64_t>(1, min_chunk);
   // A few chunks per thread lets fast threads pick up the slack of slow ones.

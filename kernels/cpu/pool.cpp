@@ -227,13 +227,31 @@ void global_average_pool_forward(float* out, const float* in, int64_t planes, in
 
 namespace {
 
-// The taps of every output position along one axis, computed once per call instead of once per window.
+// The taps of every output position along each axis, computed once per call instead of once per window: in the
+// caller's scratch (pool_backward_scratch_bytes), or without one in a vector of their own.
 struct AxisTaps {
-  std::vector<PoolTaps> d, h, w;
-  explicit AxisTaps(const PoolGeometry& g) {
-    for (int64_t o = 0; o < g.out[0]; ++o) d.push_back(pool_taps(g, 0, o));
-    for (int64_t o = 0; o < g.out[1]; ++o) h.push_back(pool_taps(g, 1, o));
-    for (int64_t o = 0; o < g.out[2]; ++o) w.push_back(pool_taps(g, 2, o));
+  struct Span {
+    const PoolTaps* first;
+    const PoolTaps* last;
+    const PoolTaps* begin() const { return first; }
+    const PoolTaps* end() const { return last; }
+  };
+  std::vector<PoolTaps> owned;
+  Span d{}, h{}, w{};
+  AxisTaps(const PoolGeometry& g, void* scratch, size_t scratch_bytes) {
+    const size_t count = static_cast<size_t>(g.out[0] + g.out[1] + g.out[2]);
+    PoolTaps* all = static_cast<PoolTaps*>(scratch);
+    if (!scratch || scratch_bytes < count * sizeof(PoolTaps)) {
+      owned.resize(count);
+      all = owned.data();
+    }
+    PoolTaps* next = all;
+    Span* spans[3] = {&d, &h, &w};
+    for (int axis = 0; axis < 3; ++axis) {
+      spans[axis]->first = next;
+      for (int64_t o = 0; o < g.out[axis]; ++o) *next++ = pool_taps(g, axis, o);
+      spans[axis]->last = next;
+    }
   }
 };
 
@@ -263,9 +281,13 @@ inline int64_t max_tap(const float* plane, const PoolGeometry& g, const PoolTaps
 
 }  // namespace
 
+size_t pool_backward_scratch_bytes(const PoolGeometry& g) {
+  return static_cast<size_t>(g.out[0] + g.out[1] + g.out[2]) * sizeof(PoolTaps);
+}
+
 void max_pool_backward(float* dx, const float* dy, const float* in, const float* out, const PoolGeometry& g,
-                       ThreadPool& pool) {
-  const AxisTaps taps(g);
+                       ThreadPool& pool, void* scratch, size_t scratch_bytes) {
+  const AxisTaps taps(g, scratch, scratch_bytes);
   const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
   const int64_t taps_per_plane = std::max<int64_t>(1, out_plane * g.kernel[0] * g.kernel[1] * g.kernel[2]);
   pool.parallel_for(g.planes, [&](int64_t begin, int64_t end) {
@@ -286,8 +308,9 @@ void max_pool_backward(float* dx, const float* dy, const float* in, const float*
   }, std::max<int64_t>(1, kMinTapsPerChunk / taps_per_plane));
 }
 
-void average_pool_backward(float* dx, const float* dy, const PoolGeometry& g, bool count_include_pad, ThreadPool& pool) {
-  const AxisTaps taps(g);
+void average_pool_backward(float* dx, const float* dy, const PoolGeometry& g, bool count_include_pad, ThreadPool& pool,
+                           void* scratch, size_t scratch_bytes) {
+  const AxisTaps taps(g, scratch, scratch_bytes);
   const int64_t in_plane = g.in_plane(), out_plane = g.out_plane(), hw = g.in[1] * g.in[2];
   const int64_t taps_per_plane = std::max<int64_t>(1, out_plane * g.kernel[0] * g.kernel[1] * g.kernel[2]);
   pool.parallel_for(g.planes, [&](int64_t begin, int64_t end) {

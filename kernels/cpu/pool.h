@@ -81,7 +81,11 @@ void global_average_pool_forward(float* out,      // (planes)
                                  int64_t planes, int64_t spatial, ThreadPool& pool);
 
 // --- Backward: dx += d(sum(dy * y))/dx. Overlapping windows add into the same dx element, so the work is
-// split over planes only, never within a plane. ---
+// split over planes only, never within a plane. The window taps are computed once per call, into `scratch`
+// (pool_backward_scratch_bytes: an op's backward workspace, so a plan's steady state allocates nothing) or,
+// without it, into a vector of their own. ---
+
+size_t pool_backward_scratch_bytes(const PoolGeometry& g);
 
 // Each window's dy goes to one input tap: the first (window order d, h, w) whose value equals the forward
 // output, as PyTorch's argmax picks the first maximum on ties. A NaN output (NaN propagated) sends it to the
@@ -90,12 +94,13 @@ void max_pool_backward(float* dx,        // (planes, in[0], in[1], in[2])
                        const float* dy,  // (planes, out[0], out[1], out[2])
                        const float* in,  // (planes, in[0], in[1], in[2]): forward input
                        const float* out, // (planes, out[0], out[1], out[2]): forward output
-                       const PoolGeometry& g, ThreadPool& pool);
+                       const PoolGeometry& g, ThreadPool& pool, void* scratch = nullptr, size_t scratch_bytes = 0);
 
 // Each window's dy / count goes to every input tap of the window (count as in the forward).
 void average_pool_backward(float* dx,        // (planes, in[0], in[1], in[2])
                            const float* dy,  // (planes, out[0], out[1], out[2])
-                           const PoolGeometry& g, bool count_include_pad, ThreadPool& pool);
+                           const PoolGeometry& g, bool count_include_pad, ThreadPool& pool, void* scratch = nullptr,
+                           size_t scratch_bytes = 0);
 
 // dy[p] / spatial goes to every element of plane p.
 void global_average_pool_backward(float* dx,        // (planes, spatial)

@@ -175,6 +175,7 @@ bool StreamGraph::end_capture() {
   cudaGraph_t graph = nullptr;
   const cudaError_t status = cudaStreamEndCapture(runtime_.stream(), &graph);
   if (status != cudaSuccess || !graph) {
+    failure_ = std::string("cudaStreamEndCapture: ") + (status != cudaSuccess ? cudaGetErrorString(status) : "no graph");
     cudaGetLastError();  // an invalidated capture is not an error of the next call
     if (graph) cudaGraphDestroy(graph);
     return false;
@@ -182,6 +183,7 @@ bool StreamGraph::end_capture() {
   const cudaError_t inst = cudaGraphInstantiate(&exec_, graph, 0);
   cudaGraphDestroy(graph);
   if (inst != cudaSuccess) {
+    failure_ = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(inst);
     cudaGetLastError();
     exec_ = nullptr;
     return false;

@@ -161,10 +161,13 @@ class StreamGraph {
   // work was not capturable; the caller then keeps running it eagerly.
   bool end_capture();
   void launch();
+  // Why the last end_capture() returned false (the CUDA error of the capture or of the instantiation).
+  const std::string& failure() const { return failure_; }
 
  private:
   CudaRuntime& runtime_;
   cudaGraphExec_t exec_ = nullptr;
+  std::string failure_;
 };
 
 // Copies and fills on the runtime's stream (asynchronous with respect to the host unless stated).

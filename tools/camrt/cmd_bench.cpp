@@ -252,6 +252,7 @@ int run_bench(const std::vector<std::string>& argv) {
       int64_t channels_last_nodes = 0;  // nodes of the (main) plan on NHWC data (--channels-last; half at fp16)
       std::unique_ptr<Executor> executor;
       std::unique_ptr<Explainer> explainer;
+      Explanation result;  // reused by every run, as Session::explain reuses its results (no allocation per call)
       HostTensor logits;
       std::vector<double> h2d_times, d2h_times;
       std::map<std::string, std::vector<double>> phase_times;  // an explanation's stages, host clock
@@ -295,7 +296,8 @@ int run_bench(const std::vector<std::string>& argv) {
         planned_bytes = s.arena_bytes + s.workspace_bytes + s.weight_bytes;
         channels_last_nodes = s.channels_last_nodes;
         run = [&] {
-          const Explanation e = explainer->run(x);
+          explainer->run(x, result);
+          const Explanation& e = result;
           for (const auto& [phase, ms] : e.timings_ms) phase_times[phase].push_back(ms);
           if (gpu) {  // the host copies, timed inside (stream synchronized around them)
             h2d_times.push_back(e.timings_ms.count("upload") ? e.timings_ms.at("upload") : 0.0);
@@ -362,6 +364,9 @@ int run_bench(const std::vector<std::string>& argv) {
         row["end_to_end_ms"] = percentile(end_to_end, 0.5);
         // Steady state: the timed iterations must not have allocated device or pinned memory.
         row["allocations_in_timed_loop"] = cuda->device_allocations() + cuda->host_allocations() - allocations_before;
+        // A plan or pass that could not be captured in a CUDA graph runs eagerly: slower, and this says why.
+        const std::string capture_failure = explainer ? explainer->capture_failure() : executor->capture_failure();
+        if (!capture_failure.empty()) row["capture_failure"] = capture_failure;
       }
       if (iters >= 10) std::fprintf(stderr, "%*s\r", 40, "");
       std::cout << row.dump() << std::endl;
