@@ -100,20 +100,8 @@ TEST_CASE("explain: top-k with Guided Backprop where only the main plan can stac
   const Executor expected(*fused, graph.input_shapes_for_batch(2), pool, expected_options);
   CHECK(explainer.main_plan_stats().arena_bytes == expected.stats().arena_bytes);
   CHECK(explainer.main_plan_stats().kept_for_backward == expected.stats().kept_for_backward);
-  int compared = 0;
-  for (int64_t t = 0; t < 3; ++t) {
-    if (ex.classes[t][0] != ex.classes[t][1]) continue;  // a fixed class applies to every image
-    ExplainOptions one = top;
-    one.target = std::to_string(ex.classes[t][0]);
-    const Explanation single = Explainer(graph, 2, one, pool).run(x);
-    for (size_t m = 0; m < top.methods.size(); ++m) {
-      CAPTURE(top.methods[m]);
-      CHECK(max_abs_diff(target_slice(ex.results[m].maps, t), single.results[m].maps) == 0.0);
-    }
-    ++compared;
-  }
-  // Per image instead, where no class is shared: the top-3 of each image against its own single-image run.
-  for (int64_t b = 0; b < 2 && compared == 0; ++b) {
+  // Each image's top-3 maps (one image per run: the images' classes differ) equal its single-class runs.
+  for (int64_t b = 0; b < 2; ++b) {
     HostTensor xb(DType::F32, {1, 2, 6, 6});
     std::memcpy(xb.f32(), x.f32() + b * xb.numel(), static_cast<size_t>(xb.numel()) * sizeof(float));
     const Explanation mine = Explainer(graph, 1, top, pool).run(xb);
