@@ -16,6 +16,7 @@
 #include "engine/camrt.h"
 #include "engine/npy.h"
 #include "tests/gpu_test_util.h"
+#include "tests/replace_new.h"
 #include "weights/onnx/onnx_import.h"
 
 namespace {
@@ -23,16 +24,11 @@ std::atomic<int64_t> g_allocations{0};
 std::atomic<bool> g_counting{false};
 }  // namespace
 
-void* operator new(std::size_t bytes) {
+// Every operator new of the binary comes here (tests/replace_new.h): counted while g_counting is set.
+void* replaced_new(std::size_t size, std::size_t alignment, bool nothrow) {
   if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(bytes ? bytes : 1)) return p;
-  throw std::bad_alloc();
+  return allocate_for_new(size, alignment, nothrow);
 }
-void* operator new[](std::size_t bytes) { return operator new(bytes); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 using namespace camrt;
 namespace fs = std::filesystem;

@@ -17,9 +17,9 @@
 #include <thread>
 
 #include "engine/camrt.h"
+#include "tests/replace_new.h"
 
-// --- The replacement. malloc/posix_memalign underneath (ASan intercepts those, so its checks still apply); every
-// variant of new and delete is replaced so no pointer crosses between this allocator and the runtime's.
+// --- The replacement (tests/replace_new.h): every allocation asks replaced_new, which fails the armed one.
 namespace {
 
 // The calling thread's state: countdown >= 0 arms it (that many allocations pass, the next one fails, then it
@@ -44,63 +44,15 @@ inline bool inject(bool nothrow) {
   return true;
 }
 
-void* allocate(std::size_t size, std::size_t alignment, bool nothrow) {
+}  // namespace
+
+void* replaced_new(std::size_t size, std::size_t alignment, bool nothrow) {
   if (inject(nothrow)) {
     if (nothrow) return nullptr;
     throw std::bad_alloc();
   }
-  if (size == 0) size = 1;
-  for (;;) {
-    void* p = nullptr;
-    if (alignment <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) p = std::malloc(size);
-    else if (posix_memalign(&p, alignment, size) != 0) p = nullptr;
-    if (p) return p;
-    // The standard's loop: a new_handler may free memory and let us retry.
-    const std::new_handler handler = std::get_new_handler();
-    if (!handler) {
-      if (nothrow) return nullptr;
-      throw std::bad_alloc();
-    }
-    if (!nothrow) {
-      handler();
-      continue;
-    }
-    try {
-      handler();
-    } catch (...) {
-      return nullptr;
-    }
-  }
+  return allocate_for_new(size, alignment, nothrow);
 }
-
-constexpr std::size_t kDefault = __STDCPP_DEFAULT_NEW_ALIGNMENT__;
-
-}  // namespace
-
-void* operator new(std::size_t n) { return allocate(n, kDefault, false); }
-void* operator new[](std::size_t n) { return allocate(n, kDefault, false); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return allocate(n, kDefault, true); }
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return allocate(n, kDefault, true); }
-void* operator new(std::size_t n, std::align_val_t a) { return allocate(n, static_cast<std::size_t>(a), false); }
-void* operator new[](std::size_t n, std::align_val_t a) { return allocate(n, static_cast<std::size_t>(a), false); }
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return allocate(n, static_cast<std::size_t>(a), true);
-}
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return allocate(n, static_cast<std::size_t>(a), true);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 
