@@ -119,6 +119,10 @@ void check_half_conv(CudaRuntime& rt, const Conv2dShape& s, const FusedActivatio
                                  reinterpret_cast<const uint16_t*>(dw.data()), with_bias ? reinterpret_cast<const float*>(db.data()) : nullptr,
                                  s, act, ws_bytes ? dws.data() : nullptr, ws_bytes, rt,
                                  with_residual ? reinterpret_cast<const uint16_t*>(dz.data()) : nullptr);
+  if (with_bias && act.kind == FusedActivation::kRelu)  // the device check collects these lines
+    std::cout << "gpu half conv C=" << s.in_channels << " k=" << s.kernel_h << (with_residual ? " +residual" : "")
+              << ": bias + ReLU fused by cuDNN: "
+              << (cuda::conv2d_bias_relu_unfused(rt, s, true, true, with_residual) ? "no" : "yes") << "\n";
   const std::vector<float> got = widen(download<uint16_t>(rt, dout, size_t(out_n))), ref = widen(want);
   const double scale = std::max(1.0, max_abs(ref.data(), out_n));
   const double err = max_abs_diff(got.data(), ref.data(), out_n);
@@ -150,6 +154,9 @@ void check_float_conv(CudaRuntime& rt, const Conv2dShape& s, const FusedActivati
   cuda::conv2d_forward_nhwc(reinterpret_cast<float*>(dout.data()), reinterpret_cast<const float*>(dx.data()),
                             reinterpret_cast<const float*>(dw.data()), reinterpret_cast<const float*>(db.data()), s, act,
                             ws_bytes ? dws.data() : nullptr, ws_bytes, rt, reinterpret_cast<const float*>(dz.data()));
+  if (act.kind == FusedActivation::kRelu)  // the device check collects these lines
+    std::cout << "gpu float nhwc conv C=" << s.in_channels << " k=" << s.kernel_h << ": bias + ReLU fused by cuDNN: "
+              << (cuda::conv2d_bias_relu_unfused(rt, s, true, false, true) ? "no" : "yes") << "\n";
   const std::vector<float> got = download<float>(rt, dout, size_t(out_n));
   const double err = max_abs_diff(got.data(), want.data(), out_n) / std::max(1.0, max_abs(want.data(), out_n));
   CHECK(err < 1e-5);

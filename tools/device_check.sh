@@ -43,6 +43,8 @@ log "gpu tests rc=$?"
 # GPU test case asserts nothing and prints SKIPPED).
 timeout 200 build-device/tests/camrt_tests --source-file='*test_gpu_*' >"$out/gpu_doctest.log" 2>&1
 log "gpu doctest: $(grep -c SKIPPED "$out/gpu_doctest.log") SKIPPED; $(grep 'assertions:' "$out/gpu_doctest.log")"
+# Whether cuDNN took the one-call conv + bias + ReLU for NHWC data (half data may want a half bias).
+grep -h "fused by cuDNN" "$out/gpu_doctest.log" | sort | uniq -c | tee -a "$out/summary.txt"
 rm -f "$out/gpu_doctest.log"
 # The golden models and CAMs of the CPU suite, explained on the GPU (test_gpu_models), are part of the gpu label.
 

@@ -454,6 +454,13 @@ void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const
   forward_nhwc(out, in, weight, bias, s, act, workspace, workspace_bytes, runtime, residual, Storage::kFloatNhwc);
 }
 
+bool conv2d_bias_relu_unfused(CudaRuntime& runtime, const Conv2dShape& s, bool channels_last, bool half, bool residual) {
+  const Storage storage = !channels_last ? Storage::kFloatNchw : half ? Storage::kHalfNhwc : Storage::kFloatNhwc;
+  const std::string key = algo_key(geometry_of(s), ConvDirection::kForward, runtime, storage);
+  ConvAlgo unused;
+  return runtime.find_conv_algo(key + (residual ? " residual" : "") + " unfused", &unused);
+}
+
 void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
                           int64_t channels, const FusedActivation& act, cudaStream_t stream) {
   launch_epilogue_nhwc(y, bias, residual, positions, channels, act, stream);

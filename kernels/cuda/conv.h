@@ -55,6 +55,11 @@ void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const
                          const FusedActivation& act, void* workspace, size_t workspace_bytes, CudaRuntime& runtime,
                          const float* residual = nullptr);
 
+// Whether cuDNN refused the one-call conv + bias + ReLU (+ residual) for this conv in this storage, so that it runs
+// as the convolution and an epilogue kernel: known once the conv has run (false before). For tests and the
+// device check: with half data cuDNN may want a half bias, where camrt passes float32.
+bool conv2d_bias_relu_unfused(CudaRuntime& runtime, const Conv2dShape& s, bool channels_last, bool half, bool residual);
+
 // In place over (positions, channels) NHWC data, bit for bit as the CPU twin.
 void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
                           int64_t channels, const FusedActivation& act, cudaStream_t stream);
