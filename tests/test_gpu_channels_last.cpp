@@ -89,7 +89,8 @@ std::vector<float> widen(const std::vector<uint16_t>& h) {
 }
 
 // One half conv on both devices. The convolutions accumulate in a different order (Winograd or FFT on the GPU,
-// maybe), so the conv's rounded output may differ by an ulp, and the epilogue's rounding by one more: relative
+// maybe), so the conv's rounded output may differ by an ulp, and the epilogue's rounding by one more (where cuDNN
+// fuses bias + ReLU it rounds once, but with the bias in half: half an ulp of the bias): relative
 // to the largest output, fp16's ulp is 2^-11 (2^-10 at the top of a binade); 8 of them leaves room for the sums.
 void check_half_conv(CudaRuntime& rt, const Conv2dShape& s, const FusedActivation& act, bool with_bias,
                      bool with_residual) {

@@ -141,9 +141,9 @@ struct Descriptors {
   Descriptors& operator=(const Descriptors&) = delete;
 
   // The bias (1, k, 1, 1) and relu descriptors of cudnnConvolutionBiasActivationForward.
-  void add_bias_relu(const Geometry& g) {
+  void add_bias_relu(const Geometry& g, cudnnDataType_t bias_type) {
     CAMRT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bias));
-    CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g.k, 1, 1));
+    CAMRT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, bias_type, 1, g.k, 1, 1));
     CAMRT_CUDNN_CHECK(cudnnCreateActivationDescriptor(&act));
     CAMRT_CUDNN_CHECK(cudnnSetActivationDescriptor(act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
   }
@@ -371,29 +371,40 @@ size_t conv2d_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, ConvDi
   return g.padded_bytes() + c.workspace_bytes;
 }
 
+namespace {
+// Half data: cuDNN's workspace, then the bias in half for its fused call (it takes the bias in the data's type).
+size_t nhwc_workspace_bytes(const Choice& c, const Geometry& g, Storage storage) {
+  if (storage != Storage::kHalfNhwc) return c.workspace_bytes;
+  return align_up(c.workspace_bytes) + align_up(size_t(g.k) * sizeof(uint16_t));
+}
+}  // namespace
+
 size_t conv2d_forward_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, bool half) {
   CAMRT_CHECK(conv2d_channels_last_supported(s), "cuda::conv2d_forward_nhwc: needs a valid conv with symmetric pads");
   const Geometry g = geometry_of(s);
   const Storage storage = half ? Storage::kHalfNhwc : Storage::kFloatNhwc;
   const ConvDirection forward = ConvDirection::kForward;
-  return choose(runtime, g, forward, algo_key(g, forward, runtime, storage), storage).workspace_bytes;
+  return nhwc_workspace_bytes(choose(runtime, g, forward, algo_key(g, forward, runtime, storage), storage), g, storage);
 }
 
 namespace {
 // Conv + bias (+ residual z, alpha2 = 1) + relu in one cuDNN call, where cuDNN supports the combination (relu
 // allows any algorithm; identity would force IMPLICIT_PRECOMP_GEMM, so bias-only convs take the epilogue kernel).
-// Without a residual z is y with alpha2 = 0, as frameworks do; the bias is float32 in every storage form. Returns
-// false where the caller must run the conv and its epilogue: no bias + relu, or a combination cuDNN refuses
-// (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued), which is remembered per key so the refusal
-// happens once, on a plan's first (eager) run. The unfused path's descriptors surface any genuine mistake.
-bool fused_bias_relu(CudaRuntime& runtime, const std::string& key, const Geometry& g, Descriptors& d,
-                     const Choice& c, const void* x, const void* weight, const float* bias, const void* residual,
-                     void* out, void* cudnn_workspace, const FusedActivation& act) {
-  if (act.kind != FusedActivation::kRelu || !bias) return false;
-  const std::string unfused_key = key + (residual ? " residual" : "") + " unfused";
+// Without a residual z is y with alpha2 = 0, as frameworks do; the bias is in the data's type (float32, or the
+// half copy forward_nhwc makes). Returns false where the caller must run the conv and its epilogue: a combination
+// cuDNN refuses (NOT_SUPPORTED or BAD_PARAM, checked before any work is queued) is remembered per key
+// (fusion_refused) so the refusal happens once, on a plan's first (eager) run. The unfused path's descriptors
+// surface any genuine mistake.
+std::string unfused_key(const std::string& key, bool residual) { return key + (residual ? " residual" : "") + " unfused"; }
+bool fusion_refused(CudaRuntime& runtime, const std::string& key, bool residual) {
   ConvAlgo unused;
-  if (runtime.find_conv_algo(unfused_key, &unused)) return false;
-  d.add_bias_relu(g);
+  return runtime.find_conv_algo(unfused_key(key, residual), &unused);
+}
+bool fused_bias_relu(CudaRuntime& runtime, const std::string& key, const Geometry& g, Descriptors& d,
+                     const Choice& c, const void* x, const void* weight, const void* bias, cudnnDataType_t bias_type,
+                     const void* residual, void* out, void* cudnn_workspace, const FusedActivation& act) {
+  if (act.kind != FusedActivation::kRelu || !bias || fusion_refused(runtime, key, residual != nullptr)) return false;
+  d.add_bias_relu(g, bias_type);
   const float one = 1.f, zero = 0.f;
   const cudnnStatus_t status = cudnnConvolutionBiasActivationForward(
       runtime.cudnn(), &one, d.x, x, d.w, weight, d.conv, static_cast<cudnnConvolutionFwdAlgo_t>(c.algo),
@@ -403,8 +414,14 @@ bool fused_bias_relu(CudaRuntime& runtime, const std::string& key, const Geometr
   const int category = CUDNN_STATUS_CATEGORY(int(status));
   CAMRT_CHECK(category == CUDNN_STATUS_NOT_SUPPORTED || category == CUDNN_STATUS_BAD_PARAM,
               "cuDNN: cudnnConvolutionBiasActivationForward failed for " << key << ": " << cudnnGetErrorString(status));
-  runtime.store_conv_algo(unfused_key, ConvAlgo{});
+  runtime.store_conv_algo(unfused_key(key, residual != nullptr), ConvAlgo{});
   return false;
+}
+
+// The float32 bias in half bits, for cuDNN's fused call on half data.
+__global__ void bias_to_half_kernel(uint16_t* __restrict__ out, const float* __restrict__ bias, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __half_as_ushort(__float2half_rn(bias[i]));
 }
 
 // cuDNN's convolution into out (channels-last, symmetric pads: no padding copy): fused with bias + relu where
@@ -418,12 +435,26 @@ void forward_nhwc(T* out, const T* in, const T* weight, const float* bias, const
   const Geometry g = geometry_of(s);
   const std::string key = algo_key(g, ConvDirection::kForward, runtime, storage);
   const Choice c = choose(runtime, g, ConvDirection::kForward, key, storage);
-  check_workspace(key, g, c, workspace, workspace_bytes);
+  const size_t need = nhwc_workspace_bytes(c, g, storage);
+  CAMRT_CHECK(workspace_bytes >= need && (need == 0 || workspace),
+              "CUDA conv: " << key << " needs " << need << " workspace bytes, got " << workspace_bytes
+                            << " (size it with conv2d_forward_nhwc_workspace_bytes)");
   cudnnHandle_t handle = runtime.cudnn();
   CAMRT_CUDNN_CHECK(cudnnSetStream(handle, runtime.stream()));
   Descriptors d(g, c.math, storage);
   void* cudnn_workspace = c.workspace_bytes ? workspace : nullptr;
-  if (fused_bias_relu(runtime, key, g, d, c, in, weight, bias, residual, out, cudnn_workspace, act)) return;
+  const void* fused_bias = bias;
+  cudnnDataType_t bias_type = CUDNN_DATA_FLOAT;
+  if (storage == Storage::kHalfNhwc && bias && act.kind == FusedActivation::kRelu &&
+      !fusion_refused(runtime, key, residual != nullptr)) {
+    uint16_t* half_bias = reinterpret_cast<uint16_t*>(static_cast<unsigned char*>(workspace) + align_up(c.workspace_bytes));
+    bias_to_half_kernel<<<grid_for(g.k), 256, 0, runtime.stream()>>>(half_bias, bias, g.k);
+    CAMRT_CUDA_CHECK_LAUNCH("bias_to_half_kernel");
+    fused_bias = half_bias;
+    bias_type = CUDNN_DATA_HALF;
+  }
+  if (fused_bias_relu(runtime, key, g, d, c, in, weight, fused_bias, bias_type, residual, out, cudnn_workspace, act))
+    return;
   const float one = 1.f, zero = 0.f;  // float scaling factors: the compute type is float
   CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, in, d.w, weight, d.conv,
                                             static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), cudnn_workspace,
@@ -456,9 +487,7 @@ void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const
 
 bool conv2d_bias_relu_unfused(CudaRuntime& runtime, const Conv2dShape& s, bool channels_last, bool half, bool residual) {
   const Storage storage = !channels_last ? Storage::kFloatNchw : half ? Storage::kHalfNhwc : Storage::kFloatNhwc;
-  const std::string key = algo_key(geometry_of(s), ConvDirection::kForward, runtime, storage);
-  ConvAlgo unused;
-  return runtime.find_conv_algo(key + (residual ? " residual" : "") + " unfused", &unused);
+  return fusion_refused(runtime, algo_key(geometry_of(s), ConvDirection::kForward, runtime, storage), residual);
 }
 
 void conv2d_epilogue_nhwc(uint16_t* y, const float* bias, const uint16_t* residual, int64_t positions,
@@ -499,7 +528,8 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
   const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(c.algo);
   const float one = 1.f, zero = 0.f;
 
-  if (fused_bias_relu(runtime, key, g, d, c, x, weight, bias, residual, out, cudnn_workspace, act)) return;
+  if (fused_bias_relu(runtime, key, g, d, c, x, weight, bias, CUDNN_DATA_FLOAT, residual, out, cudnn_workspace, act))
+    return;
   CAMRT_CUDNN_CHECK(cudnnConvolutionForward(handle, &one, d.x, x, d.w, weight, d.conv, algo, cudnn_workspace,
                                             c.workspace_bytes, &zero, d.y, out));
   if (bias || residual || act.kind != FusedActivation::kNone) {

@@ -46,8 +46,10 @@ void conv2d_forward(float* out, const float* in, const float* weight, const floa
 size_t conv2d_forward_nhwc_workspace_bytes(CudaRuntime& runtime, const Conv2dShape& s, bool half);
 
 // out = act(conv(in, weight) + bias + residual): with a bias and ReLU one cuDNN call where cuDNN takes the
-// combination (rounded to half once in the half overload); otherwise cuDNN writes the convolution (rounded to
-// half in the half overload), then the epilogue kernel. Asynchronous on runtime.stream().
+// combination (in the half overload with the bias rounded to half, as cuDNN takes it in the data's type, and the
+// result rounded to half once); otherwise cuDNN writes the convolution (rounded to half in the half overload),
+// then the epilogue kernel. The workspace (conv2d_forward_nhwc_workspace_bytes) also holds the half bias.
+// Asynchronous on runtime.stream().
 void conv2d_forward_nhwc(uint16_t* out, const uint16_t* in, const uint16_t* weight, const float* bias,
                          const Conv2dShape& s, const FusedActivation& act, void* workspace, size_t workspace_bytes,
                          CudaRuntime& runtime, const uint16_t* residual = nullptr);
@@ -57,7 +59,7 @@ void conv2d_forward_nhwc(float* out, const float* in, const float* weight, const
 
 // Whether cuDNN refused the one-call conv + bias + ReLU (+ residual) for this conv in this storage, so that it runs
 // as the convolution and an epilogue kernel: known once the conv has run (false before). For tests and the
-// device check: with half data cuDNN may want a half bias, where camrt passes float32.
+// device check (cuDNN documents few of the combinations it fuses).
 bool conv2d_bias_relu_unfused(CudaRuntime& runtime, const Conv2dShape& s, bool channels_last, bool half, bool residual);
 
 // In place over (positions, channels) NHWC data, bit for bit as the CPU twin.
