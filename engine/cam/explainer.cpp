@@ -872,10 +872,11 @@ struct Explainer::Impl {
   // writes NaN weights there instead (it cannot throw), and this check after the pass throws the same error.
   void check_ablation_scores() {
     if (!any_ablation || !k.gpu()) return;
-    std::vector<float> y(static_cast<size_t>(target_count * batch));
-    k.download(y.data(), buffer("ablation y", target_count * batch), y.size() * sizeof(float));
+    const size_t n = static_cast<size_t>(target_count * batch);
+    std::vector<float>& y = host_buffer("ablation y", static_cast<int64_t>(n));  // reused: no allocation per call
+    k.download(y.data(), buffer("ablation y", target_count * batch), n * sizeof(float));
     k.wait();
-    for (size_t i = 0; i < y.size(); ++i)
+    for (size_t i = 0; i < n; ++i)
       CAMRT_CHECK(y[i] != 0.f, "Ablation-CAM: the target score of image " << int64_t(i) % batch % noise_batch
                                                                           << " is exactly 0, so (y - y_k) / y is undefined");
   }
@@ -1290,7 +1291,9 @@ void Explainer::run_unguarded(const HostTensor& input, Explanation& result) {
     for (int64_t r = 0; r < count / W; ++r) std::reverse(data + r * W, data + (r + 1) * W);
   };
   HostTensor& x = m.aug_input;
-  if (x.numel() != P * B * image) x = HostTensor(DType::F32, {P * B, m.channels, m.height, W});
+  const bool x_fits = x.shape.size() == 4 && x.shape[0] == P * B && x.shape[1] == m.channels && x.shape[2] == m.height &&
+                      x.shape[3] == W;
+  if (!x_fits) x = HostTensor(DType::F32, {P * B, m.channels, m.height, W});
   const size_t T = result.classes.size();
   std::vector<int64_t>& flat = m.aug_classes;  // (T, P*B): each target's classes once per variant in the pass
   flat.resize(T * static_cast<size_t>(P * B));
@@ -1320,7 +1323,7 @@ void Explainer::run_unguarded(const HostTensor& input, Explanation& result) {
       shape.assign(pass.shape.begin(), pass.shape.end());
       shape[1] = B;
       HostTensor& acc = result.results[i].maps;
-      if (acc.shape != shape) acc = HostTensor(DType::F32, shape);
+      if (acc.shape != shape || acc.dtype != DType::F32) acc = HostTensor(DType::F32, shape);
       if (v0 == 0) std::fill(acc.bytes.begin(), acc.bytes.end(), uint8_t(0));
       const int64_t per_target = acc.numel() / shape[0];  // one target of one variant: B images
       for (int64_t t = 0; t < shape[0]; ++t) {
